@@ -1,0 +1,81 @@
+"""The project's exceptions, one tree under one base.
+
+    ComfySaasError
+    ├── InvalidInput            bad submission or parameter; names the field        (HTTP 422)
+    ├── NotFound                no such job, or not visible to this caller          (HTTP 404)
+    ├── Unauthorized            missing or wrong API key                            (HTTP 401)
+    ├── Conflict                the job's state forbids the request                 (HTTP 409)
+    │   ├── IllegalTransition   a status move the lifecycle does not allow
+    │   └── NotOwner            a write by a worker whose attempt was taken over
+    ├── Overloaded              try again later; carries retry_after_s              (HTTP 429)
+    │   └── QueueFull           the work queue partition is at capacity
+    └── BackendError            Dict, Queue or object storage failed                (HTTP 503)
+
+The HTTP layer maps these in one place; nothing below it knows about status codes.
+"""
+
+from __future__ import annotations
+
+
+class ComfySaasError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    type: str = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, object]:
+        """The one error body shape: {"type", "message", "field"?}."""
+        return {"type": self.type, "message": self.message}
+
+
+class InvalidInput(ComfySaasError):
+    type = "invalid_input"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def to_dict(self) -> dict[str, object]:
+        body = super().to_dict()
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+class NotFound(ComfySaasError):
+    type = "not_found"
+
+
+class Unauthorized(ComfySaasError):
+    type = "unauthorized"
+
+
+class Conflict(ComfySaasError):
+    type = "conflict"
+
+
+class IllegalTransition(Conflict):
+    type = "illegal_transition"
+
+
+class NotOwner(Conflict):
+    type = "not_owner"
+
+
+class Overloaded(ComfySaasError):
+    type = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(Overloaded):
+    type = "queue_full"
+
+
+class BackendError(ComfySaasError):
+    type = "backend_error"

@@ -1,0 +1,107 @@
+"""Object storage: R2's S3 API against moto's real server, and the local signed-URL folder."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from errors import InvalidInput
+from object_store import LocalStore, S3Store, guess_content_type, object_store
+from settings import S3Config, Settings
+from storage import Keys
+
+
+@pytest.fixture
+def s3(s3_server: str) -> S3Store:
+    import boto3
+
+    bucket = f"outputs-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket=bucket)
+    config = S3Config(bucket=bucket, endpoint_url=s3_server, region="auto", access_key_id="test",
+                      secret_access_key="test", multipart_threshold_bytes=5 * 1024 * 1024)
+    return S3Store(config, expiry_s=600)
+
+
+def http_get(url: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, resp.read(), resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), ""
+
+
+def test_s3_upload_presign_download_over_http(s3: S3Store):
+    key = Keys.output("job1", "9", "out.png")
+    assert s3.put_bytes(key, b"\x89PNG-bytes") == 10
+    status, body, content_type = http_get(s3.url(key))
+    assert (status, body, content_type) == (200, b"\x89PNG-bytes", "image/png")
+
+
+def test_s3_large_files_go_up_in_parts_intact(s3: S3Store, tmp_path: Path):
+    big = tmp_path / "video.mp4"
+    data = os.urandom(11 * 1024 * 1024)
+    big.write_bytes(data)
+    key = Keys.output("job2", "5", "video.mp4")
+    assert s3.put_file(key, big) == len(data)
+    status, body, content_type = http_get(s3.url(key, expires_s=60))
+    assert status == 200 and body == data and content_type == "video/mp4"
+
+
+def test_s3_delete_by_job_prefix_leaves_other_jobs(s3: S3Store):
+    for name in ("a.png", "b.txt", "c.webm"):
+        s3.put_bytes(Keys.output("job3", "1", name), b"x")
+    s3.put_bytes(Keys.output("job30", "1", "keep.png"), b"keep")
+    assert s3.delete_prefix(Keys.output_prefix("job3")) == 3
+    assert http_get(s3.url(Keys.output("job3", "1", "a.png")))[0] == 404
+    assert s3.read(Keys.output("job30", "1", "keep.png")) == b"keep"
+
+
+def test_settings_pick_the_s3_backend(s3: S3Store):
+    settings = Settings(storage_backend="s3", s3=s3.config)
+    assert isinstance(object_store(settings), S3Store)
+
+
+def test_local_urls_are_signed_and_expire(tmp_path: Path):
+    store = LocalStore(tmp_path, "secret", "http://127.0.0.1:8000")
+    key = Keys.output("job4", "2", "x y.png")
+    store.put_bytes(key, b"img")
+    url = store.url(key, expires_s=60, now=1_000)
+    query = dict(p.split("=") for p in url.split("?")[1].split("&"))
+    assert url.startswith("http://127.0.0.1:8000/files/job4/2/x%20y.png?")
+    assert store.verify(key, int(query["expires"]), query["sig"], now=1_030)
+    assert not store.verify(key, int(query["expires"]), query["sig"], now=1_061)
+    assert not store.verify(Keys.output("job4", "2", "other.png"), int(query["expires"]), query["sig"], now=1_030)
+    assert not LocalStore(tmp_path, "other", "http://h").verify(key, int(query["expires"]), query["sig"], now=1_0)
+    assert store.read(key) == b"img"
+
+
+@pytest.mark.parametrize("key", ["../escape.png", "/etc/passwd", "job/../../x", "a\\b", "", "job//x"])
+def test_local_keys_cannot_escape_the_folder(tmp_path: Path, key: str):
+    store = LocalStore(tmp_path / "outputs", "secret", "http://h")
+    with pytest.raises(InvalidInput):
+        store.put_bytes(key, b"x")
+    assert not (tmp_path / "escape.png").exists()
+
+
+def test_local_delete_prefix_and_restart_keep_urls_valid(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path)
+    first = object_store(settings)
+    first.put_bytes(Keys.output("job5", "1", "a.png"), b"a")
+    url = first.url(Keys.output("job5", "1", "a.png"), now=1_000)
+    assert object_store(settings).url(Keys.output("job5", "1", "a.png"), now=1_000) == url
+    assert first.delete_prefix(Keys.output_prefix("job5")) == 1
+    assert first.delete_prefix(Keys.output_prefix("job5")) == 0
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("a.png", "image/png"), ("clip.webm", "video/webm"), ("s.flac", "audio/flac"), ("t.txt", "text/plain"),
+    ("weird.bin", "application/octet-stream"), ("noext", "application/octet-stream"),
+])
+def test_content_types(name: str, expected: str):
+    assert guess_content_type(name) == expected
