@@ -9,7 +9,11 @@
     │   └── NotOwner            a write by a worker whose attempt was taken over
     ├── Overloaded              try again later; carries retry_after_s              (HTTP 429)
     │   └── QueueFull           the work queue partition is at capacity
-    └── BackendError            Dict, Queue or object storage failed                (HTTP 503)
+    ├── BackendError            Dict, Queue or object storage failed                (HTTP 503)
+    ├── MediaError              a media input could not be fetched or was refused   (job fails)
+    └── ComfyUIError            ComfyUI said no, or is not there
+        ├── ComfyUnavailable    the process died or stopped answering               (attempt requeued)
+        └── PromptRejected      /prompt answered 400; carries node_errors           (job fails)
 
 The HTTP layer maps these in one place; nothing below it knows about status codes.
 """
@@ -79,3 +83,23 @@ class QueueFull(Overloaded):
 
 class BackendError(ComfySaasError):
     type = "backend_error"
+
+
+class MediaError(ComfySaasError):
+    type = "media_error"
+
+
+class ComfyUIError(ComfySaasError):
+    type = "comfyui_error"
+
+
+class ComfyUnavailable(ComfyUIError):
+    type = "comfyui_unavailable"
+
+
+class PromptRejected(ComfyUIError):
+    type = "prompt_rejected"
+
+    def __init__(self, message: str, body: dict) -> None:
+        super().__init__(message)
+        self.body = body

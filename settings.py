@@ -58,7 +58,11 @@ class Settings:
     queue_timeout_s: int = 6 * 3_600
     queue_put_timeout_s: float = 2.0
     retention_days: int = 7
-    allow_private_urls: bool = False
+    # CIDRs a media or webhook URL may resolve to although private/loopback (tests, trusted LANs).
+    private_url_allowlist: str = ""
+    media_fetch_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 5.0
+    cancel_poll_s: float = 0.5
     limits: Limits = field(default_factory=Limits)
 
     @classmethod

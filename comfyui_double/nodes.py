@@ -1,0 +1,219 @@
+"""The model-free nodes the double really executes, with Pillow, and their ComfyUI-style schemas."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import struct
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image, ImageFilter, ImageOps
+
+SCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+_PIL_METHOD = {"nearest-exact": Image.NEAREST, "bilinear": Image.BILINEAR, "area": Image.BOX,
+               "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
+INT = {"default": 512, "min": 1, "max": 16384, "step": 1}
+
+
+class Context(Protocol):
+    """What a running node may ask of the executor."""
+
+    dirs: dict[str, Path]
+
+    def progress(self, value: int, total: int, preview: Image.Image | None = None) -> None: ...
+    def progress_text(self, text: str) -> None: ...
+    def sleep(self, seconds: float) -> None: ...
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    required: dict[str, tuple]
+    returns: tuple[str, ...]
+    fn: Callable[..., tuple[tuple, dict | None]]
+    optional: dict[str, tuple] = field(default_factory=dict)
+    output_node: bool = False
+    category: str = "double"
+
+    def schema(self, input_dir: Path) -> dict[str, Any]:
+        required = dict(self.required)
+        if self.name == "LoadImage":
+            required["image"] = (sorted(list_inputs(input_dir)), {"image_upload": True})
+        return {
+            "input": {"required": {k: list(v) for k, v in required.items()},
+                      **({"optional": {k: list(v) for k, v in self.optional.items()}} if self.optional else {})},
+            "input_order": {"required": list(required), **({"optional": list(self.optional)} if self.optional else {})},
+            "output": list(self.returns), "output_is_list": [False] * len(self.returns),
+            "output_name": list(self.returns), "name": self.name, "display_name": self.name,
+            "description": "", "python_module": "nodes", "category": self.category, "output_node": self.output_node,
+        }
+
+
+NODES: dict[str, NodeSpec] = {}
+
+
+def node(name: str, required: dict[str, tuple], returns: tuple[str, ...] = (), output_node: bool = False,
+         optional: dict[str, tuple] | None = None) -> Callable:
+    def register(fn: Callable) -> Callable:
+        NODES[name] = NodeSpec(name, required, returns, fn, optional or {}, output_node)
+        return fn
+    return register
+
+
+def list_inputs(input_dir: Path) -> list[str]:
+    if not input_dir.is_dir():
+        return []
+    return [p.relative_to(input_dir).as_posix() for p in input_dir.rglob("*") if p.is_file()]
+
+
+def next_counter(folder: Path, prefix: str) -> int:
+    """ComfyUI's save-path rule: one more than the highest `{prefix}_NNNNN_` in the folder."""
+    pattern = re.compile(rf"^{re.escape(prefix)}_(\d{{5}})_")
+    nums = [int(m.group(1)) for p in folder.glob("*") if (m := pattern.match(p.name))] if folder.is_dir() else []
+    return max(nums, default=0) + 1
+
+
+def save_path(ctx: Context, kind: str, filename_prefix: str, ext: str) -> tuple[Path, dict[str, str]]:
+    subfolder, _, prefix = filename_prefix.rpartition("/")
+    folder = ctx.dirs[kind] / subfolder
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{prefix}_{next_counter(folder, prefix):05}_.{ext}"
+    return folder / name, {"filename": name, "subfolder": subfolder, "type": kind}
+
+
+@node("EmptyImage", {"width": ("INT", INT), "height": ("INT", INT),
+                     "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+                     "color": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "color"})},
+      ("IMAGE",))
+def empty_image(ctx: Context, width: int, height: int, batch_size: int, color: int) -> tuple:
+    rgb = ((color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF)
+    return ([Image.new("RGB", (width, height), rgb) for _ in range(batch_size)],), None
+
+
+@node("LoadImage", {"image": ([], {"image_upload": True})}, ("IMAGE", "MASK"))
+def load_image(ctx: Context, image: str) -> tuple:
+    path = ctx.dirs["input"] / image.removesuffix(" [input]")
+    with Image.open(path) as img:
+        rgba = img.convert("RGBA")
+    return ([rgba.convert("RGB")], [rgba.getchannel("A")]), None
+
+
+@node("ImageInvert", {"image": ("IMAGE", {})}, ("IMAGE",))
+def image_invert(ctx: Context, image: list) -> tuple:
+    return ([ImageOps.invert(i.convert("RGB")) for i in image],), None
+
+
+@node("ImageScale", {"image": ("IMAGE", {}), "upscale_method": (SCALE_METHODS, {}),
+                     "width": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                     "height": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                     "crop": (["disabled", "center"], {})}, ("IMAGE",))
+def image_scale(ctx: Context, image: list, upscale_method: str, width: int, height: int, crop: str) -> tuple:
+    out = []
+    for img in image:
+        w = width or max(1, round(img.width * height / img.height))
+        h = height or max(1, round(img.height * width / img.width))
+        if crop == "center":
+            out.append(ImageOps.fit(img, (w, h), _PIL_METHOD[upscale_method]))
+        else:
+            out.append(img.resize((w, h), _PIL_METHOD[upscale_method]))
+    return (out,), None
+
+
+@node("ImageScaleBy", {"image": ("IMAGE", {}), "upscale_method": (SCALE_METHODS, {}),
+                       "scale_by": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 8.0, "step": 0.01})}, ("IMAGE",))
+def image_scale_by(ctx: Context, image: list, upscale_method: str, scale_by: float) -> tuple:
+    out = []
+    for img in image:
+        w, h = round(img.width * scale_by), round(img.height * scale_by)
+        if w <= 0 or h <= 0:
+            raise RuntimeError(f"Input and output sizes should be greater than 0, but got input "
+                               f"(H: {img.height}, W: {img.width}) output (H: {h}, W: {w})")
+        out.append(img.resize((w, h), _PIL_METHOD[upscale_method]))
+    return (out,), None
+
+
+@node("ImageBlur", {"image": ("IMAGE", {}), "blur_radius": ("INT", {"default": 1, "min": 1, "max": 31}),
+                    "sigma": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0})}, ("IMAGE",))
+def image_blur(ctx: Context, image: list, blur_radius: int, sigma: float) -> tuple:
+    return ([i.filter(ImageFilter.GaussianBlur(sigma * blur_radius / 2)) for i in image],), None
+
+
+@node("SaveImage", {"images": ("IMAGE", {"tooltip": "The images to save."}),
+                    "filename_prefix": ("STRING", {"default": "ComfyUI"})}, output_node=True)
+def save_image(ctx: Context, images: list, filename_prefix: str) -> tuple:
+    results = []
+    for img in images:
+        path, ref = save_path(ctx, "output", filename_prefix, "png")
+        img.save(path, compress_level=4)
+        results.append(ref)
+    return (), {"images": results}
+
+
+@node("PreviewImage", {"images": ("IMAGE", {})}, output_node=True)
+def preview_image(ctx: Context, images: list) -> tuple:
+    prefix = "ComfyUI_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
+    results = []
+    for img in images:
+        path, ref = save_path(ctx, "temp", prefix, "png")
+        img.save(path, compress_level=1)
+        results.append(ref)
+    return (), {"images": results}
+
+
+@node("SlowPassthrough", {"image": ("IMAGE", {}), "steps": ("INT", {"default": 10, "min": 1, "max": 10000}),
+                          "delay": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 60.0}),
+                          "send_preview": ("BOOLEAN", {"default": False}),
+                          "send_text": ("BOOLEAN", {"default": False}),
+                          "seed": ("INT", {"default": 0, "min": 0, "max": 2**64 - 1})}, ("IMAGE",))
+def slow_passthrough(ctx: Context, image: list, steps: int, delay: float, send_preview: bool, send_text: bool,
+                     seed: int) -> tuple:
+    for step in range(1, steps + 1):
+        ctx.sleep(delay)
+        ctx.progress(step, steps, image[0] if send_preview else None)
+        if send_text:
+            ctx.progress_text(f"step {step}/{steps}")
+    return (image,), None
+
+
+@node("FailNode", {"image": ("IMAGE", {}), "message": ("STRING", {"default": "failure"})}, ("IMAGE",))
+def fail_node(ctx: Context, image: list, message: str) -> tuple:
+    raise RuntimeError(message)
+
+
+@node("SaveText", {"text": ("STRING", {"multiline": True}),
+                   "filename_prefix": ("STRING", {"default": "ComfyUI"})}, output_node=True)
+def save_text(ctx: Context, text: str, filename_prefix: str) -> tuple:
+    path, ref = save_path(ctx, "output", filename_prefix, "txt")
+    path.write_text(text, encoding="utf-8")
+    return (), {"text": [ref]}
+
+
+@node("SaveAnimatedGIF", {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"}),
+                          "frames": ("INT", {"default": 4, "min": 1, "max": 120})}, output_node=True)
+def save_animated_gif(ctx: Context, images: list, filename_prefix: str, frames: int) -> tuple:
+    base = images[0].convert("RGB")
+    seq = [base if i % 2 == 0 else ImageOps.invert(base) for i in range(frames)]
+    path, ref = save_path(ctx, "output", filename_prefix, "gif")
+    seq[0].save(path, save_all=True, append_images=seq[1:], duration=100, loop=0)
+    return (), {"gifs": [{**ref, "format": "image/gif", "frame_rate": 10.0}]}
+
+
+@node("SaveAudioWAV", {"seconds": ("FLOAT", {"default": 0.2, "min": 0.01, "max": 10.0}),
+                       "frequency": ("FLOAT", {"default": 440.0, "min": 20.0, "max": 20000.0}),
+                       "filename_prefix": ("STRING", {"default": "audio/ComfyUI"})}, output_node=True)
+def save_audio_wav(ctx: Context, seconds: float, frequency: float, filename_prefix: str) -> tuple:
+    rate = 16_000
+    samples = (int(12_000 * math.sin(2 * math.pi * frequency * i / rate)) for i in range(int(rate * seconds)))
+    path, ref = save_path(ctx, "output", filename_prefix, "wav")
+    with wave.open(os.fspath(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", s) for s in samples))
+    return (), {"audio": [ref]}
