@@ -276,6 +276,8 @@ class Executor:
                                                    "prompt_id": item.prompt_id})
                 if nid not in cached:
                     self._set_state(nid, self._progress[nid]["max"], self._progress[nid]["max"], "finished")
+                elif ui:  # a cached output node re-sends its output and is marked finished [s07]
+                    self._set_state(nid, 1, 1, "finished")
         except Interrupted:
             # Unlike most events, an interrupt reaches every socket when the prompt has no client [s08].
             self._record("execution_interrupted", self._interrupted(item, executed), broadcast=True)

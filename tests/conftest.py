@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from settings import Settings
+from comfy_process import DOUBLE_DIR, ComfyProcess
+from object_store import S3Store
+from settings import S3Config, Settings
 from storage import JobStore
 from twins import LocalDict, LocalQueue
 
@@ -72,3 +74,35 @@ def _answers(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture
+def s3(s3_server: str) -> S3Store:
+    """A fresh bucket on moto's server, reached the way R2 is (region "auto")."""
+    import uuid
+
+    import boto3
+
+    bucket = f"outputs-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket=bucket)
+    config = S3Config(bucket=bucket, endpoint_url=s3_server, region="auto", access_key_id="test",
+                      secret_access_key="test", multipart_threshold_bytes=5 * 1024 * 1024)
+    return S3Store(config, expiry_s=600)
+
+
+def start_double(root: Path, *extra: str) -> ComfyProcess:
+    """The ComfyUI double launched like ComfyUI, with its folders under `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    args = ["--cpu", "--output-directory", str(root / "output"), "--input-directory", str(root / "input"),
+            "--temp-directory", str(root), *extra]
+    proc = ComfyProcess(DOUBLE_DIR, free_port(), args, log_path=root / "comfyui.log")
+    proc.start(ready_timeout_s=60)
+    return proc
+
+
+@pytest.fixture
+def double(tmp_path: Path) -> Iterator[ComfyProcess]:
+    proc = start_double(tmp_path / "comfy")
+    yield proc
+    proc.stop()

@@ -5,27 +5,14 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 
 from errors import InvalidInput
 from object_store import LocalStore, S3Store, guess_content_type, object_store
-from settings import S3Config, Settings
+from settings import Settings
 from storage import Keys
-
-
-@pytest.fixture
-def s3(s3_server: str) -> S3Store:
-    import boto3
-
-    bucket = f"outputs-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket=bucket)
-    config = S3Config(bucket=bucket, endpoint_url=s3_server, region="auto", access_key_id="test",
-                      secret_access_key="test", multipart_threshold_bytes=5 * 1024 * 1024)
-    return S3Store(config, expiry_s=600)
 
 
 def http_get(url: str) -> tuple[int, bytes, str]:

@@ -1,0 +1,218 @@
+"""Workers end to end: the store, the ComfyUI double as a real process, and moto's S3 server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import start_double, wait_until
+from PIL import Image
+
+from comfy_process import ComfyProcess
+from models import Job, JobRequest, Status
+from object_store import S3Store
+from settings import Settings
+from storage import JobStore
+from worker import Worker
+
+
+def empty(color: int = 0xFF0000, size: int = 32) -> dict:
+    return {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": color}}
+
+
+def save(src: str, prefix: str = "t") -> dict:
+    return {"class_type": "SaveImage", "inputs": {"images": [src, 0], "filename_prefix": prefix}}
+
+
+def slow(steps: int, delay: float, preview: bool = True) -> dict:
+    return {"1": empty(), "2": {"class_type": "SlowPassthrough", "inputs": {
+        "image": ["1", 0], "steps": steps, "delay": delay, "send_preview": preview, "send_text": True, "seed": 1}},
+        "3": save("2", "slow")}
+
+
+MULTI = {
+    "1": empty(0x00FF00),
+    "2": save("1", "multi"),
+    "3": {"class_type": "SaveText", "inputs": {"text": "hello from comfy", "filename_prefix": "note"}},
+    "4": {"class_type": "SaveAnimatedGIF", "inputs": {"images": ["1", 0], "filename_prefix": "clip", "frames": 4}},
+    "5": {"class_type": "SaveAudioWAV", "inputs": {"seconds": 0.1, "frequency": 440.0, "filename_prefix": "a/tone"}},
+}
+
+
+@contextmanager
+def workers(store: JobStore, objects: Any, settings: Settings, doubles: list[ComfyProcess],
+            restart_on_failure: bool = False) -> Iterator[list[Worker]]:
+    """Worker threads, one per double, stopped at the end."""
+    stop, pool, threads = threading.Event(), [], []
+    for proc in doubles:
+        def recover(proc: ComfyProcess = proc) -> bool:
+            if restart_on_failure:
+                proc.restart(60)
+                return True
+            return False
+
+        w = Worker(store, objects, proc.client, settings, on_unhealthy=recover)
+        pool.append(w)
+        threads.append(threading.Thread(target=w.run, args=(stop, 0.2), daemon=True))
+    for t in threads:
+        t.start()
+    try:
+        yield pool
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+
+def submit(store: JobStore, workflow: dict, **extra: Any) -> str:
+    return store.submit(JobRequest(workflow=workflow, **extra))[0].id
+
+
+def finished(store: JobStore, job_id: str, timeout_s: float = 30) -> Job:
+    return wait_until(lambda: (j := store.get(job_id)) is not None and j.terminal and j, timeout_s, f"job {job_id}")
+
+
+def download(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return resp.read()
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_job_with_image_text_video_and_audio_outputs_returns_them_all(store, s3: S3Store, settings, double):
+    with workers(store, s3, settings, [double]):
+        job = finished(store, submit(store, MULTI))
+    assert job.status is Status.COMPLETED, job.error
+    kinds = {o.kind: o for o in job.outputs}
+    assert set(kinds) == {"image", "text", "video", "audio"}
+    assert download(s3.url(kinds["text"].key)) == b"hello from comfy"
+    out_dir = Path(double.extra_args[double.extra_args.index("--output-directory") + 1])
+    assert download(s3.url(kinds["image"].key)) == (out_dir / "multi_00001_.png").read_bytes()
+    assert download(s3.url(kinds["audio"].key)) == (out_dir / "a" / "tone_00001_.wav").read_bytes()
+    assert download(s3.url(kinds["video"].key))[:6] == b"GIF89a"
+    assert kinds["image"].content_type == "image/png" and kinds["audio"].content_type == "audio/wav"
+    assert job.progress.percent == 100.0 and job.attempts == 1 and job.finished_at
+
+
+def test_base64_media_is_uploaded_and_referenced(store, s3, settings, double):
+    workflow = {"1": {"class_type": "LoadImage", "inputs": {"image": "input.png"}},
+                "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}}, "3": save("2", "inv")}
+    media = [{"name": "input.png", "base64": base64.b64encode(png((10, 20, 30))).decode()}]
+    with workers(store, s3, settings, [double]):
+        job = finished(store, submit(store, workflow, media=media))
+    assert job.status is Status.COMPLETED, job.error
+    img = Image.open(io.BytesIO(download(s3.url(job.outputs[0].key))))
+    assert img.getpixel((0, 0)) == (245, 235, 225)
+
+
+def test_overrides_change_node_inputs(store, s3, settings, double):
+    workflow = {"1": empty(0x000000, 16), "2": save("1", "ov")}
+    overrides = [{"node": "1", "input": "width", "value": 24}]
+    with workers(store, s3, settings, [double]):
+        job = finished(store, submit(store, workflow, overrides=overrides))
+    assert Image.open(io.BytesIO(download(s3.url(job.outputs[0].key)))).size == (24, 16)
+
+
+def test_progress_is_written_while_it_runs(store, s3, settings, double):
+    with workers(store, s3, settings, [double]):
+        job_id = submit(store, slow(steps=8, delay=0.15))
+        seen = wait_until(lambda: (j := store.get(job_id)).progress and j.progress.step and j.progress.step >= 3 and j,
+                          20, "progress with steps")
+        job = finished(store, job_id)
+    p = seen.progress
+    assert p.steps == 8 and p.node_id == "2" and p.node_class == "SlowPassthrough" and p.nodes_total == 3
+    assert 0 < p.percent < 100 and p.nodes_done >= 1
+    assert job.status is Status.COMPLETED
+
+
+def test_cancel_a_running_job_interrupts_only_its_prompt(store, s3, settings, double):
+    with workers(store, s3, settings, [double]):
+        job_id = submit(store, slow(steps=100, delay=0.1))
+        wait_until(lambda: (j := store.get(job_id)).progress and j.progress.step, 20, "job running")
+        store.request_cancel(job_id)
+        job = finished(store, job_id, 10)
+    assert job.status is Status.CANCELLED and job.error.type == "cancelled"
+    interrupts = [e for e in json.loads(download(double.url + "/double/events")) if e["type"] == "interrupt"]
+    assert interrupts and {e["prompt_id"] for e in interrupts} == {f"{job_id}-{job.claim_seq}"}
+    assert all(e["running"] == e["prompt_id"] for e in interrupts)
+
+
+def test_a_dropped_websocket_does_not_lose_the_job(store, s3, settings, double):
+    with workers(store, s3, settings, [double]) as (w,):
+        job_id = submit(store, slow(steps=10, delay=0.1))
+        wait_until(lambda: (j := store.get(job_id)).progress and j.progress.step, 20, "job running")
+        urllib.request.urlopen(urllib.request.Request(double.url + "/double/drop_ws", method="POST"), timeout=5)
+        job = finished(store, job_id)
+    assert job.status is Status.COMPLETED and len(job.outputs) == 1
+    assert w.events.reconnects >= 1
+    assert Image.open(io.BytesIO(download(s3.url(job.outputs[0].key)))).size == (32, 32)
+
+
+def test_comfyui_killed_mid_run_requeues_to_another_worker(store, s3, settings, double, tmp_path):
+    second = start_double(tmp_path / "comfy2")
+    try:
+        with workers(store, s3, settings, [double, second]):
+            job_id = submit(store, slow(steps=30, delay=0.1))
+            wait_until(lambda: (j := store.get(job_id)).progress and j.progress.step, 20, "job running")
+            victim = next(p for p in (double, second) if _runs(p, job_id))
+            victim.proc.kill()
+            job = finished(store, job_id, 60)
+    finally:
+        second.stop()
+    assert job.status is Status.COMPLETED and job.attempts == 2
+    keys = [o.key for o in job.outputs]
+    assert len(keys) == len(set(keys)) == 1
+    assert len(_objects_under(s3, job_id)) == 1  # the retry wrote the same key, not a second name
+
+
+def _runs(proc: ComfyProcess, job_id: str) -> bool:
+    running = json.loads(download(proc.url + "/queue")).get("queue_running") or []
+    return bool(running) and running[0][1].startswith(job_id)
+
+
+def _objects_under(s3: S3Store, job_id: str) -> list[str]:
+    listing = s3._client.list_objects_v2(Bucket=s3.bucket, Prefix=f"{job_id}/")
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def test_node_errors_fail_the_job_naming_node_class_and_reason(store, s3, settings, double):
+    bad = {"1": {"class_type": "EmptyImage", "inputs": {"width": -5, "height": 8, "batch_size": 1, "color": 0}},
+           "2": save("1")}
+    with workers(store, s3, settings, [double]):
+        job = finished(store, submit(store, bad))
+    assert job.status is Status.FAILED and job.error.type == "validation_error"
+    assert job.error.node_id == "1" and job.error.node_class == "EmptyImage"
+    assert "smaller than min" in job.error.message and job.error.details[0]["details"] == "width"
+
+
+def test_execution_error_fails_the_job_with_node_and_message(store, s3, settings, double):
+    failing = {"1": empty(), "2": {"class_type": "FailNode", "inputs": {"image": ["1", 0], "message": "boom"}},
+               "3": save("2")}
+    with workers(store, s3, settings, [double]):
+        job = finished(store, submit(store, failing))
+    assert job.status is Status.FAILED and job.error.type == "execution_error"
+    assert (job.error.node_id, job.error.node_class) == ("2", "FailNode")
+    assert job.error.message == "RuntimeError: boom"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x.png", "http://10.0.0.1/x.png",
+                                 "http://169.254.169.254/latest/meta-data", "http://[::1]/x.png",
+                                 "http://2130706433/x.png", "http://0x7f000001/x.png"])
+def test_media_urls_into_our_network_fail_the_job(store, s3, settings, double, url):
+    workflow = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}}, "2": save("1")}
+    with workers(store, s3, settings, [double]):
+        job = finished(store, submit(store, workflow, media=[{"name": "in.png", "url": url}]))
+    assert job.status is Status.FAILED and job.error.type == "media_error"
+    assert "refused" in job.error.message and "media[0]" in job.error.message
