@@ -2,6 +2,8 @@
 
     ComfySaasError
     ├── InvalidInput            bad submission or parameter; names the field        (HTTP 422)
+    │   ├── MalformedBody       the body is not JSON at all                         (HTTP 400)
+    │   └── BodyTooLarge        the body is over the size limit                     (HTTP 413)
     ├── NotFound                no such job, or not visible to this caller          (HTTP 404)
     ├── Unauthorized            missing or wrong API key                            (HTTP 401)
     ├── Conflict                the job's state forbids the request                 (HTTP 409)
@@ -47,6 +49,14 @@ class InvalidInput(ComfySaasError):
         if self.field:
             body["field"] = self.field
         return body
+
+
+class MalformedBody(InvalidInput):
+    type = "malformed_body"
+
+
+class BodyTooLarge(InvalidInput):
+    type = "body_too_large"
 
 
 class NotFound(ComfySaasError):

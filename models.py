@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from errors import IllegalTransition, InvalidInput
+from errors import IllegalTransition, InvalidInput, MalformedBody
 from settings import Limits
 
 
@@ -258,9 +258,9 @@ def parse_submission(body: bytes | str | dict[str, Any], limits: Limits | None =
         try:
             body = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"request body is not valid JSON: {exc}", field="body") from None
+            raise MalformedBody(f"request body is not valid JSON: {exc}", field="body") from None
     if not isinstance(body, dict):
-        raise InvalidInput("request body must be a JSON object", field="body")
+        raise MalformedBody("request body must be a JSON object", field="body")
     try:
         return JobRequest.model_validate(body, context={"limits": limits or Limits()})
     except ValidationError as exc:

@@ -27,6 +27,7 @@ class Limits:
     max_url_length: int = 2_048
     max_string_length: int = 256
     max_timeout_s: int = 24 * 3600
+    max_body_bytes: int = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Settings:
     public_base_url: str = "http://127.0.0.1:8000"
     presign_expiry_s: int = 3_600
     default_pool: str = "default"
+    # "key" or "key:user_id", comma-separated; a key bound to a user sees only that user's jobs.
+    api_keys: str = ""
+    require_auth: bool = True
     max_attempts: int = 3
     heartbeat_stale_s: float = 60.0
     job_timeout_s: int = 3_600

@@ -91,6 +91,18 @@ class Keys:
         return f"idxhead:{scope}"
 
     @staticmethod
+    def sweep_low_water() -> str:
+        return "sweep:low"
+
+    @staticmethod
+    def sweep_cursor() -> str:
+        return "sweep:cursor"
+
+    @staticmethod
+    def cleanup_low_water() -> str:
+        return "cleanup:low"
+
+    @staticmethod
     def partition(pool: str) -> str:
         return pool
 
@@ -306,7 +318,7 @@ class JobStore:
         job = self.require(job_id, user_id)
         if job.terminal:
             return job
-        self._d.put(Keys.cancel(job_id), self._clock().isoformat())
+        self.flag_cancel(job_id)
         if job.status is Status.QUEUED and (n := self.claim(job, "api:cancel")) is not None:
             error = JobError(type="cancelled", message="cancelled before it started")
             return self.transition(job_id, Status.CANCELLED, claim=n, error=error)
@@ -314,6 +326,54 @@ class JobStore:
 
     def cancel_requested(self, job_id: str) -> bool:
         return self._d.contains(Keys.cancel(job_id))
+
+    def flag_cancel(self, job_id: str) -> None:
+        """Ask whoever runs the job to stop it (a live worker polls this flag)."""
+        self._d.put(Keys.cancel(job_id), self._clock().isoformat())
+
+    # --- the sweeper's window ----------------------------------------------------------------
+
+    def active_window(self, max_slots: int) -> tuple[bool, list[tuple[int, Job | None]]]:
+        """Up to max_slots index slots between the low-water mark and the head, where every unfinished
+        job lives; consecutive calls rotate through a window wider than max_slots. (starts at low, slots)"""
+        low = self._d.get(Keys.sweep_low_water()) or 1
+        head = self._index.head(Keys.ALL)
+        start = max(low, self._d.get(Keys.sweep_cursor()) or low)
+        if start > head:
+            start = low
+        end = min(head, start + max_slots - 1)
+        self._d.put(Keys.sweep_cursor(), end + 1)
+        window = []
+        for n in range(start, end + 1):
+            job_id = self._index.slot(Keys.ALL, n)
+            window.append((n, self.get(job_id) if job_id else None))
+        return start == low, window
+
+    def oldest(self, max_slots: int) -> list[tuple[int, Job | None]]:
+        """The oldest index slots not yet cleaned up, oldest first."""
+        low = self._d.get(Keys.cleanup_low_water()) or 1
+        head = self._index.head(Keys.ALL)
+        slots = []
+        for n in range(low, min(head, low + max_slots - 1) + 1):
+            job_id = self._index.slot(Keys.ALL, n)
+            slots.append((n, self.get(job_id) if job_id else None))
+        return slots
+
+    def delete_job(self, slot: int, job: Job | None) -> None:
+        """Remove a finished job and everything kept for it; idempotent. Advances the cleanup mark."""
+        if job is not None:
+            keys = [Keys.job(job.id), Keys.payload(job.id), Keys.terminal(job.id), Keys.cancel(job.id),
+                    *(Keys.claim(job.id, n) for n in range(1, job.claim_seq + 2))]
+            if job.idempotency_key:
+                keys.append(Keys.idempotency(job.user_id, job.idempotency_key))
+            for key in keys:
+                self._d.pop(key, None)
+        self._d.pop(Keys.index_slot(Keys.ALL, slot), None)
+        self._d.put(Keys.cleanup_low_water(), slot + 1)
+
+    def raise_low_water(self, slot: int) -> None:
+        """Everything below `slot` is finished; the next sweep starts there."""
+        self._d.put(Keys.sweep_low_water(), slot)
 
     # --- listing -----------------------------------------------------------------------------
 

@@ -95,6 +95,18 @@ class Worker:
         finally:
             self.events.close()
 
+    def drain(self, idle_s: float) -> int:
+        """Take jobs until the queue stays empty for idle_s (a Modal input); how many wake-ups were handled."""
+        handled = 0
+        try:
+            while (job_id := self.store.next_job_id(self.pool, timeout_s=idle_s)) is not None:
+                handled += 1
+                if not self.process(job_id):
+                    break
+        finally:
+            self.events.close()
+        return handled
+
     def process(self, job_id: str) -> bool:
         """Handle one wake-up; False when this worker should stop taking jobs."""
         job = self.store.get(job_id)

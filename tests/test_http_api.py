@@ -1,0 +1,183 @@
+"""The API through the real local HTTP server (uvicorn on a free port, requests over TCP)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import requests
+from conftest import free_port, wait_until
+
+import api
+from http_api import create_app
+from local_stack import LocalStack, StackOptions
+from settings import Settings
+
+KEYS = "admin-key, alice-key:alice, bob-key:bob"
+ADMIN, ALICE, BOB = ({"Authorization": f"Bearer {k}"} for k in ("admin-key", "alice-key", "bob-key"))
+WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 255}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "api"}}}
+
+
+class Server:
+    def __init__(self, base: str, stack: LocalStack) -> None:
+        self.base, self.stack = base, stack
+
+    def call(self, method: str, path: str, headers: dict | None = None, **kw: Any) -> requests.Response:
+        return requests.request(method, self.base + path, headers=headers if headers is not None else ADMIN,
+                                timeout=30, **kw)
+
+    def done(self, job_id: str, headers: dict = ADMIN) -> dict:
+        def finished() -> dict | None:
+            body = self.call("GET", f"/v1/jobs/{job_id}", headers).json()
+            return body if body["status"] in {"completed", "failed", "cancelled"} else None
+        return wait_until(finished, 30, f"job {job_id}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    import uvicorn
+
+    port = free_port()
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), api_keys=KEYS)
+    stack = LocalStack(settings, StackOptions(port=port, workers=1, sweep_interval_s=3600))
+    stack.start()
+    uv = uvicorn.Server(uvicorn.Config(create_app(stack.services), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    wait_until(lambda: uv.started, 30, "uvicorn")
+    yield Server(f"http://127.0.0.1:{port}", stack)
+    uv.should_exit = True
+    thread.join(10)
+    stack.stop()
+
+
+def assert_error_shape(resp: requests.Response, status: int, kind: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and {"type", "message"} <= set(body["error"]) <= {"type", "message", "field"}
+    if kind:
+        assert body["error"]["type"] == kind
+    return body["error"]
+
+
+def test_submit_poll_and_download(server: Server):
+    created = server.call("POST", "/v1/jobs", json={"workflow": WORKFLOW})
+    assert created.status_code == 201 and created.json()["status"] == "queued"
+    job = server.done(created.json()["id"])
+    assert job["status"] == "completed" and "claim_seq" not in job
+    image = requests.get(job["outputs"][0]["url"], timeout=10)
+    assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_tampered_or_expired_file_link_is_refused(server: Server):
+    job = server.done(server.call("POST", "/v1/jobs", json={"workflow": WORKFLOW}).json()["id"])
+    url = job["outputs"][0]["url"]
+    assert_error_shape(requests.get(url.replace("sig=", "sig=0"), timeout=10), 404, "not_found")
+    assert_error_shape(requests.get(url.split("?")[0] + "?expires=1&sig=x", timeout=10), 404)
+
+
+def test_list_with_cursor_newest_first(server: Server):
+    ids = [server.call("POST", "/v1/jobs", ALICE, json={"workflow": WORKFLOW, "pool": "idle"}).json()["id"]
+           for _ in range(3)]
+    first = server.call("GET", "/v1/jobs?limit=2", ALICE).json()
+    second = server.call("GET", f"/v1/jobs?limit=2&cursor={first['next_cursor']}", ALICE).json()
+    assert [j["id"] for j in first["jobs"] + second["jobs"]][:3] == ids[::-1]
+    assert all(j["user_id"] == "alice" for j in first["jobs"] + second["jobs"])
+
+
+def test_cancel_by_post_and_by_delete(server: Server):
+    # Pool "idle" has no workers, so these stay queued until cancelled.
+    a = server.call("POST", "/v1/jobs", json={"workflow": WORKFLOW, "pool": "idle"}).json()["id"]
+    b = server.call("POST", "/v1/jobs", json={"workflow": WORKFLOW, "pool": "idle"}).json()["id"]
+    assert server.call("POST", f"/v1/jobs/{a}/cancel").json()["status"] == "cancelled"
+    assert server.call("DELETE", f"/v1/jobs/{b}").json()["status"] == "cancelled"
+    assert server.call("GET", "/v1/jobs?status=cancelled").json()["jobs"][0]["id"] == b
+
+
+def test_health_reports_store_queue_and_depth(server: Server):
+    body = server.call("GET", "/health", headers={}).json()
+    assert body["status"] == "ok" and body["store"] == "ok" and body["queue"] == "ok"
+    assert isinstance(body["queue_depth"], int)
+
+
+def test_missing_or_wrong_key_is_401(server: Server):
+    assert_error_shape(server.call("GET", "/v1/jobs", headers={}), 401, "unauthorized")
+    wrong = server.call("GET", "/v1/jobs", headers={"Authorization": "Bearer nope"})
+    assert_error_shape(wrong, 401)
+    assert wrong.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_a_user_bound_key_cannot_see_another_users_job(server: Server):
+    mine = server.call("POST", "/v1/jobs", ALICE, json={"workflow": WORKFLOW, "user_id": "mallory"}).json()
+    assert mine["user_id"] == "alice"  # a bound key always submits as its user
+    assert_error_shape(server.call("GET", f"/v1/jobs/{mine['id']}", BOB), 404, "not_found")
+    assert_error_shape(server.call("POST", f"/v1/jobs/{mine['id']}/cancel", BOB), 404)
+    assert all(j["user_id"] == "bob" for j in server.call("GET", "/v1/jobs", BOB).json()["jobs"])
+    assert server.call("GET", f"/v1/jobs/{mine['id']}", ADMIN).status_code == 200
+
+
+@pytest.mark.parametrize(("kwargs", "status", "field"), [
+    ({"data": b"{not json"}, 400, "body"),
+    ({"json": {"workflow": {"nodes": [], "links": []}}}, 422, "workflow"),
+    ({"json": {"workflow": {}}}, 422, "workflow"),
+    ({"json": {"workflow": WORKFLOW, "media": [{"name": "a.png", "url": "file:///etc/passwd"}]}}, 422, "media[0].url"),
+    ({"json": {"workflow": WORKFLOW, "limit_me": 1}}, 422, "limit_me"),
+])
+def test_bad_submissions_get_the_one_error_shape_naming_the_field(server: Server, kwargs: dict, status: int,
+                                                                  field: str):
+    before = [j.id for j in server.stack.services.store.list_jobs(limit=100).jobs]
+    error = assert_error_shape(server.call("POST", "/v1/jobs", **kwargs), status)
+    assert error["field"] == field
+    assert [j.id for j in server.stack.services.store.list_jobs(limit=100).jobs] == before  # nothing stored
+
+
+def test_other_errors_share_the_shape(server: Server):
+    assert_error_shape(server.call("GET", "/v1/jobs/doesnotexist"), 404, "not_found")
+    assert_error_shape(server.call("GET", "/v1/jobs?limit=abc"), 422)
+    assert_error_shape(server.call("GET", "/v1/jobs?status=bogus"), 422)
+    assert_error_shape(server.call("GET", "/nowhere"), 404)
+    assert_error_shape(server.call("PUT", "/v1/jobs"), 405)
+
+
+def test_an_oversize_body_is_refused_before_parsing(server: Server):
+    small = replace(server.stack.settings.limits, max_body_bytes=1000)
+    svc = server.stack.services
+    svc.settings = replace(svc.settings, limits=small)
+    try:
+        resp = server.call("POST", "/v1/jobs", data=json.dumps({"workflow": WORKFLOW, "metadata": {"x": "y" * 2000}}))
+        assert_error_shape(resp, 413, "body_too_large")
+    finally:
+        svc.settings = server.stack.settings
+
+
+def test_the_openapi_document_describes_the_routes(server: Server):
+    doc = server.call("GET", "/openapi.json", headers={}).json()
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/health"} <= set(doc["paths"])
+    assert "JobRequest" in doc["components"]["schemas"]
+
+
+def test_remote_functions_called_locally_match_http(server: Server, monkeypatch: pytest.MonkeyPatch):
+    import app
+
+    svc = server.stack.services
+    monkeypatch.setattr(app, "_services", lambda: api.Services(svc.store, svc.objects, svc.settings))
+    via_remote = app.submit_job.local({"workflow": WORKFLOW, "pool": "idle"}, user_id="carol")
+    via_http = server.call("GET", f"/v1/jobs/{via_remote['id']}").json()
+    assert _without_urls(app.get_job.local(via_remote["id"])) == _without_urls(via_http)
+    listed = app.list_jobs.local(user_id="carol")
+    assert [j["id"] for j in listed["jobs"]] == [via_remote["id"]]
+    assert app.cancel_job.local(via_remote["id"], user_id="carol")["status"] == "cancelled"
+    with pytest.raises(api.NotFound):
+        app.get_job.local(via_remote["id"], user_id="dave")
+    with pytest.raises(api.InvalidInput):
+        app.submit_job.local({"workflow": {}})
+
+
+def _without_urls(job: dict) -> dict:
+    return {**job, "outputs": [{k: v for k, v in o.items() if k != "url"} for o in job["outputs"]],
+            "updated_at": None}
