@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import safe_fetch
 from errors import (
     BackendError,
     BodyTooLarge,
@@ -20,11 +22,12 @@ from errors import (
     Conflict,
     InvalidInput,
     MalformedBody,
+    MediaError,
     NotFound,
     Overloaded,
     Unauthorized,
 )
-from models import Job, Status, parse_submission
+from models import Job, JobRequest, Status, parse_submission
 from object_store import ObjectStore
 from settings import Settings
 from storage import JobStore
@@ -80,11 +83,28 @@ def authenticate(settings: Settings, authorization: str | None) -> Caller:
 
 
 def job_view(svc: Services, job: Job) -> dict[str, Any]:
-    """The job as the API returns it, with freshly presigned output URLs."""
+    """The job as the API returns it, with freshly presigned output URLs and its webhook deliveries."""
     body = job.public()
     for out in body["outputs"]:
         out["url"] = svc.objects.url(out["key"])
+    if job.webhook_url and job.terminal:
+        delivery = svc.store.webhook(job.id)
+        if delivery is not None:
+            body["webhook"] = {k: delivery[k] for k in ("event", "state", "attempts", "next_at")}
     return body
+
+
+def check_urls(svc: Services, request: JobRequest) -> None:
+    """Refuse media and webhook URLs whose host resolves into our own network (SSRF), naming the field."""
+    allowlist = safe_fetch.parse_allowlist(svc.settings.private_url_allowlist)
+    targets = [("webhook_url", request.webhook_url)] + [(f"media[{i}].url", m.url) for i, m in
+                                                          enumerate(request.media)]
+    for field, url in targets:
+        if url:
+            try:
+                safe_fetch.check_public_url(url, allowlist)
+            except MediaError as exc:
+                raise InvalidInput(f"{field}: {exc.message}", field=field) from None
 
 
 def submit_job(svc: Services, caller: Caller, body: bytes | str | dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -92,6 +112,7 @@ def submit_job(svc: Services, caller: Caller, body: bytes | str | dict[str, Any]
     if isinstance(body, bytes | str) and len(body) > svc.settings.limits.max_body_bytes:
         raise BodyTooLarge(f"the body is larger than {svc.settings.limits.max_body_bytes} bytes", field="body")
     request = parse_submission(body, svc.settings.limits)
+    check_urls(svc, request)
     if caller.user_id is not None:
         request = request.model_copy(update={"user_id": caller.user_id})
     job, created = svc.store.submit(request)
@@ -130,7 +151,20 @@ def list_jobs(svc: Services, caller: Caller, *, status: str | None = None, curso
 def cancel_job(svc: Services, caller: Caller, job_id: str) -> dict[str, Any]:
     """Ask for cancellation; a queued job is cancelled at once, a running one within about a second."""
     job = _visible_job(svc, caller, job_id)
-    return job_view(svc, svc.store.request_cancel(job.id, caller.user_id))
+    cancelled = svc.store.request_cancel(job.id, caller.user_id)
+    if cancelled.terminal and not job.terminal and cancelled.webhook_url:
+        _in_background(_first_webhook_attempt, svc, cancelled.id)
+    return job_view(svc, cancelled)
+
+
+def _first_webhook_attempt(svc: Services, job_id: str) -> None:
+    import webhooks
+
+    webhooks.deliver_now(svc, job_id, owner="api")
+
+
+def _in_background(fn: Callable[..., None], *args: Any) -> None:
+    threading.Thread(target=fn, args=args, daemon=True).start()
 
 
 def health(svc: Services) -> dict[str, Any]:

@@ -24,7 +24,7 @@ COMFY_DIR = "/root/comfy/ComfyUI"
 MODELS_DIR = "/models"
 LOCAL_MODULES = ["api", "cleanup", "comfy_client", "comfy_process", "deploy_config", "errors", "http_api",
                  "models", "modal_runtime", "object_store", "outputs", "progress", "safe_fetch", "settings",
-                 "storage", "sweeper", "twins", "worker", "workflow"]
+                 "storage", "sweeper", "twins", "webhooks", "worker", "workflow"]
 
 app = modal.App(APP_NAME)
 
@@ -192,9 +192,11 @@ class ComfyWorker:
 @app.function(image=api_image, secrets=SECRETS, schedule=SCHEDULES["sweep"], timeout=TIMEOUTS_S["sweep"])
 def sweep() -> dict:
     import sweeper
+    import webhooks
 
     svc = _services()
     done = sweeper.sweep(svc.store, svc.settings)
+    done.update({f"webhook_{k}": v for k, v in webhooks.dispatch(svc, owner="sweep").items()})
     if done.get("reenqueue") or done.get("requeue"):
         ComfyWorker().drain.spawn(svc.settings.default_pool)
     return dict(done)

@@ -34,6 +34,7 @@ class StackOptions:
     comfyui_dir: Path | None = None
     comfyui_args: tuple[str, ...] = ()
     sweep_interval_s: float = 30.0
+    webhook_interval_s: float = 1.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -77,6 +78,7 @@ class LocalStack:
             self.workers.append(worker)
             self._spawn(f"worker-{i}", worker.run, self._stop)
         self._spawn("sweeper", self._sweep_loop)
+        self._spawn("webhooks", self._webhook_loop)
 
     def _worker_count(self) -> int:
         if self.options.comfyui_url and self.options.workers > 1:
@@ -116,6 +118,15 @@ class LocalStack:
                 sweeper.sweep(self.services.store, self.settings)
             except Exception:
                 log.exception("sweep failed")
+
+    def _webhook_loop(self) -> None:
+        import webhooks
+
+        while not self._stop.wait(self.options.webhook_interval_s):
+            try:
+                webhooks.dispatch(self.services, owner="local-dispatcher")
+            except Exception:
+                log.exception("webhook dispatch failed")
 
     def _spawn(self, name: str, target, *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)

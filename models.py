@@ -312,7 +312,7 @@ class JobError(BaseModel):
 
 
 # Fields that drive the store's bookkeeping and are not part of the public view.
-_PRIVATE_FIELDS = {"claim_seq"}
+_PRIVATE_FIELDS = {"claim_seq", "active_slots"}
 
 
 class Job(BaseModel):
@@ -338,6 +338,7 @@ class Job(BaseModel):
     idempotency_key: str | None = None
     timeout_s: int | None = None
     include_previews: bool = False
+    active_slots: dict[str, int] = Field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:

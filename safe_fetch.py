@@ -135,3 +135,25 @@ def _read_capped(resp: http.client.HTTPResponse, max_bytes: int, deadline: float
             raise MediaError(f"fetching {url!r} took too long")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, allowlist: list[_Network]) -> int:
+    """POST body to url's vetted address (no redirects followed); the HTTP status. MediaError when refused
+    or unreachable."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise MediaError(f"refused: {url!r} is not an http(s) URL")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    ip = resolve_public(parts.hostname, port, allowlist)
+    cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
+    conn = cls(parts.hostname, port, ip, timeout=timeout_s)
+    try:
+        conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body=body,
+                     headers={"User-Agent": "comfy-saas/0.1", "Content-Type": "application/json", **headers})
+        resp = conn.getresponse()
+        resp.read(64 * 1024)
+        return resp.status
+    except (OSError, http.client.HTTPException) as exc:
+        raise MediaError(f"POST {url!r} failed: {exc}") from None
+    finally:
+        conn.close()

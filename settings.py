@@ -66,6 +66,14 @@ class Settings:
     private_url_allowlist: str = ""
     media_fetch_timeout_s: float = 30.0
     heartbeat_interval_s: float = 5.0
+    # Standard Webhooks signing secret ("whsec_<base64>" or any string); empty locally = derived per data dir.
+    webhook_secret: str = ""
+    webhook_max_attempts: int = 8
+    webhook_backoff_s: float = 30.0  # first retry after ~30 s, doubling: 8 attempts span about an hour
+    webhook_timeout_s: float = 10.0
+    # Back-pressure: active (queued + running) jobs allowed at once; 0 means no cap.
+    max_active_jobs: int = 0
+    max_active_jobs_per_user: int = 0
     cancel_poll_s: float = 0.5
     limits: Limits = field(default_factory=Limits)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +103,24 @@ class Keys:
     def cleanup_low_water() -> str:
         return "cleanup:low"
 
+    WEBHOOKS = "webhooks"
+
+    @staticmethod
+    def webhook(job_id: str) -> str:
+        return f"webhook:{job_id}"
+
+    @staticmethod
+    def webhook_attempt(job_id: str, n: int) -> str:
+        return f"whattempt:{job_id}:{n}"
+
+    @staticmethod
+    def webhook_low_water() -> str:
+        return "webhooks:low"
+
+    @staticmethod
+    def active_slot(scope: str, n: int) -> str:
+        return f"active:{scope}:{n}"
+
     @staticmethod
     def partition(pool: str) -> str:
         return pool
@@ -177,7 +196,13 @@ class JobStore:
         job_id = new_job_id()
         if request.idempotency_key and not self._claim_idempotency(request, job_id):
             return self._idempotent_original(request), False
+        try:
+            slots = self._acquire_quota(job_id, request.user_id)
+        except Overloaded:
+            self._forget_idempotency(request)
+            raise
         job = new_job(request, job_id, self.settings.default_pool, self._clock())
+        job.active_slots = slots
         self._d.put(Keys.payload(job_id), request.model_dump(mode="json", include={"workflow", "media", "overrides"}))
         self._d.put(Keys.job(job_id), job.to_record())
         self._index.append(Keys.ALL, job_id)
@@ -185,6 +210,27 @@ class JobStore:
             self._index.append(Keys.scope(job.user_id), job_id)
         self._enqueue_new(job, request)
         return job, True
+
+    def _acquire_quota(self, job_id: str, user_id: str | None) -> dict[str, int]:
+        caps = [(Keys.ALL, self.settings.max_active_jobs)]
+        if user_id is not None:
+            caps.append((Keys.scope(user_id), self.settings.max_active_jobs_per_user))
+        taken: dict[str, int] = {}
+        for scope, cap in caps:
+            if cap <= 0:
+                continue
+            n = self.acquire_active(scope, cap, job_id)
+            if n is None:
+                for held_scope, held in taken.items():
+                    self._d.pop(Keys.active_slot(held_scope, held), None)
+                who = "this user" if scope != Keys.ALL else "the service"
+                raise Overloaded(f"{who} already has {cap} active jobs; retry when some finish", retry_after_s=10)
+            taken[scope] = n
+        return taken
+
+    def _forget_idempotency(self, request: JobRequest) -> None:
+        if request.idempotency_key:
+            self._d.pop(Keys.idempotency(request.user_id, request.idempotency_key), None)
 
     def _claim_idempotency(self, request: JobRequest, job_id: str) -> bool:
         key = Keys.idempotency(request.user_id, request.idempotency_key or "")
@@ -208,8 +254,8 @@ class JobStore:
             # Nothing half-stored: the index slot stays but points at nothing, and listing skips it.
             for key in (Keys.job(job.id), Keys.payload(job.id)):
                 self._d.pop(key, None)
-            if request.idempotency_key:
-                self._d.pop(Keys.idempotency(request.user_id, request.idempotency_key), None)
+            self.release_active(job)
+            self._forget_idempotency(request)
             raise
 
     def enqueue(self, job: Job) -> None:
@@ -290,7 +336,71 @@ class JobStore:
         if not self._d.put(Keys.terminal(job.id), job.to_record(), skip_if_exists=True):
             raise IllegalTransition(f"job {job.id} already reached a terminal state")
         self._d.put(Keys.job(job.id), job.to_record())
+        # Side effects of the one terminal outcome, done once by its winner.
+        self.release_active(job)
+        if job.webhook_url:
+            self._register_webhook(job)
         return job
+
+    # --- webhook deliveries (one per terminal event; dispatched by webhooks.py) ------------------
+
+    def _register_webhook(self, job: Job) -> None:
+        now = self._clock().isoformat()
+        delivery = {"job_id": job.id, "event": f"job.{job.status.value}", "msg_id": f"msg_{job.id}",
+                    "url": job.webhook_url, "state": "pending", "attempts": [], "next_at": now, "created_at": now}
+        if self._d.put(Keys.webhook(job.id), delivery, skip_if_exists=True):
+            self._index.append(Keys.WEBHOOKS, job.id)
+
+    def webhook(self, job_id: str) -> dict[str, Any] | None:
+        return self._d.get(Keys.webhook(job_id))
+
+    def save_webhook(self, delivery: dict[str, Any]) -> None:
+        self._d.put(Keys.webhook(delivery["job_id"]), delivery)
+
+    def claim_webhook_attempt(self, job_id: str, n: int, owner: str) -> bool:
+        """Exactly one sender makes attempt n of a job's delivery."""
+        return self._d.put(Keys.webhook_attempt(job_id, n), {"owner": owner, "at": self._clock().isoformat()},
+                           skip_if_exists=True)
+
+    def webhook_attempt_claim(self, job_id: str, n: int) -> dict[str, Any] | None:
+        return self._d.get(Keys.webhook_attempt(job_id, n))
+
+    def pending_webhooks(self, max_slots: int) -> list[tuple[int, dict[str, Any] | None]]:
+        """Deliveries from the webhook low-water mark towards the newest, oldest first."""
+        low = self._d.get(Keys.webhook_low_water()) or 1
+        head = self._index.head(Keys.WEBHOOKS)
+        out = []
+        for n in range(low, min(head, low + max_slots - 1) + 1):
+            job_id = self._index.slot(Keys.WEBHOOKS, n)
+            out.append((n, self.webhook(job_id) if job_id else None))
+        return out
+
+    def raise_webhook_low_water(self, slot: int) -> None:
+        self._d.put(Keys.webhook_low_water(), slot)
+
+    # --- active-job quotas: numbered slots claimed with skip_if_exists ---------------------------
+
+    def acquire_active(self, scope: str, capacity: int, job_id: str, probes: int = 32) -> int | None:
+        """Take one of `capacity` active slots for job_id; None when all probed slots are busy. A slot
+        whose job has finished (its release was lost) is taken over."""
+        start = random.randrange(capacity)
+        for i in range(min(capacity, probes)):
+            n = (start + i) % capacity
+            key = Keys.active_slot(scope, n)
+            if self._d.put(key, job_id, skip_if_exists=True):
+                return n
+            holder = self._d.get(key)
+            held = self.get(holder) if holder else None
+            # A holder with no record yet is a submit in flight, not a leak.
+            if held is not None and held.terminal and self._d.pop(key, None) is not None \
+                    and self._d.put(key, job_id, skip_if_exists=True):
+                return n
+        return None
+
+    def release_active(self, job: Job) -> None:
+        for scope, n in (job.active_slots or {}).items():
+            if self._d.get(Keys.active_slot(scope, n)) == job.id:
+                self._d.pop(Keys.active_slot(scope, n), None)
 
     def _write(self, job: Job) -> Job:
         self._d.put(Keys.job(job.id), job.to_record())
@@ -366,6 +476,9 @@ class JobStore:
                     *(Keys.claim(job.id, n) for n in range(1, job.claim_seq + 2))]
             if job.idempotency_key:
                 keys.append(Keys.idempotency(job.user_id, job.idempotency_key))
+            delivery = self._d.pop(Keys.webhook(job.id), None)
+            if delivery is not None:
+                keys += [Keys.webhook_attempt(job.id, n) for n in range(1, len(delivery["attempts"]) + 2)]
             for key in keys:
                 self._d.pop(key, None)
         self._d.pop(Keys.index_slot(Keys.ALL, slot), None)

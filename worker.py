@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import safe_fetch
+import webhooks
+from api import Services
 from comfy_client import ComfyClient, Event, EventStream
 from errors import ComfyUnavailable, IllegalTransition, MediaError, NotOwner, PromptRejected
 from models import Job, JobError, MediaInput, Output, Progress, Status
@@ -81,6 +83,7 @@ class Worker:
         self.events: EventStream = comfy.events(client_id=self.worker_id)
         self.allowlist = safe_fetch.parse_allowlist(settings.private_url_allowlist)
         self.current_job: str | None = None
+        self.services = Services(store, objects, settings)
 
     # --- the pool loop -----------------------------------------------------------------------
 
@@ -217,9 +220,14 @@ class Worker:
         if outcome.status is Status.COMPLETED:
             changes["progress"] = Progress(percent=100.0, nodes_done=len(run.workflow), nodes_total=len(run.workflow))
         try:
-            self.store.transition(run.job.id, outcome.status, claim=run.claim, **changes)
+            job = self.store.transition(run.job.id, outcome.status, claim=run.claim, **changes)
         except (IllegalTransition, NotOwner) as exc:
             log.info("job %s: outcome %s not recorded: %s", run.job.id, outcome.status.value, exc)
+            return
+        if job.webhook_url:
+            # Sent off the job's path: a slow receiver never holds up the next job.
+            threading.Thread(target=webhooks.deliver_now, args=(self.services, job.id, self.worker_id),
+                             daemon=True).start()
 
     def release(self, run: Run, reason: str) -> None:
         """ComfyUI went away mid-job: requeue the job while attempts remain, else fail it."""

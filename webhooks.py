@@ -1,0 +1,157 @@
+"""Signed webhooks for terminal events, the Standard Webhooks way, retried over minutes.
+
+A delivery is data in the store (registered once by the terminal transition's winner); sending it
+never blocks or fails the job. Each attempt is claimed with skip_if_exists, so two dispatchers never
+send the same attempt, and every attempt is recorded on the delivery (time, status code, error).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import safe_fetch
+from api import Services, job_view
+from errors import MediaError
+from models import utcnow
+
+log = logging.getLogger(__name__)
+
+STALE_ATTEMPT_S = 300  # an attempt claimed this long ago but never recorded died with its sender
+Sender = Callable[[str, bytes, dict[str, str]], int]
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key: base64 after a `whsec_` prefix (Standard Webhooks), else the string's bytes."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret.removeprefix("whsec_"))
+    return secret.encode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`."""
+    mac = hmac.new(secret_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def verify(secret: str, headers: Mapping[str, str], body: bytes, tolerance_s: int = 300,
+           now: float | None = None) -> bool:
+    """True when the webhook-signature header carries a valid v1 signature and the timestamp is fresh."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    try:
+        msg_id, timestamp = lower["webhook-id"], int(lower["webhook-timestamp"])
+    except (KeyError, ValueError):
+        return False
+    if abs((now or time.time()) - timestamp) > tolerance_s:
+        return False
+    expected = sign(secret, msg_id, timestamp, body)
+    return any(hmac.compare_digest(expected, s) for s in lower.get("webhook-signature", "").split())
+
+
+def retry_delay_s(attempt: int, base_s: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with ±20% jitter: base, 2*base, 4*base, ..."""
+    return base_s * (2 ** (attempt - 1)) * (rng or random).uniform(0.8, 1.2)
+
+
+def webhook_secret(svc: Services) -> str:
+    """The configured secret, or locally one derived from the data dir's URL signing key."""
+    if svc.settings.webhook_secret:
+        return svc.settings.webhook_secret
+    from object_store import _local_secret
+
+    return "local-" + _local_secret(svc.settings)
+
+
+def _payload(svc: Services, delivery: dict[str, Any], now: datetime) -> bytes:
+    job = svc.store.get(delivery["job_id"])
+    data = job_view(svc, job) if job is not None else {"id": delivery["job_id"]}
+    return json.dumps({"type": delivery["event"], "timestamp": now.isoformat(), "data": data}).encode()
+
+
+def _send(svc: Services) -> Sender:
+    allowlist = safe_fetch.parse_allowlist(svc.settings.private_url_allowlist)
+
+    def send(url: str, body: bytes, headers: dict[str, str]) -> int:
+        return safe_fetch.post(url, body, headers, svc.settings.webhook_timeout_s, allowlist)
+    return send
+
+
+def attempt(svc: Services, delivery: dict[str, Any], owner: str, now: datetime | None = None,
+            send: Sender | None = None) -> bool:
+    """Make the next attempt of a due delivery; False if it was not due or another sender has it."""
+    now = now or utcnow()
+    if delivery["state"] != "pending" or datetime.fromisoformat(delivery["next_at"]) > now:
+        return False
+    n = len(delivery["attempts"]) + 1
+    if not svc.store.claim_webhook_attempt(delivery["job_id"], n, owner):
+        return _recover_lost_attempt(svc, delivery, n, now)
+    body = _payload(svc, delivery, now)
+    stamp = int(now.timestamp())
+    headers = {"webhook-id": delivery["msg_id"], "webhook-timestamp": str(stamp),
+               "webhook-signature": sign(webhook_secret(svc), delivery["msg_id"], stamp, body)}
+    status, error = None, None
+    try:
+        status = (send or _send(svc))(delivery["url"], body, headers)
+    except MediaError as exc:  # refused (SSRF) or unreachable: a failed attempt, never a failed job
+        error = exc.message
+    _record(svc, delivery, {"n": n, "at": now.isoformat(), "status_code": status, "error": error}, now)
+    return True
+
+
+def _record(svc: Services, delivery: dict[str, Any], entry: dict[str, Any], now: datetime) -> None:
+    delivery["attempts"].append(entry)
+    ok = entry["status_code"] is not None and 200 <= entry["status_code"] < 300
+    if ok:
+        delivery["state"] = "delivered"
+    elif len(delivery["attempts"]) >= svc.settings.webhook_max_attempts:
+        delivery["state"] = "failed"
+    else:
+        delay = retry_delay_s(len(delivery["attempts"]), svc.settings.webhook_backoff_s)
+        delivery["next_at"] = (now + timedelta(seconds=delay)).isoformat()
+    svc.store.save_webhook(delivery)
+
+
+def _recover_lost_attempt(svc: Services, delivery: dict[str, Any], n: int, now: datetime) -> bool:
+    claim = svc.store.webhook_attempt_claim(delivery["job_id"], n) or {}
+    claimed_at = datetime.fromisoformat(claim.get("at", now.isoformat()))
+    if (now - claimed_at).total_seconds() < STALE_ATTEMPT_S:
+        return False  # someone is sending it right now
+    _record(svc, delivery, {"n": n, "at": now.isoformat(), "status_code": None, "error": "sender lost"}, now)
+    return True
+
+
+def dispatch(svc: Services, owner: str = "dispatcher", now: datetime | None = None, max_slots: int = 2000,
+             send: Sender | None = None) -> Counter:
+    """Attempt every due delivery; advance the low-water mark past finished ones."""
+    done: Counter = Counter()
+    new_low, prefix_finished = None, True
+    for n, delivery in svc.store.pending_webhooks(max_slots):
+        if delivery is None or delivery["state"] != "pending":
+            if prefix_finished:
+                new_low = n + 1
+            continue
+        prefix_finished = False
+        if attempt(svc, delivery, owner, now, send):
+            done[svc.store.webhook(delivery["job_id"])["state"]] += 1
+    if new_low is not None:
+        svc.store.raise_webhook_low_water(new_low)
+    return done
+
+
+def deliver_now(svc: Services, job_id: str, owner: str) -> None:
+    """The first attempt right after the terminal transition; errors are logged, never raised."""
+    try:
+        delivery = svc.store.webhook(job_id)
+        if delivery is not None:
+            attempt(svc, delivery, owner)
+    except Exception:
+        log.exception("webhook for job %s: first attempt failed to run; the dispatcher will retry", job_id)
