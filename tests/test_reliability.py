@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -127,7 +128,7 @@ def test_a_receiver_down_for_the_whole_window_never_fails_the_job(svc: Services)
 def test_retries_back_off_exponentially_over_minutes():
     delays = [webhooks.retry_delay_s(n, 30.0) for n in range(1, 9)]
     assert 24 <= delays[0] <= 36 and delays[-1] > 3000  # 30 s first, about an hour for the eighth
-    assert all(b > a for a, b in zip(delays, delays[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(delays))
 
 
 def test_two_dispatchers_never_send_one_attempt_twice(svc: Services, receiver: Receiver):
@@ -218,37 +219,41 @@ def test_two_sweepers_and_one_stale_job_make_one_outcome(svc: Services):
     assert svc.store.get(job_id).status is Status.QUEUED
 
 
+def _race_completion(svc: Services, rival: str) -> tuple[list[Status], Status]:
+    """Completion and a rival decision at the same instant; (winning outcomes, final status)."""
+    job_id, claim = running_job(svc)
+    barrier = threading.Barrier(2)
+    later = utcnow() + timedelta(seconds=svc.settings.job_timeout_s + 1)
+
+    def complete() -> Status | None:
+        barrier.wait()
+        try:
+            return svc.store.transition(job_id, Status.COMPLETED, claim=claim).status
+        except (IllegalTransition, NotOwner):
+            return None
+
+    def interfere() -> Status | None:
+        barrier.wait()
+        if rival == "cancel":
+            svc.store.request_cancel(job_id)
+            try:  # the worker saw the flag and writes cancelled
+                return svc.store.transition(job_id, Status.CANCELLED, claim=claim).status
+            except (IllegalTransition, NotOwner):
+                return None
+        job = svc.store.get(job_id)
+        action = sweeper.decide(job, later, svc.settings, False)  # None if it already saw completion
+        return Status.FAILED if action and sweeper.act(svc.store, job, action) else None
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = [f.result() for f in [pool.submit(complete), pool.submit(interfere)]]
+    return [o for o in outcomes if o is not None], svc.store.get(job_id).status
+
+
 @pytest.mark.parametrize("rival", ["cancel", "timeout"])
 def test_cancel_or_timeout_racing_completion_leaves_one_terminal_state(svc: Services, rival: str):
     for _ in range(20):
-        job_id, claim = running_job(svc)
-        barrier = threading.Barrier(2)
-        later = utcnow() + timedelta(seconds=svc.settings.job_timeout_s + 1)
-
-        def complete() -> Status | None:
-            barrier.wait()
-            try:
-                return svc.store.transition(job_id, Status.COMPLETED, claim=claim).status
-            except (IllegalTransition, NotOwner):
-                return None
-
-        def interfere() -> Status | None:
-            barrier.wait()
-            if rival == "cancel":
-                svc.store.request_cancel(job_id)
-                try:  # the worker saw the flag and writes cancelled
-                    return svc.store.transition(job_id, Status.CANCELLED, claim=claim).status
-                except (IllegalTransition, NotOwner):
-                    return None
-            job = svc.store.get(job_id)
-            action = sweeper.decide(job, later, svc.settings, False)  # None if it already saw completion
-            return Status.FAILED if action and sweeper.act(svc.store, job, action) else None
-
-        with ThreadPoolExecutor(2) as pool:
-            outcomes = [f.result() for f in [pool.submit(complete), pool.submit(interfere)]]
-        winners = [o for o in outcomes if o is not None]
-        assert len(winners) == 1
-        assert svc.store.get(job_id).status is winners[0]
+        winners, final = _race_completion(svc, rival)
+        assert len(winners) == 1 and final is winners[0]
 
 
 # --- quotas and idempotency -------------------------------------------------------------------------
@@ -291,7 +296,7 @@ def test_cleanup_deletes_expired_jobs_and_everything_kept_for_them(svc: Services
     later = utcnow() + timedelta(days=svc.settings.retention_days, hours=1)
     assert cleanup.cleanup(svc.store, svc.objects, svc.settings, later) == {"jobs": 1, "outputs": 1}
     assert svc.store.get(old) is None and not (svc.objects.root / old).exists()
-    leftovers = [k for k in LocalDict(db_path).keys() if old in str(k) and not k.startswith("idx:user")]
+    leftovers = [k for k in LocalDict(db_path) if old in str(k) and not k.startswith("idx:user")]
     assert leftovers == []
     assert svc.store.get(young_running) is not None  # not finished: kept, and cleanup stops there
     assert cleanup.cleanup(svc.store, svc.objects, svc.settings, later) == {}  # idempotent
