@@ -296,7 +296,7 @@ def test_cleanup_deletes_expired_jobs_and_everything_kept_for_them(svc: Services
     later = utcnow() + timedelta(days=svc.settings.retention_days, hours=1)
     assert cleanup.cleanup(svc.store, svc.objects, svc.settings, later) == {"jobs": 1, "outputs": 1}
     assert svc.store.get(old) is None and not (svc.objects.root / old).exists()
-    leftovers = [k for k in LocalDict(db_path) if old in str(k) and not k.startswith("idx:user")]
+    leftovers = [k for k, _ in LocalDict(db_path).items() if old in str(k) and not k.startswith("idx:user")]
     assert leftovers == []
     assert svc.store.get(young_running) is not None  # not finished: kept, and cleanup stops there
     assert cleanup.cleanup(svc.store, svc.objects, svc.settings, later) == {}  # idempotent
