@@ -1,0 +1,235 @@
+"""Chaos run: N jobs through the local stack while workers are killed, ComfyUI crashes and sockets drop.
+
+    python bench/chaos.py --jobs 1000 --seed 7 --out chaos.json
+
+Worker processes (`comfy-saas worker`) each drive their own ComfyUI double; a supervisor restarts
+whatever dies. At the end it counts jobs lost (no record), stuck (not finished by the deadline),
+with a duplicate terminal outcome (status changed after it was final), and with duplicate webhooks
+(the receiver always answers 200, so any second delivery is a bug). All four must be zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sweeper  # noqa: E402
+import webhooks  # noqa: E402
+from comfy_process import DOUBLE_DIR, ComfyProcess  # noqa: E402
+from local_stack import free_port, local_services  # noqa: E402
+from models import JobRequest  # noqa: E402
+from settings import Settings  # noqa: E402
+
+SECRET = "whsec_" + base64.b64encode(b"chaos-webhook-secret").decode()
+QUICK = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 1}},
+         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "chaos"}}}
+SLOW = {**QUICK, "3": {"class_type": "SlowPassthrough", "inputs": {
+    "image": ["1", 0], "steps": 4, "delay": 0.05, "send_preview": False, "send_text": False, "seed": 0}},
+    "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "chaos_slow"}}}
+
+
+class Receiver(ThreadingHTTPServer):
+    def __init__(self) -> None:
+        self.deliveries: Counter = Counter()
+        self.bad_signatures = 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with self.server.lock:
+            if not webhooks.verify(SECRET, dict(self.headers), body):
+                self.server.bad_signatures += 1
+            self.server.deliveries[json.loads(body)["data"]["id"]] += 1
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@dataclass
+class Slot:
+    """One worker process and the ComfyUI double it drives."""
+
+    double: ComfyProcess
+    proc: subprocess.Popen | None = None
+    starts: int = 0
+    log: list[str] = field(default_factory=list)
+
+
+class Chaos:
+    def __init__(self, args: argparse.Namespace, data_dir: Path) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.env = {**os.environ, "COMFY_DATA_DIR": str(data_dir), "COMFY_HEARTBEAT_INTERVAL_S": "0.3",
+                    "COMFY_HEARTBEAT_STALE_S": "2", "COMFY_MAX_ATTEMPTS": "50", "COMFY_CANCEL_POLL_S": "0.2",
+                    "COMFY_WEBHOOK_SECRET": SECRET, "COMFY_WEBHOOK_BACKOFF_S": "0.2",
+                    "COMFY_PRIVATE_URL_ALLOWLIST": "127.0.0.1/32", "COMFY_URL_SIGNING_SECRET": "chaos"}
+        self.settings = Settings.from_env(self.env)
+        self.svc = local_services(self.settings)
+        self.slots: list[Slot] = []
+        self.faults: Counter = Counter()
+        self.stop = threading.Event()
+        self.data_dir = data_dir
+
+    def start_worker(self, slot: Slot) -> None:
+        exe = Path(sys.executable).parent / "comfy-saas"
+        cmd = [str(exe), "worker", "--comfyui-url", slot.double.url] if exe.exists() else \
+            [sys.executable, str(ROOT / "cli.py"), "worker", "--comfyui-url", slot.double.url]
+        slot.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        slot.starts += 1
+
+    def start(self) -> None:
+        for i in range(self.args.workers):
+            root = self.data_dir / f"comfy/{i}"
+            args = ["--output-directory", str(root / "output"), "--input-directory", str(root / "input"),
+                    "--temp-directory", str(root)]
+            double = ComfyProcess(DOUBLE_DIR, free_port(), args, log_path=root / "comfyui.log")
+            root.mkdir(parents=True, exist_ok=True)
+            double.start()
+            slot = Slot(double)
+            self.start_worker(slot)
+            self.slots.append(slot)
+        for target in (self.supervise, self.sweep, self.dispatch, self.inject):
+            threading.Thread(target=target, daemon=True).start()
+
+    def supervise(self) -> None:
+        while not self.stop.wait(0.1):
+            for slot in self.slots:
+                if not slot.double.alive():
+                    try:
+                        slot.double.restart(30)
+                    except Exception:
+                        continue
+                if slot.proc is None or slot.proc.poll() is not None:
+                    self.start_worker(slot)
+
+    def sweep(self) -> None:
+        while not self.stop.wait(0.5):
+            sweeper.sweep(self.svc.store, self.settings, owner="chaos-sweeper")
+
+    def dispatch(self) -> None:
+        while not self.stop.wait(0.2):
+            webhooks.dispatch(self.svc, owner="chaos-dispatcher")
+
+    def inject(self) -> None:
+        while not self.stop.wait(self.rng.expovariate(1 / self.args.fault_interval)):
+            slot = self.rng.choice(self.slots)
+            fault = self.rng.choice(["kill_worker", "crash_comfyui", "drop_websocket"])
+            try:
+                if fault == "kill_worker" and slot.proc is not None and slot.proc.poll() is None:
+                    slot.proc.send_signal(signal.SIGKILL)
+                elif fault == "crash_comfyui":
+                    _post(slot.double.url + "/double/crash")
+                elif fault == "drop_websocket":
+                    _post(slot.double.url + "/double/drop_ws")
+                self.faults[fault] += 1
+            except OSError:
+                pass  # it was already down; the supervisor is on it
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.terminate()
+                try:
+                    slot.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    slot.proc.kill()
+            slot.double.stop()
+
+
+def _post(url: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=2).read()
+
+
+def run(args: argparse.Namespace) -> dict:
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
+        chaos = Chaos(args, Path(tmp))
+        chaos.start()
+        rng = random.Random(args.seed + 1)
+        ids = [chaos.svc.store.submit(JobRequest(workflow=SLOW if rng.random() < 0.3 else QUICK,
+                                                 webhook_url=hook))[0].id for _ in range(args.jobs)]
+        started = time.monotonic()
+        first_final: dict[str, str] = {}
+        changed: set[str] = set()
+        while time.monotonic() - started < args.deadline_s:
+            _observe(chaos, ids, first_final, changed)
+            delivered = all(receiver.deliveries[i] >= 1 for i in ids)
+            if len(first_final) == len(ids) and delivered:
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)  # let a late duplicate show itself
+        _observe(chaos, ids, first_final, changed)
+        chaos.shutdown()
+        records = {i: chaos.svc.store.get(i) for i in ids}
+    receiver.shutdown()
+    statuses = Counter(j.status.value for j in records.values() if j is not None)
+    return {
+        "jobs": len(ids),
+        "lost": sum(1 for j in records.values() if j is None),
+        "stuck": sum(1 for j in records.values() if j is not None and not j.terminal),
+        "duplicate_terminal": len(changed),
+        "duplicate_webhooks": sum(1 for i in ids if receiver.deliveries[i] > 1),
+        "missing_webhooks": sum(1 for i in ids if receiver.deliveries[i] == 0),
+        "bad_signatures": receiver.bad_signatures,
+        "faults_injected": sum(chaos.faults.values()),
+        "faults": dict(chaos.faults),
+        "statuses": dict(statuses),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _observe(chaos: Chaos, ids: list[str], first_final: dict[str, str], changed: set[str]) -> None:
+    for job_id in ids:
+        job = chaos.svc.store.get(job_id)
+        if job is None or not job.terminal:
+            continue
+        if job_id in first_final and first_final[job_id] != job.status.value:
+            changed.add(job_id)
+        first_final.setdefault(job_id, job.status.value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--fault-interval", type=float, default=0.5, help="mean seconds between faults")
+    parser.add_argument("--deadline-s", type=float, default=600)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    result = run(args)
+    args.out.write_text(json.dumps(result, indent=2))
+    for key in ("jobs", "lost", "stuck", "duplicate_terminal", "duplicate_webhooks", "faults_injected", "seconds"):
+        print(f"{key:>20}: {result[key]}")
+    ok = not (result["lost"] or result["stuck"] or result["duplicate_terminal"] or result["duplicate_webhooks"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
