@@ -1,24 +1,26 @@
-"""The `comfy-saas` command."""
+"""The `comfy-saas` command: run the local stack or a worker, use the API, and operate the store."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from settings import Settings
 
+EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR = 0, 1, 2
 
-def _serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the API, workers and sweeper locally")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--data-dir", type=Path, help="where jobs and outputs live (default ./data or COMFY_DATA_DIR)")
-    p.add_argument("--workers", type=int, default=1, help="workers, each with its own ComfyUI")
+
+# --- serve and worker ------------------------------------------------------------------------------
+
+
+def _comfy_source(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--comfyui-url", default=os.environ.get("COMFYUI_URL"),
                         help="use a running ComfyUI (env COMFYUI_URL)")
@@ -26,31 +28,24 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                         help="launch ComfyUI from this directory (env COMFYUI_DIR)")
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    return replace(settings, data_dir=args.data_dir) if getattr(args, "data_dir", None) else settings
+
+
 def serve(args: argparse.Namespace) -> int:
     from local_stack import StackOptions
     from local_stack import serve as run
 
-    settings = Settings.from_env()
-    if args.data_dir:
-        settings = replace(settings, data_dir=args.data_dir)
     options = StackOptions(host=args.host, port=args.port, workers=args.workers,
                            comfyui_url=args.comfyui_url, comfyui_dir=args.comfyui_dir)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the local stack is stopped
-        run(settings, options)
-    return 0
-
-
-def _worker_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="run one worker process against the local data directory")
-    p.add_argument("--data-dir", type=Path, help="the data directory `serve` uses (default COMFY_DATA_DIR)")
-    p.add_argument("--pool", default=None, help="the pool to take jobs from")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--comfyui-url", default=os.environ.get("COMFYUI_URL"))
-    source.add_argument("--comfyui-dir", type=Path, default=os.environ.get("COMFYUI_DIR"))
+        run(_settings(args), options)
+    return EXIT_OK
 
 
 def worker(args: argparse.Namespace) -> int:
-    """One worker; exits 3 when its ComfyUI is unhealthy and cannot be restarted (a supervisor restarts it)."""
+    """One worker process; exits 3 when its ComfyUI URL stops answering (a supervisor restarts it)."""
     import signal
     import threading
 
@@ -59,9 +54,7 @@ def worker(args: argparse.Namespace) -> int:
     from local_stack import free_port, local_services
     from worker import Worker
 
-    settings = Settings.from_env()
-    if args.data_dir:
-        settings = replace(settings, data_dir=args.data_dir)
+    settings = _settings(args)
     svc = local_services(settings)
     proc = None
     if args.comfyui_url:
@@ -70,9 +63,8 @@ def worker(args: argparse.Namespace) -> int:
         proc = ComfyProcess(args.comfyui_dir or DOUBLE_DIR, free_port())
         proc.start()
         client = proc.client
-    stop = threading.Event()
+    stop, unhealthy = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    unhealthy = threading.Event()
 
     def recover() -> bool:
         if proc is None:
@@ -82,24 +74,222 @@ def worker(args: argparse.Namespace) -> int:
         return True
 
     try:
-        Worker(svc.store, svc.objects, client, settings, pool=args.pool, on_unhealthy=recover).run(stop)
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):
+            Worker(svc.store, svc.objects, client, settings, pool=args.pool, on_unhealthy=recover).run(stop)
     finally:
         if proc is not None:
             proc.stop()
-    return 3 if unhealthy.is_set() else 0
+    return 3 if unhealthy.is_set() else EXIT_OK
+
+
+# --- API commands ------------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace):
+    from client import Client, Routes
+
+    if args.modal_workspace:
+        return Client(routes=Routes.modal(args.modal_workspace), api_key=args.api_key)
+    return Client(args.url, api_key=args.api_key)
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        path, sep, raw = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r} must look like NODE.INPUT=VALUE")
+        try:
+            out[path] = json.loads(raw)  # numbers, booleans, quoted strings, lists
+        except ValueError:
+            out[path] = raw
+    return out
+
+
+def _parse_media(pairs: list[str]) -> dict[str, str]:
+    media = {}
+    for pair in pairs:
+        name, sep, source = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--media {pair!r} must look like NAME=PATH or NAME=URL")
+        media[name] = source
+    return media
+
+
+def progress_line(job: dict[str, Any], width: int = 24) -> str:
+    """One line: bar, percent, node, step and ETA."""
+    p = job.get("progress") or {}
+    percent = float(p.get("percent") or (100.0 if job["status"] == "completed" else 0.0))
+    filled = int(width * percent / 100)
+    parts = [f"[{'#' * filled}{'.' * (width - filled)}] {percent:5.1f}%", job["status"]]
+    if p.get("node_id"):
+        parts.append(f"node {p['node_id']} ({p.get('node_class') or '?'})")
+    if p.get("step") and p.get("steps"):
+        parts.append(f"step {p['step']}/{p['steps']}")
+    if p.get("eta_s") is not None:
+        parts.append(f"ETA {p['eta_s']:.0f}s")
+    return "  ".join(parts)
+
+
+def submit(args: argparse.Namespace) -> int:
+    c = _client(args)
+    job = c.submit(args.workflow, media=_parse_media(args.media), overrides=_parse_sets(args.set),
+                   webhook_url=args.webhook, idempotency_key=args.idempotency_key)
+    print(job["id"])
+    if not args.wait:
+        return EXIT_OK
+    tty = sys.stderr.isatty()
+    done = c.wait(job["id"], on_progress=lambda j: print(("\r" if tty else "") + progress_line(j),
+                                                       end="" if tty else "\n", file=sys.stderr, flush=True))
+    print(file=sys.stderr)
+    return _finished(c, done, args.out)
+
+
+def _finished(c: Any, job: dict[str, Any], out: Path | None) -> int:
+    if job["status"] != "completed":
+        err = job.get("error") or {}
+        where = f" at node {err['node_id']} ({err.get('node_class')})" if err.get("node_id") else ""
+        print(f"job {job['id']} {job['status']}{where}: {err.get('message', '')}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    if out is not None:
+        for path in c.download(job, out):
+            print(path)
+    return EXIT_OK
+
+
+def status(args: argparse.Namespace) -> int:
+    job = _client(args).get(args.job_id)
+    print(json.dumps(job, indent=2) if args.json else progress_line(job))
+    return EXIT_OK
+
+
+def list_(args: argparse.Namespace) -> int:
+    for i, job in enumerate(_client(args).list(status=args.status, user_id=args.user_id)):
+        if i >= args.limit:
+            break
+        print(f"{job['id']}  {job['status']:<9}  {job['created_at']}  {job.get('user_id') or '-'}")
+    return EXIT_OK
+
+
+def cancel(args: argparse.Namespace) -> int:
+    print(_client(args).cancel(args.job_id)["status"])
+    return EXIT_OK
+
+
+# --- ops -------------------------------------------------------------------------------------------------
+
+
+def ops(args: argparse.Namespace) -> int:
+    import ops as operations
+    from local_stack import local_services
+
+    svc = operations.modal_services() if args.modal else local_services(_settings(args))
+    if args.ops_command == "queue":
+        result: Any = operations.queue_depths(svc, args.pool or [svc.settings.default_pool])
+    elif args.ops_command == "inspect":
+        result = operations.inspect(svc, args.job_id)
+    elif args.ops_command == "requeue":
+        result = operations.requeue(svc, args.job_id)
+    elif args.ops_command == "fail":
+        result = operations.fail(svc, args.job_id, args.reason)
+    else:
+        result = dict(operations.purge(svc))
+    print(json.dumps(result, indent=2, default=str))
+    return EXIT_OK
+
+
+# --- parser --------------------------------------------------------------------------------------------
+
+
+def _api_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get("COMFY_SAAS_URL", "http://127.0.0.1:8000"),
+                   help="the local server's base URL (env COMFY_SAAS_URL)")
+    p.add_argument("--modal-workspace", default=os.environ.get("COMFY_SAAS_MODAL_WORKSPACE"),
+                   help="use the deployed Modal endpoints of this workspace instead")
+    p.add_argument("--api-key", default=os.environ.get("COMFY_SAAS_API_KEY"), help="env COMFY_SAAS_API_KEY")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfy-saas", description="Serverless ComfyUI job API")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the API, workers and sweeper locally")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--data-dir", type=Path, help="where jobs and outputs live (default ./data or COMFY_DATA_DIR)")
+    p.add_argument("--workers", type=int, default=1, help="workers, each with its own ComfyUI")
+    _comfy_source(p)
+    p.set_defaults(run=serve)
+
+    p = sub.add_parser("worker", help="run one worker process against the local data directory")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--pool", default=None)
+    _comfy_source(p)
+    p.set_defaults(run=worker)
+
+    p = sub.add_parser("submit", help="submit a workflow (API-format JSON file)")
+    p.add_argument("workflow", type=Path)
+    p.add_argument("--media", action="append", default=[], metavar="NAME=PATH|URL")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    p.add_argument("--webhook")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--wait", action="store_true", help="show progress until the job finishes")
+    p.add_argument("--out", type=Path, help="with --wait: download outputs here")
+    _api_options(p)
+    p.set_defaults(run=submit)
+
+    p = sub.add_parser("status", help="a job's status and progress")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
+    _api_options(p)
+    p.set_defaults(run=status)
+
+    p = sub.add_parser("list", help="jobs, newest first")
+    p.add_argument("--status")
+    p.add_argument("--user-id")
+    p.add_argument("--limit", type=int, default=20)
+    _api_options(p)
+    p.set_defaults(run=list_)
+
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("job_id")
+    _api_options(p)
+    p.set_defaults(run=cancel)
+
+    p = sub.add_parser("ops", help="operate the store directly (local data dir, or --modal in `modal shell`)")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--modal", action="store_true", help="the deployed Dict/Queue instead of the local ones")
+    ops_sub = p.add_subparsers(dest="ops_command", required=True)
+    q = ops_sub.add_parser("queue", help="queue depth per pool")
+    q.add_argument("--pool", action="append")
+    for name in ("inspect", "requeue"):
+        ops_sub.add_parser(name).add_argument("job_id")
+    f = ops_sub.add_parser("fail")
+    f.add_argument("job_id")
+    f.add_argument("--reason", default="failed by an operator")
+    ops_sub.add_parser("purge", help="delete finished jobs past retention now")
+    p.set_defaults(run=ops)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
-    parser = argparse.ArgumentParser(prog="comfy-saas", description="Serverless ComfyUI job API")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _serve_parser(sub)
-    _worker_parser(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return {"serve": serve, "worker": worker}[args.command](args)
+    args = build_parser().parse_args(argv)
+    level = logging.INFO if args.command in {"serve", "worker"} else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from client import ApiError
+    from errors import ComfySaasError
+
+    try:
+        return args.run(args)
+    except ApiError as exc:
+        field = f" (field {exc.field})" if exc.field else ""
+        print(f"error: {exc.status} {exc.type}: {exc.message}{field}", file=sys.stderr)
+    except ComfySaasError as exc:
+        print(f"error: {exc.type}: {exc.message}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -184,7 +184,12 @@ class Worker:
     def submit(self, run: Run) -> None:
         """Open the socket first so no event is missed, then queue the prompt."""
         self.events.ensure_open()
-        self.comfy.queue_prompt(run.workflow, self.events.client_id, run.prompt_id)
+        answer = self.comfy.queue_prompt(run.workflow, self.events.client_id, run.prompt_id)
+        if answer.get("node_errors"):
+            # ComfyUI runs the outputs that validated and drops the rest; a job wants all of them.
+            self._stop_prompt_quietly(run)
+            raise PromptRejected("some outputs failed validation", {
+                "error": {"message": "Prompt outputs failed validation"}, "node_errors": answer["node_errors"]})
 
     def await_completion(self, run: Run) -> Outcome:
         """Follow the prompt to its end, writing progress and heartbeats and honouring cancel."""

@@ -6,12 +6,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from comfy_process import DOUBLE_DIR, ComfyProcess
 from object_store import S3Store
@@ -106,3 +108,47 @@ def double(tmp_path: Path) -> Iterator[ComfyProcess]:
     proc = start_double(tmp_path / "comfy")
     yield proc
     proc.stop()
+
+
+KEYS = "admin-key, alice-key:alice, bob-key:bob"
+ADMIN, ALICE, BOB = ({"Authorization": f"Bearer {k}"} for k in ("admin-key", "alice-key", "bob-key"))
+
+
+class Server:
+    """The local API on uvicorn, with its LocalStack (one worker on the double)."""
+
+    def __init__(self, base: str, stack: Any) -> None:
+        self.base, self.stack = base, stack
+
+    def call(self, method: str, path: str, headers: dict | None = None, **kw: Any) -> requests.Response:
+        return requests.request(method, self.base + path, headers=headers if headers is not None else ADMIN,
+                                timeout=30, **kw)
+
+    def done(self, job_id: str, headers: dict = ADMIN) -> dict:
+        def finished() -> dict | None:
+            body = self.call("GET", f"/v1/jobs/{job_id}", headers).json()
+            return body if body["status"] in {"completed", "failed", "cancelled"} else None
+        return wait_until(finished, 30, f"job {job_id}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    import uvicorn
+
+    from http_api import create_app
+    from local_stack import LocalStack, StackOptions
+
+    port = free_port()
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), api_keys=KEYS)
+    stack = LocalStack(settings, StackOptions(port=port, workers=1, sweep_interval_s=3600))
+    stack.start()
+    uv = uvicorn.Server(uvicorn.Config(create_app(stack.services), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    wait_until(lambda: uv.started, 30, "uvicorn")
+    yield Server(f"http://127.0.0.1:{port}", stack)
+    uv.should_exit = True
+    thread.join(10)
+    stack.stop()
+
+

@@ -3,57 +3,16 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
 
 import pytest
 import requests
-from conftest import free_port, wait_until
+from conftest import ADMIN, ALICE, BOB, Server
 
 import api
-from http_api import create_app
-from local_stack import LocalStack, StackOptions
-from settings import Settings
 
-KEYS = "admin-key, alice-key:alice, bob-key:bob"
-ADMIN, ALICE, BOB = ({"Authorization": f"Bearer {k}"} for k in ("admin-key", "alice-key", "bob-key"))
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 255}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "api"}}}
-
-
-class Server:
-    def __init__(self, base: str, stack: LocalStack) -> None:
-        self.base, self.stack = base, stack
-
-    def call(self, method: str, path: str, headers: dict | None = None, **kw: Any) -> requests.Response:
-        return requests.request(method, self.base + path, headers=headers if headers is not None else ADMIN,
-                                timeout=30, **kw)
-
-    def done(self, job_id: str, headers: dict = ADMIN) -> dict:
-        def finished() -> dict | None:
-            body = self.call("GET", f"/v1/jobs/{job_id}", headers).json()
-            return body if body["status"] in {"completed", "failed", "cancelled"} else None
-        return wait_until(finished, 30, f"job {job_id}")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    import uvicorn
-
-    port = free_port()
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), api_keys=KEYS)
-    stack = LocalStack(settings, StackOptions(port=port, workers=1, sweep_interval_s=3600))
-    stack.start()
-    uv = uvicorn.Server(uvicorn.Config(create_app(stack.services), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    wait_until(lambda: uv.started, 30, "uvicorn")
-    yield Server(f"http://127.0.0.1:{port}", stack)
-    uv.should_exit = True
-    thread.join(10)
-    stack.stop()
 
 
 def assert_error_shape(resp: requests.Response, status: int, kind: str | None = None) -> dict:

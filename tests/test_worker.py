@@ -197,6 +197,14 @@ def test_node_errors_fail_the_job_naming_node_class_and_reason(store, s3, settin
     assert "smaller than min" in job.error.message and job.error.details[0]["details"] == "width"
 
 
+def test_an_output_that_fails_validation_fails_the_job_even_if_others_would_run(store, s3, settings, double):
+    partial = {"1": empty(), "2": save("1"), "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+    with workers(store, s3, settings, [double]):
+        job = finished(store, submit(store, partial))
+    assert job.status is Status.FAILED and job.error.type == "validation_error"
+    assert (job.error.node_id, job.error.node_class) == ("3", "SaveImage") and "filename_prefix" in job.error.message
+
+
 def test_execution_error_fails_the_job_with_node_and_message(store, s3, settings, double):
     failing = {"1": empty(), "2": {"class_type": "FailNode", "inputs": {"image": ["1", 0], "message": "boom"}},
                "3": save("2")}
