@@ -303,6 +303,25 @@ class Output(BaseModel):
     url: str | None = Field(default=None, description="Presigned download URL, refreshed on every read")
 
 
+class NodeTiming(BaseModel):
+    ms: float
+    cached: bool = False
+
+
+class Timings(BaseModel):
+    """Where a job's time went; the phases add up to total_ms."""
+
+    start_kind: str = Field(description="restored (from a memory snapshot), launched (first job after "
+                                        "ComfyUI started) or warm")
+    queue_wait_ms: float
+    prepare_ms: float = Field(description="fetching media, uploading it to ComfyUI, overrides")
+    execute_ms: float = Field(description="ComfyUI running the prompt, submit to success")
+    upload_ms: float = Field(description="copying outputs to object storage")
+    finish_ms: float = Field(description="the rest, up to the terminal write")
+    total_ms: float = Field(description="created to finished")
+    nodes: dict[str, NodeTiming] = Field(default_factory=dict, description="per node; cached nodes took 0 ms")
+
+
 class JobError(BaseModel):
     type: str
     message: str
@@ -338,6 +357,7 @@ class Job(BaseModel):
     idempotency_key: str | None = None
     timeout_s: int | None = None
     include_previews: bool = False
+    timings: Timings | None = None
     active_slots: dict[str, int] = Field(default_factory=dict)
 
     @property

@@ -23,6 +23,9 @@ class ProgressTracker:
         self._clock = clock
         self._first_step: tuple[float, int] | None = None
         self._last_step: tuple[float, int] | None = None
+        self.cached: set[str] = set()
+        self.node_ms: dict[str, float] = {}
+        self._node_started: float | None = None
 
     def apply(self, event: Event) -> bool:
         """Fold one event in; True when the snapshot changed."""
@@ -33,16 +36,25 @@ class ProgressTracker:
         return self.snapshot() != before
 
     def _on_execution_cached(self, data: dict) -> None:
-        self.done.update(n for n in data.get("nodes", []) if n in self.classes)
+        self.cached.update(n for n in data.get("nodes", []) if n in self.classes)
+        self.done.update(self.cached)
 
     def _on_executing(self, data: dict) -> None:
         node = data.get("node")
-        if self.current is not None and node != self.current:
+        if node == self.current:
+            return
+        self._close_node()
+        if self.current is not None:
             self.done.add(self.current)
-        if node != self.current:
-            self.step = self.steps = None
-            self._first_step = self._last_step = None
+        self.step = self.steps = None
+        self._first_step = self._last_step = None
         self.current = node
+        self._node_started = self._clock() if node is not None else None
+
+    def _close_node(self) -> None:
+        if self.current is not None and self._node_started is not None:
+            self.node_ms[self.current] = round((self._clock() - self._node_started) * 1000, 1)
+        self._node_started = None
 
     def _on_progress(self, data: dict) -> None:
         self.current = data.get("node", self.current)
@@ -57,8 +69,15 @@ class ProgressTracker:
             self.done.add(data["node"])
 
     def _on_execution_success(self, data: dict) -> None:
+        self._close_node()
         self.done.update(self.classes)
         self.current = None
+
+    def node_timings(self) -> dict[str, dict[str, float | bool]]:
+        """Milliseconds per executed node, and cached nodes at zero."""
+        timings: dict[str, dict[str, float | bool]] = {n: {"ms": 0.0, "cached": True} for n in self.cached}
+        timings.update({n: {"ms": t, "cached": False} for n, t in self.node_ms.items()})
+        return timings
 
     def eta_s(self) -> float | None:
         """Seconds left in the current node from its step pace; None until two steps were seen."""

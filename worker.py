@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import webhooks
 from api import Services
 from comfy_client import ComfyClient, Event, EventStream
 from errors import ComfyUnavailable, IllegalTransition, MediaError, NotOwner, PromptRejected
-from models import Job, JobError, MediaInput, Output, Progress, Status
+from models import Job, JobError, MediaInput, Output, Progress, Status, Timings, utcnow
 from object_store import ObjectStore
 from outputs import OutputItem, collect
 from progress import ProgressTracker
@@ -48,17 +49,37 @@ class Outcome:
     status: Status
     history: dict[str, Any] | None = None
     error: JobError | None = None
+    nodes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Run:
-    """One attempt of one job on this worker."""
+    """One attempt of one job on this worker, with the wall-clock marks of its phases."""
 
     job: Job
     claim: int
     prompt_id: str
     deadline: float
+    start_kind: str
     workflow: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+    nodes: dict[str, Any] = field(default_factory=dict)
+    _mark: float = 0.0
+
+    def lap(self, phase: str) -> None:
+        """Close `phase` now: it took the time since the previous mark (or since the job started)."""
+        now = time.time()
+        self.phases[phase] = self.phases.get(phase, 0.0) + (now - (self._mark or self.job.started_at.timestamp()))
+        self._mark = now
+
+    def timings(self, finished: datetime) -> Timings:
+        created, started = self.job.created_at.timestamp(), self.job.started_at.timestamp()
+        rest = finished.timestamp() - (self._mark or started)
+        ms = lambda s: round(s * 1000, 1)  # noqa: E731
+        return Timings(start_kind=self.start_kind, queue_wait_ms=ms(started - created),
+                       prepare_ms=ms(self.phases.get("prepare", 0.0)), execute_ms=ms(self.phases.get("execute", 0.0)),
+                       upload_ms=ms(self.phases.get("upload", 0.0)), finish_ms=ms(rest),
+                       total_ms=ms(finished.timestamp() - created), nodes=self.nodes)
 
 
 def new_worker_id() -> str:
@@ -71,7 +92,8 @@ class Worker:
 
     def __init__(self, store: JobStore, objects: ObjectStore, comfy: ComfyClient, settings: Settings,
                  worker_id: str | None = None, pool: str | None = None,
-                 on_unhealthy: Callable[[], bool] | None = None, scratch_dir: str | Path | None = None) -> None:
+                 on_unhealthy: Callable[[], bool] | None = None, scratch_dir: str | Path | None = None,
+                 start_kind: str = "launched") -> None:
         self.store = store
         self.objects = objects
         self.comfy = comfy
@@ -84,6 +106,7 @@ class Worker:
         self.allowlist = safe_fetch.parse_allowlist(settings.private_url_allowlist)
         self.current_job: str | None = None
         self.services = Services(store, objects, settings)
+        self.start_kind = start_kind  # how the next job finds this worker: restored, launched, then warm
 
     # --- the pool loop -----------------------------------------------------------------------
 
@@ -132,7 +155,9 @@ class Worker:
         """Run one claimed attempt to an outcome; never raises for the job's own failures."""
         job = self.store.transition(job_id, Status.RUNNING, claim=claim, worker_id=self.worker_id)
         limit = job.timeout_s or self.settings.job_timeout_s
-        run = Run(job, claim, prompt_id=f"{job_id}-{claim}", deadline=time.monotonic() + limit)
+        run = Run(job, claim, prompt_id=f"{job_id}-{claim}", deadline=time.monotonic() + limit,
+                  start_kind=self.start_kind)
+        self.start_kind = "warm"
         self.current_job = job_id
         try:
             self._run_steps(run)
@@ -150,16 +175,20 @@ class Worker:
     def _run_steps(self, run: Run) -> None:
         try:
             run.workflow = self.prepare_inputs(run)
+            run.lap("prepare")
             self.submit(run)
         except MediaError as exc:
             return self.finish(run, Outcome(Status.FAILED, error=JobError(type="media_error", message=exc.message)))
         except PromptRejected as exc:
             return self.finish(run, Outcome(Status.FAILED, error=rejection_error(exc)))
         outcome = self.await_completion(run)
+        run.nodes = outcome.nodes
+        run.lap("execute")
         if outcome.status is Status.COMPLETED:
             items = collect(outcome.history.get("outputs", {}), include_temp=run.job.include_previews)
-            outcome = Outcome(Status.COMPLETED, history=outcome.history)
-            return self.finish(run, outcome, outputs=self.upload_outputs(run, items))
+            uploaded = self.upload_outputs(run, items)
+            run.lap("upload")
+            return self.finish(run, outcome, outputs=uploaded)
         return self.finish(run, outcome)
 
     def prepare_inputs(self, run: Run) -> dict[str, Any]:
@@ -197,6 +226,7 @@ class Worker:
         while True:
             outcome = watch.tick()
             if outcome is not None:
+                outcome.nodes = watch.tracker.node_timings()
                 return outcome
 
     def upload_outputs(self, run: Run, items: list[OutputItem]) -> list[Output]:
@@ -219,7 +249,8 @@ class Worker:
 
     def finish(self, run: Run, outcome: Outcome, outputs: list[Output] | None = None) -> None:
         """The terminal transition; losing it to another decider is fine."""
-        changes: dict[str, Any] = {"error": outcome.error}
+        finished = utcnow()
+        changes: dict[str, Any] = {"error": outcome.error, "finished_at": finished, "timings": run.timings(finished)}
         if outputs is not None:
             changes["outputs"] = outputs
         if outcome.status is Status.COMPLETED:

@@ -224,3 +224,17 @@ def test_media_urls_into_our_network_fail_the_job(store, s3, settings, double, u
         job = finished(store, submit(store, workflow, media=[{"name": "in.png", "url": url}]))
     assert job.status is Status.FAILED and job.error.type == "media_error"
     assert "refused" in job.error.message and "media[0]" in job.error.message
+
+
+def test_the_timing_breakdown_adds_up_and_marks_cached_nodes(store, s3, settings, double):
+    with workers(store, s3, settings, [double]):
+        first = finished(store, submit(store, slow(steps=3, delay=0.05)))
+        again = finished(store, submit(store, slow(steps=3, delay=0.05)))  # same graph: all cached
+    t = first.timings
+    phases = t.queue_wait_ms + t.prepare_ms + t.execute_ms + t.upload_ms + t.finish_ms
+    assert abs(phases - t.total_ms) < 5
+    expected_total = (first.finished_at - first.created_at).total_seconds() * 1000
+    assert abs(t.total_ms - expected_total) < 5
+    assert t.start_kind == "launched" and again.timings.start_kind == "warm"
+    assert set(t.nodes) == {"1", "2", "3"} and t.nodes["2"].ms >= 150 and not t.nodes["2"].cached
+    assert all(n.cached and n.ms == 0 for n in again.timings.nodes.values())
