@@ -24,7 +24,7 @@ COMFY_DIR = "/root/comfy/ComfyUI"
 MODELS_DIR = "/models"
 LOCAL_MODULES = ["api", "cleanup", "comfy_client", "comfy_process", "deploy_config", "errors", "http_api",
                  "models", "modal_runtime", "object_store", "outputs", "progress", "safe_fetch", "settings",
-                 "storage", "sweeper", "twins", "webhooks", "worker", "workflow"]
+                 "storage", "sweeper", "twins", "webhooks", "worker", "workflow", "metrics"]
 
 app = modal.App(APP_NAME)
 
@@ -116,6 +116,13 @@ async def cancel(request: Request, id: str = ""):
     import http_api
 
     return await http_api.handle_cancel(_services(), request, id)
+
+
+@endpoint("GET")
+async def metrics(request: Request):
+    import http_api
+
+    return await http_api.handle_metrics(_services(), request)
 
 
 @endpoint("GET")

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -93,6 +93,22 @@ async def handle_cancel(svc: api.Services, request: Request, job_id: str | None)
     return await respond(lambda: (200, api.cancel_job(svc, _caller(svc, request), job_id or "")))
 
 
+async def handle_metrics(svc: api.Services, request: Request) -> Response:
+    """Prometheus text; only an API key that is not bound to a user may read it."""
+    import metrics
+
+    def render() -> str:
+        if _caller(svc, request).user_id is not None:
+            raise NotFound("no such page")
+        return metrics.render(svc)
+
+    try:
+        text = await run_in_threadpool(render)
+    except Exception as exc:
+        return _json(*api.error_response(exc))
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
 async def handle_health(svc: api.Services) -> JSONResponse:
     def call() -> tuple[int, dict]:
         report = api.health(svc)
@@ -141,6 +157,10 @@ def create_app(svc: api.Services) -> FastAPI:
     @app.get("/health", summary="Store and queue reachability, queue depth")
     async def health() -> JSONResponse:
         return await handle_health(svc)
+
+    @app.get("/metrics", summary="Prometheus metrics over recent jobs")
+    async def metrics_page(request: Request) -> Response:
+        return await handle_metrics(svc, request)
 
     @app.get("/files/{key:path}", include_in_schema=False)
     async def files(key: str, expires: str = "", sig: str = "") -> Any:

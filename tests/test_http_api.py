@@ -140,3 +140,24 @@ def test_remote_functions_called_locally_match_http(server: Server, monkeypatch:
 def _without_urls(job: dict) -> dict:
     return {**job, "outputs": [{k: v for k, v in o.items() if k != "url"} for o in job["outputs"]],
             "updated_at": None}
+
+
+def test_metrics_parse_and_count_the_jobs_run(server: Server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def families() -> dict:
+        text = server.call("GET", "/metrics").text
+        return {f.name: f for f in text_string_to_metric_families(text)}
+
+    def count(fams: dict, status: str) -> float:
+        return next(s.value for s in fams["comfy_jobs"].samples if s.labels["status"] == status)
+
+    before = families()
+    done = [server.done(server.call("POST", "/v1/jobs", json={"workflow": WORKFLOW}).json()["id"]) for _ in range(3)]
+    after = families()
+    assert count(after, "completed") - count(before, "completed") == len(done) == 3
+    phases = {s.labels["phase"]: s.value for s in after["comfy_job_phase_seconds"].samples
+              if s.name.endswith("_count")}
+    assert phases["execute"] >= 3 and phases["total"] == phases["execute"]
+    assert {s.labels["pool"] for s in after["comfy_queue_depth"].samples} >= {"default"}
+    assert server.call("GET", "/metrics", ALICE).status_code == 404  # user-bound keys see no global numbers
