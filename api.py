@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import logs
+import preflight
 import safe_fetch
 from errors import (
     BackendError,
@@ -25,6 +28,7 @@ from errors import (
     MediaError,
     NotFound,
     Overloaded,
+    PreflightFailed,
     Unauthorized,
 )
 from models import Job, JobRequest, Status, parse_submission
@@ -32,6 +36,7 @@ from object_store import ObjectStore
 from settings import Settings
 from storage import JobStore
 
+log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 
@@ -94,6 +99,20 @@ def job_view(svc: Services, job: Job) -> dict[str, Any]:
     return body
 
 
+def preflight_check(svc: Services, request: JobRequest) -> None:
+    """Refuse, before anything is queued, a workflow the deployed ComfyUI would reject."""
+    schema = svc.store.object_info(max_age_s=60.0)
+    if schema is None:
+        return  # no capture yet: ComfyUI validates at run time
+    from workflow import apply_overrides
+
+    problems = preflight.validate(apply_overrides(request.workflow, [o.model_dump() for o in request.overrides]),
+                                  schema)
+    if problems:
+        summary = "; ".join(f"node {p['node_id']} ({p['class_type']}): {p['message']}" for p in problems[:5])
+        raise PreflightFailed(f"workflow: {len(problems)} problem(s): {summary}", problems)
+
+
 def check_urls(svc: Services, request: JobRequest) -> None:
     """Refuse media and webhook URLs whose host resolves into our own network (SSRF), naming the field."""
     allowlist = safe_fetch.parse_allowlist(svc.settings.private_url_allowlist)
@@ -113,9 +132,12 @@ def submit_job(svc: Services, caller: Caller, body: bytes | str | dict[str, Any]
         raise BodyTooLarge(f"the body is larger than {svc.settings.limits.max_body_bytes} bytes", field="body")
     request = parse_submission(body, svc.settings.limits)
     check_urls(svc, request)
+    preflight_check(svc, request)
     if caller.user_id is not None:
         request = request.model_copy(update={"user_id": caller.user_id})
     job, created = svc.store.submit(request)
+    logs.event(log, "job.submitted" if created else "job.submit_repeated", job_id=job.id, phase="submit",
+               pool=job.pool)
     if created and svc.wake is not None:
         svc.wake(job.pool)
     return job_view(svc, job), created

@@ -24,7 +24,7 @@ COMFY_DIR = "/root/comfy/ComfyUI"
 MODELS_DIR = "/models"
 LOCAL_MODULES = ["api", "cleanup", "comfy_client", "comfy_process", "deploy_config", "errors", "http_api",
                  "models", "modal_runtime", "object_store", "outputs", "progress", "safe_fetch", "settings",
-                 "storage", "sweeper", "twins", "webhooks", "worker", "workflow", "metrics"]
+                 "storage", "sweeper", "twins", "webhooks", "worker", "workflow", "metrics", "logs", "preflight"]
 
 app = modal.App(APP_NAME)
 

@@ -275,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
-    level = logging.INFO if args.command in {"serve", "worker"} else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import logs
+
+    logs.configure(logging.INFO if args.command in {"serve", "worker"} else logging.WARNING)
     from client import ApiError
     from errors import ComfySaasError
 

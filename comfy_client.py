@@ -98,6 +98,10 @@ class ComfyClient:
         """The prompt's history entry, or None while it has none."""
         return (self._json("GET", f"/history/{urllib.parse.quote(prompt_id)}") or {}).get(prompt_id)
 
+    def object_info(self) -> dict[str, Any]:
+        """Every node class with its inputs and outputs (GET /object_info)."""
+        return self._json("GET", "/object_info", timeout_s=120)
+
     def queue(self) -> dict[str, Any]:
         return self._json("GET", "/queue")
 

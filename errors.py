@@ -3,6 +3,7 @@
     ComfySaasError
     ├── InvalidInput            bad submission or parameter; names the field        (HTTP 422)
     │   ├── MalformedBody       the body is not JSON at all                         (HTTP 400)
+    │   ├── PreflightFailed     the workflow cannot run on this deployment; lists every problem
     │   └── BodyTooLarge        the body is over the size limit                     (HTTP 413)
     ├── NotFound                no such job, or not visible to this caller          (HTTP 404)
     ├── Unauthorized            missing or wrong API key                            (HTTP 401)
@@ -49,6 +50,17 @@ class InvalidInput(ComfySaasError):
         if self.field:
             body["field"] = self.field
         return body
+
+
+class PreflightFailed(InvalidInput):
+    type = "preflight_failed"
+
+    def __init__(self, message: str, problems: list[dict]) -> None:
+        super().__init__(message, field="workflow")
+        self.problems = problems
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "details": self.problems}
 
 
 class MalformedBody(InvalidInput):

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 def services(jobs_dict: Any, work_queue: Any, wake: Callable[[str], None] | None = None) -> api.Services:
     """The API's services over the deployed Dict and Queue, with settings from the attached Secrets."""
+    import logs
+
+    logs.configure()
     settings = Settings.from_env()
     return api.Services(JobStore(jobs_dict, work_queue, settings), object_store(settings), settings, wake)
 

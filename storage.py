@@ -122,6 +122,10 @@ class Keys:
         return f"active:{scope}:{n}"
 
     @staticmethod
+    def object_info() -> str:
+        return "object_info"
+
+    @staticmethod
     def partition(pool: str) -> str:
         return pool
 
@@ -440,6 +444,20 @@ class JobStore:
     def flag_cancel(self, job_id: str) -> None:
         """Ask whoever runs the job to stop it (a live worker polls this flag)."""
         self._d.put(Keys.cancel(job_id), self._clock().isoformat())
+
+    # --- the deployed ComfyUI's node catalogue, for pre-flight validation ------------------------
+
+    def save_object_info(self, schema: dict[str, Any]) -> None:
+        self._d.put(Keys.object_info(), schema)
+        self._object_info = (time.monotonic(), schema)
+
+    def object_info(self, max_age_s: float = 0.0) -> dict[str, Any] | None:
+        """The captured catalogue; with max_age_s, a copy read at most that long ago (it is large)."""
+        cached = getattr(self, "_object_info", None)
+        if cached is None or time.monotonic() - cached[0] > max_age_s:
+            cached = (time.monotonic(), self._d.get(Keys.object_info()))
+            self._object_info = cached
+        return cached[1]
 
     # --- the sweeper's window ----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+import logs
 from errors import IllegalTransition, NotOwner
 from models import Job, JobError, Status, utcnow
 from settings import Settings
@@ -90,6 +91,8 @@ def sweep(store: JobStore, settings: Settings, now: datetime | None = None, owne
         action = decide(job, now, settings, idle[job.pool])
         if action is not None and act(store, job, action, owner):
             done[action.value] += 1
+            logs.event(log, f"sweeper.{action.value}", job_id=job.id, attempt=job.attempts, worker_id=owner,
+                       phase="sweep", status=job.status.value)
     if new_low is not None:
         store.raise_low_water(new_low)
     if done:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+import logs
 import safe_fetch
 from api import Services, job_view
 from errors import MediaError
@@ -104,6 +105,8 @@ def attempt(svc: Services, delivery: dict[str, Any], owner: str, now: datetime |
     except MediaError as exc:  # refused (SSRF) or unreachable: a failed attempt, never a failed job
         error = exc.message
     _record(svc, delivery, {"n": n, "at": now.isoformat(), "status_code": status, "error": error}, now)
+    logs.event(log, "webhook.attempt", job_id=delivery["job_id"], attempt=n, worker_id=owner, phase="webhook",
+               status=delivery["state"], error=error or (None if status and status < 300 else f"HTTP {status}"))
     return True
 
 

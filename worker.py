@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import logs
+import preflight
 import safe_fetch
 import webhooks
 from api import Services
@@ -107,11 +109,13 @@ class Worker:
         self.current_job: str | None = None
         self.services = Services(store, objects, settings)
         self.start_kind = start_kind  # how the next job finds this worker: restored, launched, then warm
+        self._captured = False
 
     # --- the pool loop -----------------------------------------------------------------------
 
     def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
         """Take jobs until `stop` is set or ComfyUI is unhealthy beyond repair."""
+        self.capture_object_info()
         try:
             while not stop.is_set():
                 job_id = self.store.next_job_id(self.pool, timeout_s=poll_s)
@@ -121,9 +125,20 @@ class Worker:
         finally:
             self.events.close()
 
+    def capture_object_info(self) -> None:
+        """Publish this ComfyUI's node catalogue for pre-flight validation at submit (once per worker)."""
+        if self._captured:
+            return
+        try:
+            self.store.save_object_info(preflight.compact(self.comfy.object_info()))
+            self._captured = True
+        except ComfyUnavailable as exc:
+            logs.event(log, "object_info.capture_failed", logging.WARNING, worker_id=self.worker_id, error=str(exc))
+
     def drain(self, idle_s: float) -> int:
         """Take jobs until the queue stays empty for idle_s (a Modal input); how many wake-ups were handled."""
         handled = 0
+        self.capture_object_info()
         try:
             while (job_id := self.store.next_job_id(self.pool, timeout_s=idle_s)) is not None:
                 handled += 1
@@ -154,6 +169,8 @@ class Worker:
     def run_job(self, job_id: str, claim: int) -> None:
         """Run one claimed attempt to an outcome; never raises for the job's own failures."""
         job = self.store.transition(job_id, Status.RUNNING, claim=claim, worker_id=self.worker_id)
+        logs.event(log, "job.started", job_id=job_id, attempt=job.attempts, worker_id=self.worker_id,
+                   phase="prepare", pool=job.pool)
         limit = job.timeout_s or self.settings.job_timeout_s
         run = Run(job, claim, prompt_id=f"{job_id}-{claim}", deadline=time.monotonic() + limit,
                   start_kind=self.start_kind)
@@ -162,12 +179,16 @@ class Worker:
         try:
             self._run_steps(run)
         except ComfyUnavailable as exc:
+            logs.event(log, "job.comfyui_lost", logging.WARNING, job_id=job_id, attempt=job.attempts,
+                       worker_id=self.worker_id, error=str(exc))
             self.release(run, str(exc))
         except (NotOwner, IllegalTransition) as exc:
-            log.info("job %s: decided elsewhere (%s); letting go", job_id, exc)
+            logs.event(log, "job.taken_over", job_id=job_id, attempt=job.attempts, worker_id=self.worker_id,
+                       error=str(exc))
             self._stop_prompt_quietly(run)
         except Exception as exc:  # a bug must fail one job, never the worker
-            log.exception("job %s: internal error", job_id)
+            log.exception("internal error", extra={"event": "job.internal_error", "job_id": job_id,
+                                                   "worker_id": self.worker_id})
             self.finish(run, Outcome(Status.FAILED, error=JobError(type="internal_error", message=str(exc))))
         finally:
             self.current_job = None
@@ -258,8 +279,11 @@ class Worker:
         try:
             job = self.store.transition(run.job.id, outcome.status, claim=run.claim, **changes)
         except (IllegalTransition, NotOwner) as exc:
-            log.info("job %s: outcome %s not recorded: %s", run.job.id, outcome.status.value, exc)
+            logs.event(log, "job.outcome_not_recorded", job_id=run.job.id, attempt=run.job.attempts + 1,
+                       worker_id=self.worker_id, status=outcome.status.value, error=str(exc))
             return
+        logs.event(log, "job.finished", job_id=job.id, attempt=job.attempts, worker_id=self.worker_id,
+                   phase="finish", status=job.status.value, error=outcome.error.type if outcome.error else None)
         if job.webhook_url:
             # Sent off the job's path: a slow receiver never holds up the next job.
             threading.Thread(target=webhooks.deliver_now, args=(self.services, job.id, self.worker_id),

@@ -1,0 +1,107 @@
+"""Pre-flight validation at submit, before any GPU is asked for, against a capture of ComfyUI's /object_info.
+
+The capture is made by a worker from its ComfyUI (so it matches the deployed image: node classes,
+inputs, installed model files) and kept in the store. Without a capture, submissions pass through and
+ComfyUI validates as before. Problems are reported in ComfyUI's own vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx", ".pt2")
+_UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "upload")
+
+
+def _choices(spec: list[Any]) -> list[str] | None:
+    kind = spec[0] if spec else None
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if any(opts.get(flag) for flag in _UPLOAD_FLAGS):
+        return None  # the list is the input folder; submitted media land there at run time
+    if isinstance(kind, list):
+        return [str(c) for c in kind]
+    if kind == "COMBO":
+        return [str(c) for c in opts.get("options", [])]
+    return None
+
+
+def compact(object_info: dict[str, Any]) -> dict[str, Any]:
+    """What validation needs from /object_info: per class, required inputs (type or choices), optional
+    input names and output types. Small enough to keep in one Dict value."""
+    out = {}
+    for name, info in object_info.items():
+        inputs = info.get("input") or {}
+        required = {}
+        for field, spec in (inputs.get("required") or {}).items():
+            spec = spec if isinstance(spec, list) else [spec]
+            choices = _choices(spec)
+            required[field] = {"choices": choices} if choices is not None else {"type": str(spec[0])}
+        optional = {}
+        for field, spec in (inputs.get("optional") or {}).items():
+            spec = spec if isinstance(spec, list) else [spec]
+            choices = _choices(spec)
+            optional[field] = {"choices": choices} if choices is not None else {"type": str(spec[0])}
+        out[name] = {"required": required, "optional": optional, "outputs": [str(o) for o in info.get("output", [])]}
+    return out
+
+
+def _problem(node_id: str, class_type: str | None, kind: str, message: str, details: str = "") -> dict[str, Any]:
+    return {"node_id": node_id, "class_type": class_type, "type": kind, "message": message, "details": details}
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def validate(workflow: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every problem ComfyUI would refuse the prompt for that can be seen without running it."""
+    problems = []
+    for node_id, node in workflow.items():
+        cls = node.get("class_type")
+        spec = schema.get(cls)
+        if spec is None:
+            problems.append(_problem(node_id, cls, "invalid_prompt",
+                                     f"Cannot execute because node {cls} does not exist.", f"Node ID '#{node_id}'"))
+            continue
+        problems += _check_inputs(workflow, schema, node_id, cls, node.get("inputs") or {}, spec)
+    return problems
+
+
+def _check_inputs(workflow: dict, schema: dict, node_id: str, cls: str, inputs: dict, spec: dict) -> list[dict]:
+    problems = []
+    for field in spec["required"]:
+        if field not in inputs:
+            problems.append(_problem(node_id, cls, "required_input_missing", "Required input is missing", field))
+    for field, value in inputs.items():
+        want = spec["required"].get(field) or spec["optional"].get(field)
+        if want is None:
+            continue  # extra inputs are ignored by ComfyUI too
+        if _is_link(value):
+            problems += _check_link(workflow, schema, node_id, cls, field, value, want)
+        elif "choices" in want and isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS) \
+                and value not in want["choices"]:
+            shown = ", ".join(want["choices"][:10]) or "none installed"
+            problems.append(_problem(node_id, cls, "value_not_in_list", "Value not in list",
+                                     f"{field}: '{value}' not in [{shown}]"))
+    return problems
+
+
+def _check_link(workflow: dict, schema: dict, node_id: str, cls: str, field: str, link: list, want: dict
+                ) -> list[dict]:
+    source_id, index = link
+    source = workflow.get(source_id)
+    if source is None:
+        return [_problem(node_id, cls, "bad_linked_input", f"Linked node #{source_id} does not exist",
+                         f"{field}: [{source_id!r}, {index}]")]
+    outputs = (schema.get(source.get("class_type")) or {}).get("outputs")
+    if outputs is None:
+        return []  # the source's own problem is reported on it
+    if not 0 <= index < len(outputs):
+        return [_problem(node_id, cls, "bad_linked_input",
+                         f"Node #{source_id} ({source.get('class_type')}) has no output {index}",
+                         f"{field}: it has {len(outputs)} output(s)")]
+    got, expected = outputs[index], want.get("type")
+    if expected and expected not in {"*", got} and got != "*" and "," not in expected:
+        return [_problem(node_id, cls, "return_type_mismatch", "Return type mismatch between linked nodes",
+                         f"{field}, received_type({got}) mismatch input_type({expected})")]
+    return []

@@ -1,0 +1,87 @@
+"""Pre-flight validation at submit against a real /object_info capture; nothing is queued for a bad workflow."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+import preflight
+from api import Caller, Services, submit_job
+from errors import PreflightFailed
+from object_store import LocalStore
+from twins import LocalQueue
+from worker import Worker
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "comfyui"
+pytestmark = pytest.mark.skipif(not (SHARED / "object_info_full.json").exists(), reason="no object_info capture")
+
+CHAIN = json.loads(next(json.loads(line) for line in (SHARED / "s02_b_chain.jsonl").read_text().splitlines()
+                        if '"POST"' in line and "/prompt" in line)["request_body"])["prompt"] \
+    if (SHARED / "s02_b_chain.jsonl").exists() else {}
+
+
+@pytest.fixture
+def svc(store, settings, tmp_path: Path) -> Services:
+    store.save_object_info(preflight.compact(json.loads((SHARED / "object_info_full.json").read_text())))
+    return Services(store, LocalStore(tmp_path / "out", "s", "http://h"), settings)
+
+
+def refused(svc: Services, workflow: dict) -> list[dict]:
+    with pytest.raises(PreflightFailed) as info:
+        submit_job(svc, Caller("k"), {"workflow": workflow})
+    body = info.value.to_dict()
+    assert body["type"] == "preflight_failed" and body["field"] == "workflow"
+    return body["details"]
+
+
+def save(src: str, idx: int = 0) -> dict:
+    return {"class_type": "SaveImage", "inputs": {"images": [src, idx], "filename_prefix": "p"}}
+
+
+def test_a_valid_workflow_from_the_transcripts_passes(svc: Services, db_path: Path):
+    assert CHAIN and submit_job(svc, Caller("k"), {"workflow": CHAIN})[1] is True
+    assert LocalQueue(db_path).len(total=True) == 1
+
+
+@pytest.mark.parametrize(("workflow", "node", "cls", "kind"), [
+    ({"1": {"class_type": "NoSuchNode", "inputs": {}}, "2": save("1")}, "1", "NoSuchNode", "invalid_prompt"),
+    ({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1}}, "2": save("1")},
+     "1", "EmptyImage", "required_input_missing"),
+    ({"2": save("9")}, "2", "SaveImage", "bad_linked_input"),
+    ({"1": CHAIN.get("1"), "2": save("1", 3)}, "2", "SaveImage", "bad_linked_input"),
+    ({"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+      "2": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["1", 2]}},
+      "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+      "4": save("2")}, "1", "CheckpointLoaderSimple", "value_not_in_list"),
+])
+def test_each_problem_gets_a_422_naming_the_node(svc: Services, db_path: Path, workflow, node, cls, kind):
+    problems = refused(svc, workflow)
+    assert any(p["node_id"] == node and p["class_type"] == cls and p["type"] == kind for p in problems), problems
+    assert LocalQueue(db_path).len(total=True) == 0 and svc.store.list_jobs().jobs == []
+
+
+def test_every_problem_is_listed_at_once(svc: Services):
+    workflow = {"1": {"class_type": "NoSuchNode", "inputs": {}},
+                "2": {"class_type": "ImageInvert", "inputs": {}},
+                "3": save("8"),
+                "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "missing.ckpt"}}}
+    kinds = sorted(p["type"] for p in refused(svc, workflow))
+    assert kinds == ["bad_linked_input", "invalid_prompt", "required_input_missing", "value_not_in_list"]
+
+
+def test_without_a_capture_submissions_pass_through(store, settings, tmp_path: Path):
+    svc = Services(store, LocalStore(tmp_path / "o", "s", "http://h"), settings)
+    assert submit_job(svc, Caller("k"), {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}})[1]
+
+
+def test_a_worker_publishes_its_comfyuis_catalogue(store, settings, tmp_path: Path, double):
+    stop = threading.Event()
+    worker = Worker(store, LocalStore(tmp_path / "o", "s", "http://h"), double.client, settings)
+    stop.set()
+    worker.run(stop)
+    schema = store.object_info()
+    assert {"SaveImage", "SlowPassthrough", "LoadImage"} <= set(schema)
+    assert schema["LoadImage"]["outputs"] == ["IMAGE", "MASK"]
