@@ -18,7 +18,8 @@ WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 
 def assert_error_shape(resp: requests.Response, status: int, kind: str | None = None) -> dict:
     assert resp.status_code == status, resp.text
     body = resp.json()
-    assert set(body) == {"error"} and {"type", "message"} <= set(body["error"]) <= {"type", "message", "field", "details"}
+    allowed = {"type", "message", "field", "details"}
+    assert set(body) == {"error"} and {"type", "message"} <= set(body["error"]) <= allowed
     if kind:
         assert body["error"]["type"] == kind
     return body["error"]
