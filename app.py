@@ -119,6 +119,14 @@ async def cancel(request: Request, id: str = ""):
 
 
 @endpoint("GET")
+async def events(request: Request, id: str = ""):
+    import http_api
+
+    # Modal ends web requests at 150 s: stream for 120 s, then the client reconnects with Last-Event-ID.
+    return await http_api.handle_events(_services(), request, id, max_s=120.0)
+
+
+@endpoint("GET")
 async def metrics(request: Request):
     import http_api
 

@@ -138,11 +138,31 @@ def submit(args: argparse.Namespace) -> int:
     print(job["id"])
     if not args.wait:
         return EXIT_OK
-    tty = sys.stderr.isatty()
-    done = c.wait(job["id"], on_progress=lambda j: print(("\r" if tty else "") + progress_line(j),
-                                                       end="" if tty else "\n", file=sys.stderr, flush=True))
+    done = _follow(c, job)
     print(file=sys.stderr)
     return _finished(c, done, args.out)
+
+
+def _follow(c: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """Show the progress line until the job ends: over Server-Sent Events, or by polling without them."""
+    from client import ApiError
+
+    tty = sys.stderr.isatty()
+
+    def show(j: dict[str, Any]) -> None:
+        print(("\r" if tty else "") + progress_line(j), end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    try:
+        for _, kind, data in c.stream(job["id"]):
+            if kind == "progress":
+                show({"status": "running", "progress": data["progress"]})
+            else:
+                show(data)
+                return data
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+    return c.wait(job["id"], on_progress=show)
 
 
 def _finished(c: Any, job: dict[str, Any], out: Path | None) -> int:

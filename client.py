@@ -35,19 +35,22 @@ class ApiError(Exception):
 class Routes:
     """Where each operation lives: `local(base)` for the local server, `modal(workspace)` for Modal."""
 
-    def __init__(self, submit: str, job: str, jobs: str, cancel: str, health: str, by_path: bool) -> None:
+    def __init__(self, submit: str, job: str, jobs: str, cancel: str, health: str, events: str,
+                 by_path: bool) -> None:
         self.submit, self.job, self.jobs, self.cancel, self.health = submit, job, jobs, cancel, health
+        self.events = events
         self.by_path = by_path  # local: ids in the path; Modal: ids as ?id=
 
     @classmethod
     def local(cls, base_url: str) -> Routes:
         b = base_url.rstrip("/")
-        return cls(f"{b}/v1/jobs", f"{b}/v1/jobs", f"{b}/v1/jobs", f"{b}/v1/jobs", f"{b}/health", True)
+        return cls(f"{b}/v1/jobs", f"{b}/v1/jobs", f"{b}/v1/jobs", f"{b}/v1/jobs", f"{b}/health", f"{b}/v1/jobs",
+                   True)
 
     @classmethod
     def modal(cls, workspace: str, app: str = "comfy-saas", suffix: str = "") -> Routes:
         url = lambda name: f"https://{workspace}--{app}-{name}{suffix}.modal.run"  # noqa: E731
-        return cls(url("submit"), url("job"), url("jobs"), url("cancel"), url("health"), False)
+        return cls(url("submit"), url("job"), url("jobs"), url("cancel"), url("health"), url("events"), False)
 
     def one(self, base: str, job_id: str, action: str = "") -> str:
         if self.by_path:
@@ -158,6 +161,42 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
             time.sleep(poll_s)
+
+    def stream(self, job_id: str, last_event_id: str | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Server-Sent Events for a job as (event id, event type, data): progress events, then the terminal
+        one. A dropped or time-limited stream is reopened with Last-Event-ID, so no event is lost."""
+        while True:
+            ended = False
+            for event_id, kind, data in self._stream_once(job_id, last_event_id):
+                if event_id and event_id != "end":
+                    last_event_id = event_id
+                yield event_id, kind, data
+                ended = kind != "progress"
+            if ended:
+                return
+
+    def _stream_once(self, job_id: str, last_event_id: str | None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        url = self.routes.one(self.routes.events, job_id, "/events")
+        headers = {"Accept": "text/event-stream"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        try:
+            resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.timeout_s)
+        except urllib.error.HTTPError as err:
+            raise _api_error(err) from None
+        with resp:
+            fields: dict[str, str] = {}
+            for raw in resp:
+                line = raw.decode().rstrip("\r\n")
+                if line:
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+                    continue
+                if "data" in fields:
+                    yield fields.get("id", ""), fields.get("event", "message"), json.loads(fields["data"])
+                fields = {}
 
     def download(self, job: dict[str, Any], folder: str | Path) -> list[Path]:
         """Save every output to folder/{node}/{filename}; the paths written."""

@@ -6,13 +6,15 @@ endpoints (app.py). Store calls are blocking, so they run in the threadpool, off
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -109,6 +111,41 @@ async def handle_metrics(svc: api.Services, request: Request) -> Response:
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
 
+async def handle_events(svc: api.Services, request: Request, job_id: str | None, max_s: float = 3600.0,
+                        poll_s: float = 0.25) -> Response:
+    """Server-Sent Events: every progress event (id = its sequence number), then the terminal event.
+    Resume with Last-Event-ID. After max_s the stream asks the client to reconnect (Modal's web limit)."""
+    try:  # the same visibility rules as GET
+        await run_in_threadpool(lambda: api.get_job(svc, _caller(svc, request), job_id or ""))
+    except Exception as exc:
+        return _json(*api.error_response(exc))
+    last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
+    after = int(last) if last.isdigit() else 0
+    return StreamingResponse(_event_stream(svc, job_id or "", after, max_s, poll_s), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _event_stream(svc: api.Services, job_id: str, after: int, max_s: float, poll_s: float
+                        ) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_s
+    yield "retry: 1000\n\n"
+    while True:
+        events = await run_in_threadpool(svc.store.progress_events, job_id, after)
+        for event in events:
+            yield f"id: {event['seq']}\nevent: progress\ndata: {json.dumps(event)}\n\n"
+            after = event["seq"]
+        job = await run_in_threadpool(svc.store.get, job_id)
+        if job is None or job.terminal:
+            view = await run_in_threadpool(api.job_view, svc, job) if job is not None else {"id": job_id}
+            yield f"id: end\nevent: {view.get('status', 'gone')}\ndata: {json.dumps(view)}\n\n"
+            return
+        if loop.time() > deadline:
+            yield ": time limit reached; reconnect with Last-Event-ID\n\n"
+            return
+        await asyncio.sleep(poll_s)
+
+
 async def handle_health(svc: api.Services) -> JSONResponse:
     def call() -> tuple[int, dict]:
         report = api.health(svc)
@@ -145,6 +182,10 @@ def create_app(svc: api.Services) -> FastAPI:
     @app.get("/v1/jobs/{job_id}", summary="Get a job with fresh output URLs")
     async def get(request: Request, job_id: str) -> JSONResponse:
         return await handle_get(svc, request, job_id)
+
+    @app.get("/v1/jobs/{job_id}/events", summary="Stream progress as Server-Sent Events")
+    async def events(request: Request, job_id: str) -> Response:
+        return await handle_events(svc, request, job_id)
 
     @app.post("/v1/jobs/{job_id}/cancel", summary="Cancel a job")
     async def cancel(request: Request, job_id: str) -> JSONResponse:

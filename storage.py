@@ -122,6 +122,10 @@ class Keys:
         return f"active:{scope}:{n}"
 
     @staticmethod
+    def progress_events(job_id: str) -> str:
+        return f"events:{job_id}"
+
+    @staticmethod
     def object_info() -> str:
         return "object_info"
 
@@ -172,6 +176,7 @@ class Page:
 
 
 MAX_PAGE = 100
+PROGRESS_EVENTS_KEPT = 300
 # With a status filter a page may need more slots than its size; bound the work and hand back a cursor.
 _FILTER_SCAN_FACTOR = 5
 
@@ -423,7 +428,19 @@ class JobStore:
         changes: dict[str, Any] = {"heartbeat_at": self._clock(), "updated_at": self._clock()}
         if progress is not None:
             changes["progress"] = progress
+            self._append_progress_event(job_id, progress)
         return self._write(job.model_copy(update=changes))
+
+    def _append_progress_event(self, job_id: str, progress: Progress) -> None:
+        # Only the claim owner writes progress, so this read-modify-write has one writer.
+        log = self._d.get(Keys.progress_events(job_id)) or []
+        seq = log[-1]["seq"] + 1 if log else 1
+        log.append({"seq": seq, "at": self._clock().isoformat(), "progress": progress.model_dump(mode="json")})
+        self._d.put(Keys.progress_events(job_id), log[-PROGRESS_EVENTS_KEPT:])
+
+    def progress_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        """Progress events with seq > after, oldest first (the newest few hundred are kept)."""
+        return [e for e in self._d.get(Keys.progress_events(job_id)) or [] if e["seq"] > after]
 
     # --- cancel ------------------------------------------------------------------------------
 
@@ -491,6 +508,7 @@ class JobStore:
         """Remove a finished job and everything kept for it; idempotent. Advances the cleanup mark."""
         if job is not None:
             keys = [Keys.job(job.id), Keys.payload(job.id), Keys.terminal(job.id), Keys.cancel(job.id),
+                    Keys.progress_events(job.id),
                     *(Keys.claim(job.id, n) for n in range(1, job.claim_seq + 2))]
             if job.idempotency_key:
                 keys.append(Keys.idempotency(job.user_id, job.idempotency_key))

@@ -49,7 +49,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_every_operation_is_registered(report: dict):
-    expected = {"submit", "job", "jobs", "cancel", "health", "metrics", "submit_job", "get_job", "list_jobs",
+    expected = {"submit", "job", "jobs", "cancel", "health", "metrics", "events", "submit_job", "get_job", "list_jobs",
                 "cancel_job", "ComfyWorker.*", "sweep", "cleanup_expired", "verify_setup"}
     assert expected <= set(report["functions"])
 
@@ -57,7 +57,8 @@ def test_every_operation_is_registered(report: dict):
 def test_web_endpoints_have_one_method_each_and_docs(report: dict):
     assert report["web"] == {"submit": {"method": "POST", "docs": True}, "job": {"method": "GET", "docs": True},
                              "jobs": {"method": "GET", "docs": True}, "cancel": {"method": "POST", "docs": True},
-                             "health": {"method": "GET", "docs": True}, "metrics": {"method": "GET", "docs": True}}
+                             "health": {"method": "GET", "docs": True}, "metrics": {"method": "GET", "docs": True},
+                             "events": {"method": "GET", "docs": True}}
 
 
 def test_gpus_come_from_deploy_config_in_fallback_order(report: dict):

@@ -133,3 +133,22 @@ def test_progress_line_shows_percent_node_step_and_eta():
     line = cli.progress_line({"status": "running", "progress": {
         "percent": 50, "node_id": "3", "node_class": "KSampler", "step": 10, "steps": 20, "eta_s": 4.2}})
     assert "50.0%" in line and "node 3 (KSampler)" in line and "step 10/20" in line and "ETA 4s" in line
+
+
+def test_sse_delivers_progress_in_order_then_the_terminal_event(client: Client):
+    job_id = client.submit(SLOW)["id"]
+    events = list(client.stream(job_id))
+    seqs = [int(i) for i, kind, _ in events if kind == "progress"]
+    assert seqs and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert events[-1][1] == "completed" and events[-1][2]["status"] == "completed"
+
+
+def test_sse_resumes_after_a_disconnect_without_losing_events(client: Client):
+    job_id = client.submit({**SLOW, "2": {**SLOW["2"], "inputs": {**SLOW["2"]["inputs"], "steps": 12}}})["id"]
+    first = client._stream_once(job_id, None)
+    seen = [next(first), next(first)]
+    first.close()  # the connection drops
+    rest = list(client.stream(job_id, last_event_id=seen[-1][0]))
+    seqs = [int(i) for i, kind, _ in seen + rest if kind == "progress"]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 2
+    assert rest[-1][1] == "completed"
