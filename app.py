@@ -71,6 +71,9 @@ gpu_image = (
     .run_function(modal_runtime.download_models, volumes={MODELS_DIR: models_volume}, args=(CONFIG, MODELS_DIR))
 )
 
+if CONFIG.warm.warmup_workflow:
+    gpu_image = gpu_image.add_local_file(CONFIG.warm.warmup_workflow, f"/root/{CONFIG.warm.warmup_workflow}")
+
 # Per-function options in one table, so the offline test reads exactly what was registered.
 SCHEDULES = {"sweep": modal.Cron("* * * * *"), "cleanup_expired": modal.Cron("0 3 * * *", timezone="UTC")}
 TIMEOUTS_S = {"endpoint": 60, "remote": 60, "sweep": 55, "cleanup_expired": 3600, "verify_setup": 900,
@@ -187,11 +190,13 @@ class ComfyWorker:
 
         self.comfy = ComfyProcess(COMFY_DIR, CONFIG.comfyui.port)
         self.comfy.start(ready_timeout_s=600)
+        modal_runtime.preload_checkpoints(self.comfy, CONFIG.warm.preload_checkpoints)
 
     @modal.enter(snap=False)
     def attach_gpu(self) -> None:
         modal_runtime.attach_gpu(self.comfy)
-        self.worker = modal_runtime.restored_worker(_services(), self.comfy, Path("/tmp"))
+        warmup = f"/root/{CONFIG.warm.warmup_workflow}" if CONFIG.warm.warmup_workflow else ""
+        self.worker = modal_runtime.restored_worker(_services(), self.comfy, Path("/tmp"), warmup)
 
     @modal.method()
     def drain(self, pool: str = "default") -> int:

@@ -46,10 +46,16 @@ class Pool(BaseModel):
     drain_idle_s: float = 10.0
 
 
+class Warm(BaseModel):
+    warmup_workflow: str = ""
+    preload_checkpoints: list[str] = Field(default_factory=list)
+
+
 class DeployConfig(BaseModel):
     comfyui: ComfyUIPin
     gpu: dict[str, list[str]] = Field(default_factory=lambda: {"types": ["L40S"]})
     pool: Pool = Field(default_factory=Pool)
+    warm: Warm = Field(default_factory=Warm)
     custom_nodes: list[CustomNode] = Field(default_factory=list)
     models: list[Model] = Field(default_factory=list)
 
@@ -64,6 +70,15 @@ def load(path: str | Path | None = None) -> DeployConfig:
     """Read and validate deploy.toml."""
     with open(path or DEFAULT_PATH, "rb") as f:
         return DeployConfig.model_validate(tomllib.load(f))
+
+
+def preload_workflow(checkpoints: list[str]) -> dict[str, Any]:
+    """A prompt that loads each checkpoint and holds it (memory_snapshot_helper's SnapshotHold output)."""
+    workflow: dict[str, Any] = {}
+    for i, name in enumerate(checkpoints):
+        workflow[f"load{i}"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": name}}
+        workflow[f"hold{i}"] = {"class_type": "SnapshotHold", "inputs": {"value": [f"load{i}", 0]}}
+    return workflow
 
 
 def installation_report(config: DeployConfig, comfy_dir: Path, models_dir: Path) -> dict[str, Any]:

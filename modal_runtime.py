@@ -6,6 +6,7 @@ import json
 import logging
 import urllib.request
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def attach_gpu(comfy: ComfyProcess) -> None:
         log.info("cuda/set_device: %s", json.loads(resp.read()))
 
 
-def restored_worker(svc: api.Services, comfy: ComfyProcess, scratch: Path) -> Worker:
+def restored_worker(svc: api.Services, comfy: ComfyProcess, scratch: Path, warmup_workflow: str = "") -> Worker:
     """A worker with a fresh id (never made during the snapshot, so restored containers differ)."""
     def unhealthy() -> bool:
         import modal.experimental
@@ -44,8 +45,29 @@ def restored_worker(svc: api.Services, comfy: ComfyProcess, scratch: Path) -> Wo
         modal.experimental.stop_fetching_inputs()  # this container takes no more drains
         return False
 
-    return Worker(svc.store, svc.objects, comfy.client, svc.settings, worker_id=new_worker_id(),
-                  on_unhealthy=unhealthy, scratch_dir=scratch)
+    settings = replace(svc.settings, warmup_workflow=warmup_workflow) if warmup_workflow else svc.settings
+    worker = Worker(svc.store, svc.objects, comfy.client, settings, worker_id=new_worker_id(),
+                    on_unhealthy=unhealthy, scratch_dir=scratch, start_kind="restored")
+    worker.prepare()  # catalogue and warmup before the first input arrives
+    return worker
+
+
+def preload_checkpoints(comfy: ComfyProcess, checkpoints: list[str], timeout_s: float = 900) -> None:
+    """Snapshot phase: load checkpoints into ComfyUI's cache on the CPU, so the snapshot holds them."""
+    if not checkpoints:
+        return
+    import time
+
+    from deploy_config import preload_workflow
+
+    prompt_id = "snapshot-preload"
+    comfy.client.queue_prompt(preload_workflow(checkpoints), "snapshot", prompt_id)
+    deadline = time.monotonic() + timeout_s
+    while (entry := comfy.client.history(prompt_id)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("preloading checkpoints did not finish")
+        time.sleep(0.5)
+    log.info("preloaded %s: %s", checkpoints, entry.get("status", {}).get("status_str"))
 
 
 def verify_setup(config: DeployConfig, comfy_dir: Path, models_dir: Path, port: int) -> dict[str, Any]:

@@ -320,6 +320,8 @@ class Timings(BaseModel):
     finish_ms: float = Field(description="the rest, up to the terminal write")
     total_ms: float = Field(description="created to finished")
     nodes: dict[str, NodeTiming] = Field(default_factory=dict, description="per node; cached nodes took 0 ms")
+    warmup_ms: float | None = Field(default=None, description="the warmup workflow this worker ran before its "
+                                                              "first job (not part of this job's total)")
 
 
 class JobError(BaseModel):

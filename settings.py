@@ -71,6 +71,8 @@ class Settings:
     webhook_max_attempts: int = 8
     webhook_backoff_s: float = 30.0  # first retry after ~30 s, doubling: 8 attempts span about an hour
     webhook_timeout_s: float = 10.0
+    # An API-format workflow file each worker runs once before taking jobs (warm caches, loaded models).
+    warmup_workflow: str = ""
     # Back-pressure: active (queued + running) jobs allowed at once; 0 means no cap.
     max_active_jobs: int = 0
     max_active_jobs_per_user: int = 0

@@ -11,6 +11,7 @@ lets go.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import tempfile
 import threading
@@ -74,6 +75,8 @@ class Run:
         self.phases[phase] = self.phases.get(phase, 0.0) + (now - (self._mark or self.job.started_at.timestamp()))
         self._mark = now
 
+    warmup_ms: float | None = None
+
     def timings(self, finished: datetime) -> Timings:
         created, started = self.job.created_at.timestamp(), self.job.started_at.timestamp()
         rest = finished.timestamp() - (self._mark or started)
@@ -81,7 +84,7 @@ class Run:
         return Timings(start_kind=self.start_kind, queue_wait_ms=ms(started - created),
                        prepare_ms=ms(self.phases.get("prepare", 0.0)), execute_ms=ms(self.phases.get("execute", 0.0)),
                        upload_ms=ms(self.phases.get("upload", 0.0)), finish_ms=ms(rest),
-                       total_ms=ms(finished.timestamp() - created), nodes=self.nodes)
+                       total_ms=ms(finished.timestamp() - created), nodes=self.nodes, warmup_ms=self.warmup_ms)
 
 
 def new_worker_id() -> str:
@@ -110,12 +113,14 @@ class Worker:
         self.services = Services(store, objects, settings)
         self.start_kind = start_kind  # how the next job finds this worker: restored, launched, then warm
         self._captured = False
+        self.warmup_ms: float | None = None
+        self._warmup_reported = False
 
     # --- the pool loop -----------------------------------------------------------------------
 
     def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
         """Take jobs until `stop` is set or ComfyUI is unhealthy beyond repair."""
-        self.capture_object_info()
+        self.prepare()
         try:
             while not stop.is_set():
                 job_id = self.store.next_job_id(self.pool, timeout_s=poll_s)
@@ -124,6 +129,28 @@ class Worker:
                     return
         finally:
             self.events.close()
+
+    def prepare(self) -> None:
+        """Before the first job: publish the node catalogue and run the warmup workflow if configured."""
+        self.capture_object_info()
+        if self.settings.warmup_workflow and self.warmup_ms is None:
+            self.warm_up(json.loads(Path(self.settings.warmup_workflow).read_text()))
+
+    def warm_up(self, workflow: dict[str, Any]) -> float:
+        """Run a workflow straight on ComfyUI (not a job) so the first real job finds it warm; its ms."""
+        started = time.monotonic()
+        prompt_id = f"warmup-{self.worker_id}"
+        self.events.ensure_open()
+        self.comfy.queue_prompt(workflow, self.events.client_id, prompt_id)
+        deadline = time.monotonic() + self.settings.job_timeout_s
+        while self.comfy.history(prompt_id) is None:
+            if time.monotonic() > deadline:
+                raise ComfyUnavailable("the warmup workflow did not finish")
+            self.events.next(timeout_s=0.1)  # keep the socket drained while waiting
+        self.warmup_ms = round((time.monotonic() - started) * 1000, 1)
+        self.start_kind = "warm"
+        logs.event(log, "worker.warmed_up", worker_id=self.worker_id, phase="warmup")
+        return self.warmup_ms
 
     def capture_object_info(self) -> None:
         """Publish this ComfyUI's node catalogue for pre-flight validation at submit (once per worker)."""
@@ -138,7 +165,7 @@ class Worker:
     def drain(self, idle_s: float) -> int:
         """Take jobs until the queue stays empty for idle_s (a Modal input); how many wake-ups were handled."""
         handled = 0
-        self.capture_object_info()
+        self.prepare()
         try:
             while (job_id := self.store.next_job_id(self.pool, timeout_s=idle_s)) is not None:
                 handled += 1
@@ -174,6 +201,8 @@ class Worker:
         limit = job.timeout_s or self.settings.job_timeout_s
         run = Run(job, claim, prompt_id=f"{job_id}-{claim}", deadline=time.monotonic() + limit,
                   start_kind=self.start_kind)
+        if not self._warmup_reported:
+            run.warmup_ms, self._warmup_reported = self.warmup_ms, True
         self.start_kind = "warm"
         self.current_job = job_id
         try:

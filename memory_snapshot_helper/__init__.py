@@ -10,8 +10,29 @@ import logging
 
 log = logging.getLogger("memory_snapshot_helper")
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+class SnapshotHold:
+    """An output node that keeps whatever it is given: lets a preload workflow load checkpoints into
+    ComfyUI's cache (on the CPU) during the snapshot phase, so a restored container skips the disk."""
+
+    CATEGORY = "utils"
+    FUNCTION = "hold"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"value": ("*", {})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types: dict) -> bool:
+        return True
+
+    def hold(self, value: object) -> dict:
+        return {"ui": {}}
+
+
+NODE_CLASS_MAPPINGS: dict = {"SnapshotHold": SnapshotHold}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {"SnapshotHold": "Snapshot hold (memory_snapshot_helper)"}
 _ROUTE_FLAG = "_memory_snapshot_helper_route"
 
 

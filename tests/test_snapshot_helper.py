@@ -117,3 +117,17 @@ def test_a_changed_comfyui_raises_a_named_error(tmp_path: Path, changed: str):
     result = run(fake_comfyui(tmp_path, changed))
     assert result.returncode != 0
     assert "ComfyUIChanged" in result.stderr and "comfy.model_management" in result.stderr
+
+
+def test_the_preload_workflow_holds_each_checkpoint_with_the_helpers_output_node(tmp_path: Path):
+    from deploy_config import preload_workflow
+
+    wf = preload_workflow(["a.safetensors", "b.ckpt"])
+    assert wf["load1"] == {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.ckpt"}}
+    assert wf["hold0"] == {"class_type": "SnapshotHold", "inputs": {"value": ["load0", 0]}}
+    code = ("import importlib.util, json; spec = importlib.util.spec_from_file_location('h', '" + str(HELPER) +
+            "/__init__.py'); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "n = m.NODE_CLASS_MAPPINGS['SnapshotHold']; print(json.dumps([n.OUTPUT_NODE, n.INPUT_TYPES(), "
+            "n().hold(object())]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert json.loads(out.stdout) == [True, {"required": {"value": ["*", {}]}}, {"ui": {}}]

@@ -9,6 +9,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,16 @@ def test_the_timing_breakdown_adds_up_and_marks_cached_nodes(store, s3, settings
     assert t.start_kind == "launched" and again.timings.start_kind == "warm"
     assert set(t.nodes) == {"1", "2", "3"} and t.nodes["2"].ms >= 150 and not t.nodes["2"].cached
     assert all(n.cached and n.ms == 0 for n in again.timings.nodes.values())
+
+
+def test_a_warmup_runs_before_the_first_job_and_stays_out_of_its_breakdown(store, s3, settings, double, tmp_path):
+    warmup = tmp_path / "warmup.json"
+    warmup.write_text(json.dumps(slow(steps=5, delay=0.1)))
+    warm_settings = replace(settings, warmup_workflow=str(warmup))
+    with workers(store, s3, warm_settings, [double]):
+        first = finished(store, submit(store, {"1": empty(0x123456), "2": save("1", "after_warmup")}))
+        second = finished(store, submit(store, {"1": empty(0x654321), "2": save("1", "after_warmup")}))
+    t = first.timings
+    assert t.start_kind == "warm" and t.warmup_ms >= 500
+    assert t.execute_ms < 500  # the warmup ran before the job, not inside it
+    assert second.timings.warmup_ms is None
