@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import shutil
 import struct
-import urllib.error
+import threading
 import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,17 +56,52 @@ class ComfyClient:
     def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        parts = urllib.parse.urlsplit(self.base_url)
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname or "127.0.0.1", parts.port
+        self._local = threading.local()
+
+    def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
+        """This thread's kept-alive connection (a new TCP handshake per call costs more than the call)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = self._local.conn = cls(self._host, self._port, timeout=timeout_s)
+        conn.timeout = timeout_s
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout_s)
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None
+
+    def _open(self, method: str, path: str, body: bytes | None, headers: dict | None,
+              timeout_s: float | None) -> http.client.HTTPResponse:
+        for attempt in (1, 2):
+            conn = self._connection(timeout_s or self.timeout_s)
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+                return conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                self._drop_connection()  # the server closed an idle kept-alive socket: one fresh try
+                if attempt == 2:
+                    raise ComfyUnavailable(f"ComfyUI at {self.base_url} dropped {method} {path}: {exc}") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop_connection()
+                raise ComfyUnavailable(f"ComfyUI at {self.base_url} did not answer {method} {path}: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def _request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
                  timeout_s: float | None = None) -> tuple[int, bytes]:
-        req = urllib.request.Request(self.base_url + path, data=body, method=method, headers=headers or {})
+        resp = self._open(method, path, body, headers, timeout_s)
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as err:
-            return err.code, err.read()
-        except (OSError, urllib.error.URLError) as exc:
-            raise ComfyUnavailable(f"ComfyUI at {self.base_url} did not answer {method} {path}: {exc}") from exc
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop_connection()
+            raise ComfyUnavailable(f"ComfyUI at {self.base_url} broke off {method} {path}: {exc}") from exc
 
     def _json(self, method: str, path: str, payload: Any = None, timeout_s: float | None = None) -> Any:
         body = None if payload is None else json.dumps(payload).encode()
@@ -127,11 +162,15 @@ class ComfyClient:
         """Stream a /view file to `target`; its size in bytes."""
         query = urllib.parse.urlencode({"filename": ref["filename"], "subfolder": ref.get("subfolder", ""),
                                         "type": ref.get("type", "output")})
+        resp = self._open("GET", f"/view?{query}", None, None, None)
         try:
-            with urllib.request.urlopen(f"{self.base_url}/view?{query}", timeout=self.timeout_s) as resp, \
-                    open(target, "wb") as out:
+            if resp.status != 200:
+                resp.read()
+                raise ComfyUnavailable(f"ComfyUI answered {resp.status} for output {ref['filename']!r}")
+            with open(target, "wb") as out:
                 shutil.copyfileobj(resp, out, 1024 * 1024)
-        except (OSError, urllib.error.URLError) as exc:
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop_connection()
             raise ComfyUnavailable(f"could not download {ref['filename']!r} from ComfyUI: {exc}") from exc
         return target.stat().st_size
 

@@ -118,7 +118,7 @@ class Stack:
         from http_api import create_app
 
         port = free_port()
-        settings = Settings(data_dir=data_dir, url_signing_secret="bench", heartbeat_interval_s=5.0,
+        settings = Settings(data_dir=data_dir, url_signing_secret="bench", heartbeat_interval_s=5.0, require_auth=False,
                             cancel_poll_s=0.25)
         args = ("--double-exec-delay", str(exec_s)) if exec_s else ()
         self.stack = LocalStack(settings, StackOptions(port=port, workers=workers, comfyui_args=args,
