@@ -8,6 +8,7 @@ import json
 import shutil
 import struct
 import threading
+import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class ComfyClient:
         self._https = parts.scheme == "https"
         self._host, self._port = parts.hostname or "127.0.0.1", parts.port
         self._local = threading.local()
+        self._last_answer = float("-inf")
 
     def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
         """This thread's kept-alive connection (a new TCP handshake per call costs more than the call)."""
@@ -72,7 +74,12 @@ class ComfyClient:
             conn.sock.settimeout(timeout_s)
         return conn
 
+    def forget_health(self) -> None:
+        """After any failure, the next health check asks ComfyUI again."""
+        self._last_answer = float("-inf")
+
     def _drop_connection(self) -> None:
+        self.forget_health()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -98,7 +105,10 @@ class ComfyClient:
                  timeout_s: float | None = None) -> tuple[int, bytes]:
         resp = self._open(method, path, body, headers, timeout_s)
         try:
-            return resp.status, resp.read()
+            data = resp.read()
+            if resp.status < 500:
+                self._last_answer = time.monotonic()
+            return resp.status, data
         except (OSError, http.client.HTTPException) as exc:
             self._drop_connection()
             raise ComfyUnavailable(f"ComfyUI at {self.base_url} broke off {method} {path}: {exc}") from exc
@@ -110,8 +120,10 @@ class ComfyClient:
             raise ComfyUnavailable(f"ComfyUI answered {status} to {method} {path}")
         return json.loads(raw) if raw else None
 
-    def healthy(self, timeout_s: float = 2.0) -> bool:
-        """True when /system_stats answers."""
+    def healthy(self, timeout_s: float = 2.0, fresh_s: float = 1.0) -> bool:
+        """True when /system_stats answers; an answer to any call within fresh_s counts as one."""
+        if time.monotonic() - self._last_answer < fresh_s:
+            return True
         try:
             status, _ = self._request("GET", "/system_stats", timeout_s=timeout_s)
             return status == 200

@@ -208,6 +208,7 @@ class Worker:
         try:
             self._run_steps(run)
         except ComfyUnavailable as exc:
+            self.comfy.forget_health()
             logs.event(log, "job.comfyui_lost", logging.WARNING, job_id=job_id, attempt=job.attempts,
                        worker_id=self.worker_id, error=str(exc))
             self.release(run, str(exc))
@@ -360,7 +361,8 @@ class _Watch:
         now = time.monotonic()
         self.next_cancel_check = now
         self.next_heartbeat = now + worker.settings.heartbeat_interval_s
-        self.next_progress_write = now
+        # The first progress write waits a moment: a job that finishes within it needs none.
+        self.next_progress_write = now + _PROGRESS_WRITE_S
         self.next_history_poll = now + _HISTORY_POLL_S
         self.stopping: Outcome | None = None  # set once we asked ComfyUI to stop our prompt
         self.stop_sent_at = 0.0

@@ -207,6 +207,8 @@ def run(args: argparse.Namespace) -> dict:
         "faults_injected": sum(chaos.faults.values()),
         "faults": dict(chaos.faults),
         "statuses": dict(statuses),
+        "failure_reasons": dict(Counter(f"{j.error.type}: {j.error.message[:80]}" for j in records.values()
+                                        if j is not None and j.status.value == "failed" and j.error)),
         "seconds": round(time.monotonic() - started, 1),
     }
 

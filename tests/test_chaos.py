@@ -16,7 +16,7 @@ def test_chaos_loses_nothing_and_doubles_nothing(tmp_path: Path):
            "--fault-interval", "0.15", "--deadline-s", "120", "--out", str(out)]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     result = json.loads(out.read_text())
-    assert run.returncode == 0, (run.stdout, run.stderr[-2000:])
+    assert run.returncode == 0, (result, run.stderr[-2000:])
     assert result["faults_injected"] > 0
     assert {k: result[k] for k in ("lost", "stuck", "duplicate_terminal", "duplicate_webhooks")} == {
         "lost": 0, "stuck": 0, "duplicate_terminal": 0, "duplicate_webhooks": 0}

@@ -162,3 +162,27 @@ def test_metrics_parse_and_count_the_jobs_run(server: Server):
     assert phases["execute"] >= 3 and phases["total"] == phases["execute"]
     assert {s.labels["pool"] for s in after["comfy_queue_depth"].samples} >= {"default"}
     assert server.call("GET", "/metrics", ALICE).status_code == 404  # user-bound keys see no global numbers
+
+
+def test_quota_and_a_full_queue_answer_429_with_retry_after(server: Server):
+    svc = server.stack.services
+    original = svc.store.settings
+    svc.store.settings = replace(original, max_active_jobs_per_user=1)
+    try:
+        first = server.call("POST", "/v1/jobs", ALICE, json={"workflow": WORKFLOW, "pool": "idle"})
+        assert first.status_code == 201
+        second = server.call("POST", "/v1/jobs", ALICE, json={"workflow": WORKFLOW, "pool": "idle"})
+        assert_error_shape(second, 429, "overloaded")
+        assert int(second.headers["Retry-After"]) > 0
+        server.call("POST", f"/v1/jobs/{first.json()['id']}/cancel", ALICE)
+        assert server.call("POST", "/v1/jobs", ALICE, json={"workflow": WORKFLOW, "pool": "idle"}).status_code == 201
+    finally:
+        svc.store.settings = original
+    queue = svc.store._q
+    capacity, queue.capacity = queue.capacity, queue.len(partition="idle")
+    try:
+        full = server.call("POST", "/v1/jobs", json={"workflow": WORKFLOW, "pool": "idle"})
+        assert_error_shape(full, 429, "queue_full")
+        assert "Retry-After" in full.headers
+    finally:
+        queue.capacity = capacity
