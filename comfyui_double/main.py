@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     server = DoubleServer(Config(dirs=dirs, exec_delay_s=args.double_exec_delay, argv=["main.py", *argv]))
     logging.basicConfig(level=logging.WARNING)
     print(f"To see the GUI go to: http://{args.listen}:{args.port}", flush=True)
-    web.run_app(server.app(), host=args.listen, port=args.port, print=None, access_log=None)
+    # Open WebSockets must not hold a shutdown up: ComfyUI itself exits promptly on SIGTERM.
+    web.run_app(server.app(), host=args.listen, port=args.port, print=None, access_log=None, shutdown_timeout=1)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def test_sse_delivers_progress_in_order_then_the_terminal_event(client: Client):
 
 
 def test_sse_resumes_after_a_disconnect_without_losing_events(client: Client):
-    job_id = client.submit({**SLOW, "2": {**SLOW["2"], "inputs": {**SLOW["2"]["inputs"], "steps": 12}}})["id"]
+    job_id = client.submit({**SLOW, "2": {**SLOW["2"], "inputs": {**SLOW["2"]["inputs"], "steps": 30}}})["id"]
     first = client._stream_once(job_id, None)
     seen = [next(first), next(first)]
     first.close()  # the connection drops

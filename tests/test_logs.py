@@ -36,6 +36,7 @@ def test_a_job_leaves_json_lines_with_its_ids_and_no_secrets(store, settings, tm
         job_id = submit_job(svc, Caller("k"), body)[0]["id"]
         worker = Worker(store, objects, double.client, settings, worker_id="w-logs")
         worker.process(store.next_job_id("default", 5))
+        worker.events.close()
         wait_until(lambda: store.get(job_id).terminal, 20, "job finished")
     finally:
         double.stop()
