@@ -100,18 +100,23 @@ def fetch(url: str, max_bytes: int, timeout_s: float, allowlist: list[_Network])
     raise MediaError(f"more than {MAX_REDIRECTS} redirects")
 
 
-def _fetch_once(url: str, max_bytes: int, deadline: float, allowlist: list[_Network]
-                ) -> tuple[int, str | None, bytes]:
+def _pinned(url: str, timeout_s: float, allowlist: list[_Network]) -> tuple[http.client.HTTPConnection, str]:
+    """A connection to url's vetted address, and the path to request."""
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise MediaError(f"refused: {url!r} is not an http(s) URL")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     ip = resolve_public(parts.hostname, port, allowlist)
     cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-    conn = cls(parts.hostname, port, ip, timeout=max(0.1, deadline - time.monotonic()))
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return cls(parts.hostname, port, ip, timeout=timeout_s), path
+
+
+def _fetch_once(url: str, max_bytes: int, deadline: float, allowlist: list[_Network]
+                ) -> tuple[int, str | None, bytes]:
+    conn, path = _pinned(url, max(0.1, deadline - time.monotonic()), allowlist)
     try:
-        conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
-                     headers={"User-Agent": "comfy-saas/0.1", "Accept": "*/*"})
+        conn.request("GET", path, headers={"User-Agent": "comfy-saas/0.1", "Accept": "*/*"})
         resp = conn.getresponse()
         if resp.status in {301, 302, 303, 307, 308} and resp.getheader("Location"):
             return resp.status, resp.getheader("Location"), b""
@@ -140,15 +145,9 @@ def _read_capped(resp: http.client.HTTPResponse, max_bytes: int, deadline: float
 def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, allowlist: list[_Network]) -> int:
     """POST body to url's vetted address (no redirects followed); the HTTP status. MediaError when refused
     or unreachable."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise MediaError(f"refused: {url!r} is not an http(s) URL")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    ip = resolve_public(parts.hostname, port, allowlist)
-    cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-    conn = cls(parts.hostname, port, ip, timeout=timeout_s)
+    conn, path = _pinned(url, timeout_s, allowlist)
     try:
-        conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body=body,
+        conn.request("POST", path, body=body,
                      headers={"User-Agent": "comfy-saas/0.1", "Content-Type": "application/json", **headers})
         resp = conn.getresponse()
         resp.read(64 * 1024)

@@ -377,12 +377,7 @@ class JobStore:
     def pending_webhooks(self, max_slots: int) -> list[tuple[int, dict[str, Any] | None]]:
         """Deliveries from the webhook low-water mark towards the newest, oldest first."""
         low = self._d.get(Keys.webhook_low_water()) or 1
-        head = self._index.head(Keys.WEBHOOKS)
-        out = []
-        for n in range(low, min(head, low + max_slots - 1) + 1):
-            job_id = self._index.slot(Keys.WEBHOOKS, n)
-            out.append((n, self.webhook(job_id) if job_id else None))
-        return out
+        return self._slots(Keys.WEBHOOKS, low, low + max_slots - 1, self.webhook)
 
     def raise_webhook_low_water(self, slot: int) -> None:
         self._d.put(Keys.webhook_low_water(), slot)
@@ -488,21 +483,20 @@ class JobStore:
             start = low
         end = min(head, start + max_slots - 1)
         self._d.put(Keys.sweep_cursor(), end + 1)
-        window = []
-        for n in range(start, end + 1):
-            job_id = self._index.slot(Keys.ALL, n)
-            window.append((n, self.get(job_id) if job_id else None))
-        return start == low, window
+        return start == low, self._slots(Keys.ALL, start, end, self.get)
 
     def oldest(self, max_slots: int) -> list[tuple[int, Job | None]]:
         """The oldest index slots not yet cleaned up, oldest first."""
         low = self._d.get(Keys.cleanup_low_water()) or 1
-        head = self._index.head(Keys.ALL)
-        slots = []
-        for n in range(low, min(head, low + max_slots - 1) + 1):
-            job_id = self._index.slot(Keys.ALL, n)
-            slots.append((n, self.get(job_id) if job_id else None))
-        return slots
+        return self._slots(Keys.ALL, low, low + max_slots - 1, self.get)
+
+    def _slots(self, scope: str, start: int, end: int, load: Callable[[str], Any]) -> list[tuple[int, Any]]:
+        """(slot, loaded record or None) for slots start..end of a scope, stopping at its head."""
+        out = []
+        for n in range(start, min(end, self._index.head(scope)) + 1):
+            job_id = self._index.slot(scope, n)
+            out.append((n, load(job_id) if job_id else None))
+        return out
 
     def delete_job(self, slot: int, job: Job | None) -> None:
         """Remove a finished job and everything kept for it; idempotent. Advances the cleanup mark."""
