@@ -246,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default=None)
     _comfy_source(p)
     p.set_defaults(run=worker)
+    _add_api_commands(sub)
+    _add_ops(sub)
+    return parser
 
+
+def _add_api_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="submit a workflow (API-format JSON file)")
     p.add_argument("workflow", type=Path)
     p.add_argument("--media", action="append", default=[], metavar="NAME=PATH|URL")
@@ -276,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     _api_options(p)
     p.set_defaults(run=cancel)
 
+
+def _add_ops(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ops", help="operate the store directly (local data dir, or --modal in `modal shell`)")
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--modal", action="store_true", help="the deployed Dict/Queue instead of the local ones")
@@ -289,7 +296,6 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--reason", default="failed by an operator")
     ops_sub.add_parser("purge", help="delete finished jobs past retention now")
     p.set_defaults(run=ops)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,6 +176,7 @@ class Page:
 
 
 MAX_PAGE = 100
+_ORPHAN_PROBES = 3  # how many orphaned claims in a row a claimer steps over
 PROGRESS_EVENTS_KEPT = 300
 # With a status filter a page may need more slots than its size; bound the work and hand back a cursor.
 _FILTER_SCAN_FACTOR = 5
@@ -309,10 +310,20 @@ class JobStore:
     def claim(self, job: Job, owner: str) -> int | None:
         """Try to own the next attempt of `job` as read by the caller; the claim number, or None
         if someone else got there first."""
-        n = job.claim_seq + 1
-        won = self._d.put(Keys.claim(job.id, n), {"owner": owner, "at": self._clock().isoformat()},
-                          skip_if_exists=True)
-        return n if won else None
+        now = self._clock()
+        for n in range(job.claim_seq + 1, job.claim_seq + 1 + _ORPHAN_PROBES):
+            if self._d.put(Keys.claim(job.id, n), {"owner": owner, "at": now.isoformat()}, skip_if_exists=True):
+                return n
+            if not self._orphaned(job, n, now):
+                return None
+        return None
+
+    def _orphaned(self, job: Job, n: int, now: datetime) -> bool:
+        """A claim on a job that is still queued long after it was made: its owner died between winning
+        the claim and writing `running`, and nobody else could ever claim the job again."""
+        entry = self._d.get(Keys.claim(job.id, n)) or {}
+        made = datetime.fromisoformat(entry.get("at", now.isoformat()))
+        return job.status is Status.QUEUED and (now - made).total_seconds() > self.settings.heartbeat_stale_s
 
     def claim_owner(self, job_id: str, n: int) -> str | None:
         entry = self._d.get(Keys.claim(job_id, n))
@@ -337,7 +348,7 @@ class JobStore:
     def _check_claim(self, job: Job, claim: int) -> None:
         if claim == job.claim_seq and claim > 0:
             return
-        if claim == job.claim_seq + 1 and self._d.contains(Keys.claim(job.id, claim)):
+        if job.claim_seq < claim <= job.claim_seq + _ORPHAN_PROBES and self._d.contains(Keys.claim(job.id, claim)):
             return
         raise NotOwner(f"claim {claim} does not own job {job.id} (current claim {job.claim_seq})")
 

@@ -64,9 +64,12 @@ def retry_delay_s(attempt: int, base_s: float, rng: random.Random | None = None)
 
 
 def webhook_secret(svc: Services) -> str:
-    """The configured secret, or locally one derived from the data dir's URL signing key."""
+    """The configured secret; locally, one derived from the data dir's URL signing key. Deployed
+    without one, deliveries fail (recorded on the job) rather than go out with an unverifiable signature."""
     if svc.settings.webhook_secret:
         return svc.settings.webhook_secret
+    if svc.settings.storage_backend != "local":
+        raise MediaError("COMFY_WEBHOOK_SECRET is not set; webhooks cannot be signed")
     from object_store import _local_secret
 
     return "local-" + _local_secret(svc.settings)
@@ -97,10 +100,10 @@ def attempt(svc: Services, delivery: dict[str, Any], owner: str, now: datetime |
         return _recover_lost_attempt(svc, delivery, n, now)
     body = _payload(svc, delivery, now)
     stamp = int(now.timestamp())
-    headers = {"webhook-id": delivery["msg_id"], "webhook-timestamp": str(stamp),
-               "webhook-signature": sign(webhook_secret(svc), delivery["msg_id"], stamp, body)}
     status, error = None, None
     try:
+        headers = {"webhook-id": delivery["msg_id"], "webhook-timestamp": str(stamp),
+                   "webhook-signature": sign(webhook_secret(svc), delivery["msg_id"], stamp, body)}
         status = (send or _send(svc))(delivery["url"], body, headers)
     except MediaError as exc:  # refused (SSRF) or unreachable: a failed attempt, never a failed job
         error = exc.message

@@ -300,3 +300,10 @@ def test_cleanup_deletes_expired_jobs_and_everything_kept_for_them(svc: Services
     assert leftovers == []
     assert svc.store.get(young_running) is not None  # not finished: kept, and cleanup stops there
     assert cleanup.cleanup(svc.store, svc.objects, svc.settings, later) == {}  # idempotent
+
+
+def test_deployed_without_a_webhook_secret_deliveries_fail_visibly(svc: Services, receiver: Receiver):
+    svc.settings = replace(svc.settings, webhook_secret="", storage_backend="s3", webhook_max_attempts=1)
+    job_id = run_to(svc, Status.COMPLETED, webhook_url=receiver.url)
+    delivery = dispatch_until(svc, job_id, "failed")
+    assert "COMFY_WEBHOOK_SECRET" in delivery["attempts"][0]["error"] and receiver.received == []

@@ -268,3 +268,18 @@ def test_a_page_of_100k_jobs_reads_only_that_page(db_path, settings):
     d.reads = 0
     deeper = store.list_jobs(limit=20, cursor=page.next_cursor)
     assert [j.id for j in deeper.jobs] == ids[::-1][20:40] and d.reads == 2 * 20
+
+
+def test_a_claim_orphaned_by_a_dead_worker_is_stepped_over(store: JobStore, db_path):
+    job, _ = store.submit(request())
+    long_ago = (utcnow() - timedelta(seconds=store.settings.heartbeat_stale_s + 5)).isoformat()
+    LocalDict(db_path).put(Keys.claim(job.id, 1), {"owner": "dead-worker", "at": long_ago})
+    n = store.claim(store.get(job.id), "worker-b")
+    assert n == 2
+    assert store.transition(job.id, Status.RUNNING, claim=n).claim_seq == 2
+
+
+def test_a_fresh_claim_is_respected(store: JobStore):
+    job, _ = store.submit(request())
+    assert store.claim(job, "worker-a") == 1
+    assert store.claim(job, "worker-b") is None
