@@ -162,13 +162,15 @@ class Worker:
         except ComfyUnavailable as exc:
             logs.event(log, "object_info.capture_failed", logging.WARNING, worker_id=self.worker_id, error=str(exc))
 
-    def drain(self, idle_s: float) -> int:
-        """Take jobs until the queue stays empty for idle_s (a Modal input); how many wake-ups were handled."""
+    def drain(self, idle_s: float, first_wait_s: float = 0.5) -> int:
+        """Take jobs until the queue stays empty for idle_s (one Modal input); how many wake-ups it handled.
+        A drain that finds nothing at first returns at once: many are spawned, few are needed."""
         handled = 0
         self.prepare()
+        wait_s = first_wait_s
         try:
-            while (job_id := self.store.next_job_id(self.pool, timeout_s=idle_s)) is not None:
-                handled += 1
+            while (job_id := self.store.next_job_id(self.pool, timeout_s=wait_s)) is not None:
+                handled, wait_s = handled + 1, idle_s
                 if not self.process(job_id):
                     break
         finally:

@@ -252,3 +252,11 @@ def test_a_warmup_runs_before_the_first_job_and_stays_out_of_its_breakdown(store
     assert t.start_kind == "warm" and t.warmup_ms >= 500
     assert t.execute_ms < 500  # the warmup ran before the job, not inside it
     assert second.timings.warmup_ms is None
+
+
+def test_a_drain_takes_every_queued_job_and_an_empty_one_returns_at_once(store, s3, settings, double):
+    ids = [submit(store, {"1": empty(i), "2": save("1", "drain")}) for i in range(3)]
+    worker = Worker(store, s3, double.client, settings)
+    assert worker.drain(idle_s=0.5) == 3
+    assert all(store.get(i).status is Status.COMPLETED for i in ids)
+    assert worker.drain(idle_s=30, first_wait_s=0.1) == 0  # nothing queued: no 30 s wait
