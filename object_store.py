@@ -188,12 +188,12 @@ def object_store(settings: Settings) -> ObjectStore:
     if settings.storage_backend == "s3":
         return S3Store(settings.s3, settings.presign_expiry_s)
     if settings.storage_backend == "local":
-        return LocalStore(settings.data_dir / "outputs", settings.url_signing_secret or _local_secret(settings),
+        return LocalStore(settings.data_dir / "outputs", settings.url_signing_secret or local_secret(settings),
                           settings.public_base_url, settings.presign_expiry_s)
     raise ValueError(f"unknown storage backend {settings.storage_backend!r} (use 'local' or 's3')")
 
 
-def _local_secret(settings: Settings) -> str:
+def local_secret(settings: Settings) -> str:
     """A per-data-dir random secret, so signed URLs survive a restart without any configuration."""
     path = settings.data_dir / "url-signing.key"
     path.parent.mkdir(parents=True, exist_ok=True)

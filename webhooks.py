@@ -70,9 +70,9 @@ def webhook_secret(svc: Services) -> str:
         return svc.settings.webhook_secret
     if svc.settings.storage_backend != "local":
         raise MediaError("COMFY_WEBHOOK_SECRET is not set; webhooks cannot be signed")
-    from object_store import _local_secret
+    from object_store import local_secret
 
-    return "local-" + _local_secret(svc.settings)
+    return "local-" + local_secret(svc.settings)
 
 
 def _payload(svc: Services, delivery: dict[str, Any], now: datetime) -> bytes:

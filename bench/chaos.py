@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -75,7 +75,6 @@ class Slot:
     double: ComfyProcess
     proc: subprocess.Popen | None = None
     starts: int = 0
-    log: list[str] = field(default_factory=list)
 
 
 class Chaos:
