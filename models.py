@@ -181,6 +181,7 @@ class JobRequest(BaseModel):
     pool: str | None = None
     timeout_s: int | None = Field(default=None, ge=1)
     include_previews: bool = False
+    webhook_progress: bool = Field(default=False, description="also POST job.progress events (best effort)")
 
     @field_validator("workflow")
     @classmethod
@@ -359,6 +360,7 @@ class Job(BaseModel):
     idempotency_key: str | None = None
     timeout_s: int | None = None
     include_previews: bool = False
+    webhook_progress: bool = False
     timings: Timings | None = None
     active_slots: dict[str, int] = Field(default_factory=dict)
 
@@ -396,5 +398,5 @@ def new_job(request: JobRequest, job_id: str, default_pool: str, now: datetime) 
         id=job_id, user_id=request.user_id, pool=request.pool or default_pool, created_at=now,
         updated_at=now, webhook_url=request.webhook_url, metadata=request.metadata,
         idempotency_key=request.idempotency_key, timeout_s=request.timeout_s,
-        include_previews=request.include_previews,
+        include_previews=request.include_previews, webhook_progress=request.webhook_progress,
     )

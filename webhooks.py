@@ -23,7 +23,7 @@ import logs
 import safe_fetch
 from api import Services, job_view
 from errors import MediaError
-from models import utcnow
+from models import Job, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,20 @@ def dispatch(svc: Services, owner: str = "dispatcher", now: datetime | None = No
     if new_low is not None:
         svc.store.raise_webhook_low_water(new_low)
     return done
+
+
+def send_progress(svc: Services, job: Job) -> None:
+    """A signed `job.progress` event: one best-effort attempt, never retried or recorded (the next
+    progress event, and the terminal one, supersede it)."""
+    now = utcnow()
+    body = json.dumps({"type": "job.progress", "timestamp": now.isoformat(), "data": job.public()}).encode()
+    msg_id, stamp = f"msg_{job.id}_p{now.timestamp():.3f}", int(now.timestamp())
+    try:
+        headers = {"webhook-id": msg_id, "webhook-timestamp": str(stamp),
+                   "webhook-signature": sign(webhook_secret(svc), msg_id, stamp, body)}
+        _send(svc)(job.webhook_url or "", body, headers)
+    except MediaError as exc:
+        logs.event(log, "webhook.progress_failed", job_id=job.id, phase="webhook", error=exc.message)
 
 
 def deliver_now(svc: Services, job_id: str, owner: str) -> None:

@@ -440,8 +440,10 @@ class _Watch:
         due_progress = self.dirty and now >= self.next_progress_write
         if not due_progress and now < self.next_heartbeat:
             return
-        self.w.store.record_progress(self.run.job.id, self.run.claim,
-                                     self.tracker.snapshot() if due_progress else None)
+        snapshot = self.tracker.snapshot() if due_progress else None
+        job = self.w.store.record_progress(self.run.job.id, self.run.claim, snapshot)
+        if snapshot is not None and job.webhook_url and job.webhook_progress:
+            threading.Thread(target=webhooks.send_progress, args=(self.w.services, job), daemon=True).start()
         self.dirty = self.dirty and not due_progress
         self.next_progress_write = now + _PROGRESS_WRITE_S
         self.next_heartbeat = now + self.w.settings.heartbeat_interval_s

@@ -307,3 +307,27 @@ def test_deployed_without_a_webhook_secret_deliveries_fail_visibly(svc: Services
     job_id = run_to(svc, Status.COMPLETED, webhook_url=receiver.url)
     delivery = dispatch_until(svc, job_id, "failed")
     assert "COMFY_WEBHOOK_SECRET" in delivery["attempts"][0]["error"] and receiver.received == []
+
+
+def test_progress_events_are_sent_when_asked_then_one_terminal_event(svc: Services, receiver: Receiver, tmp_path):
+    from conftest import start_double
+
+    from worker import Worker
+
+    double = start_double(tmp_path / "comfy")
+    try:
+        slow = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 3}},
+                "2": {"class_type": "SlowPassthrough", "inputs": {"image": ["1", 0], "steps": 10, "delay": 0.15,
+                                                                  "send_preview": False, "send_text": False,
+                                                                  "seed": 0}},
+                "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "wp"}}}
+        job, _ = svc.store.submit(JobRequest(workflow=slow, webhook_url=receiver.url, webhook_progress=True))
+        worker = Worker(svc.store, svc.objects, double.client, svc.settings)
+        worker.process(svc.store.next_job_id("default", 5))
+        worker.events.close()
+        dispatch_until(svc, job.id, "delivered")
+    finally:
+        double.stop()
+    kinds = [r["type"] for r in receiver.received]
+    assert kinds.count("job.completed") == 1 and kinds.count("job.progress") >= 1
+    assert receiver.bad_signatures == 0
