@@ -26,6 +26,8 @@ def _comfy_source(p: argparse.ArgumentParser) -> None:
                         help="use a running ComfyUI (env COMFYUI_URL)")
     source.add_argument("--comfyui-dir", type=Path, default=os.environ.get("COMFYUI_DIR"),
                         help="launch ComfyUI from this directory (env COMFYUI_DIR)")
+    p.add_argument("--comfyui-python", default=os.environ.get("COMFYUI_PYTHON"),
+                   help="the Python that runs a launched ComfyUI, e.g. its own venv (env COMFYUI_PYTHON)")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -38,7 +40,8 @@ def serve(args: argparse.Namespace) -> int:
     from local_stack import serve as run
 
     options = StackOptions(host=args.host, port=args.port, workers=args.workers,
-                           comfyui_url=args.comfyui_url, comfyui_dir=args.comfyui_dir)
+                           comfyui_url=args.comfyui_url, comfyui_dir=args.comfyui_dir,
+                           comfyui_python=args.comfyui_python)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the local stack is stopped
         run(_settings(args), options)
     return EXIT_OK
@@ -60,7 +63,8 @@ def worker(args: argparse.Namespace) -> int:
     if args.comfyui_url:
         client = ComfyClient(args.comfyui_url)
     else:
-        proc = ComfyProcess(args.comfyui_dir or DOUBLE_DIR, free_port())
+        python = (args.comfyui_python if args.comfyui_dir else None) or sys.executable
+        proc = ComfyProcess(args.comfyui_dir or DOUBLE_DIR, free_port(), python=python)
         proc.start()
         client = proc.client
     stop, unhealthy = threading.Event(), threading.Event()

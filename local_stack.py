@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ class StackOptions:
     comfyui_url: str | None = None
     comfyui_dir: Path | None = None
     comfyui_args: tuple[str, ...] = ()
+    comfyui_python: str | None = None  # the interpreter of a launched ComfyUI (its own venv, with torch)
     sweep_interval_s: float = 30.0
     webhook_interval_s: float = 1.0
 
@@ -93,7 +95,9 @@ class LocalStack:
         root = self._dir(f"comfy/{i}")
         args = ["--output-directory", str(root / "output"), "--input-directory", str(root / "input"),
                 "--temp-directory", str(root), *self.options.comfyui_args]
-        proc = ComfyProcess(self.options.comfyui_dir or DOUBLE_DIR, free_port(), args, log_path=root / "comfyui.log")
+        python = (self.options.comfyui_python if self.options.comfyui_dir else None) or sys.executable
+        proc = ComfyProcess(self.options.comfyui_dir or DOUBLE_DIR, free_port(), args, log_path=root / "comfyui.log",
+                            python=python)
         proc.start()
         self.processes.append(proc)
         return proc.client
