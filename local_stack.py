@@ -93,6 +93,8 @@ class LocalStack:
         if self.options.comfyui_url:
             return ComfyClient(self.options.comfyui_url)
         root = self._dir(f"comfy/{i}")
+        for sub in ("input", "output"):  # ComfyUI lists them at once and does not create them itself
+            (root / sub).mkdir(exist_ok=True)
         args = ["--output-directory", str(root / "output"), "--input-directory", str(root / "input"),
                 "--temp-directory", str(root), *self.options.comfyui_args]
         python = (self.options.comfyui_python if self.options.comfyui_dir else None) or sys.executable

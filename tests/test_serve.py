@@ -50,6 +50,8 @@ def test_serve_runs_a_job_end_to_end_and_survives_a_restart(tmp_path: Path):
                       == "completed" and j, 30, "job completed")
     out = stop(proc)
     assert proc.returncode == 0 and "stopping" in out
+    # Real ComfyUI lists its input folder at once and does not create it: the launcher does.
+    assert (tmp_path / "data" / "comfy" / "0" / "input").is_dir()
     assert not re.search(r"Traceback", out), out
 
     proc, _ = start(tmp_path / "data", port)
