@@ -134,7 +134,11 @@ class Worker:
         """Before the first job: publish the node catalogue and run the warmup workflow if configured."""
         self.capture_object_info()
         if self.settings.warmup_workflow and self.warmup_ms is None:
-            self.warm_up(json.loads(Path(self.settings.warmup_workflow).read_text()))
+            try:
+                self.warm_up(json.loads(Path(self.settings.warmup_workflow).read_text()))
+            except (ComfyUnavailable, PromptRejected, OSError, ValueError) as exc:
+                # A broken warmup costs the first job its warm start, never the worker.
+                logs.event(log, "worker.warmup_failed", logging.WARNING, worker_id=self.worker_id, error=str(exc))
 
     def warm_up(self, workflow: dict[str, Any]) -> float:
         """Run a workflow straight on ComfyUI (not a job) so the first real job finds it warm; its ms."""
@@ -197,7 +201,11 @@ class Worker:
 
     def run_job(self, job_id: str, claim: int) -> None:
         """Run one claimed attempt to an outcome; never raises for the job's own failures."""
-        job = self.store.transition(job_id, Status.RUNNING, claim=claim, worker_id=self.worker_id)
+        try:
+            job = self.store.transition(job_id, Status.RUNNING, claim=claim, worker_id=self.worker_id)
+        except (IllegalTransition, NotOwner) as exc:  # decided elsewhere between our claim and now
+            logs.event(log, "job.not_started", job_id=job_id, worker_id=self.worker_id, error=str(exc))
+            return
         logs.event(log, "job.started", job_id=job_id, attempt=job.attempts, worker_id=self.worker_id,
                    phase="prepare", pool=job.pool)
         limit = job.timeout_s or self.settings.job_timeout_s

@@ -260,3 +260,11 @@ def test_a_drain_takes_every_queued_job_and_an_empty_one_returns_at_once(store, 
     assert worker.drain(idle_s=0.5) == 3
     assert all(store.get(i).status is Status.COMPLETED for i in ids)
     assert worker.drain(idle_s=30, first_wait_s=0.1) == 0  # nothing queued: no 30 s wait
+
+
+def test_a_broken_warmup_never_stops_the_worker(store, s3, settings, double, tmp_path):
+    bad = tmp_path / "warmup.json"
+    bad.write_text(json.dumps({"1": {"class_type": "NoSuchNode", "inputs": {}}}))
+    with workers(store, s3, replace(settings, warmup_workflow=str(bad)), [double]):
+        job = finished(store, submit(store, {"1": empty(0x0F0F0F), "2": save("1", "after_bad_warmup")}))
+    assert job.status is Status.COMPLETED and job.timings.start_kind == "launched"
