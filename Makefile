@@ -17,3 +17,7 @@ lint: install
 
 test: install lint
 	$(VENV)/bin/pytest
+
+.PHONY: serve
+serve: install
+	$(VENV)/bin/comfy-saas serve
