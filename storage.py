@@ -182,6 +182,17 @@ PROGRESS_EVENTS_KEPT = 300
 _FILTER_SCAN_FACTOR = 5
 
 
+def past_finished_prefix(slots: list[tuple[int, Any]], finished: Callable[[Any], bool]) -> int | None:
+    """The slot after the longest run of finished entries at the start of `slots` (a new low-water
+    mark), or None when the first entry is unfinished."""
+    mark = None
+    for n, entry in slots:
+        if not finished(entry):
+            break
+        mark = n + 1
+    return mark
+
+
 def _request_digest(request: JobRequest) -> str:
     body = request.model_dump(mode="json", exclude={"idempotency_key"})
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -15,7 +15,7 @@ import logs
 from errors import IllegalTransition, NotOwner
 from models import Job, JobError, Status, utcnow
 from settings import Settings
-from storage import JobStore
+from storage import JobStore, past_finished_prefix
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,9 @@ def sweep(store: JobStore, settings: Settings, now: datetime | None = None, owne
     from_low, window = store.active_window(SWEEP_MAX_SLOTS)
     done: Counter = Counter()
     idle: dict[str, bool] = {}
-    new_low, finished_prefix = None, from_low
-    for n, job in window:
+    for _, job in window:
         if job is None or job.terminal:
-            if finished_prefix:
-                new_low = n + 1
             continue
-        finished_prefix = False
         if job.pool not in idle:
             idle[job.pool] = store.queue_depth(job.pool) == 0
         action = decide(job, now, settings, idle[job.pool])
@@ -93,6 +89,7 @@ def sweep(store: JobStore, settings: Settings, now: datetime | None = None, owne
             done[action.value] += 1
             logs.event(log, f"sweeper.{action.value}", job_id=job.id, attempt=job.attempts, worker_id=owner,
                        phase="sweep", status=job.status.value)
+    new_low = past_finished_prefix(window, lambda j: j is None or j.terminal) if from_low else None
     if new_low is not None:
         store.raise_low_water(new_low)
     if done:

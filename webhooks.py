@@ -24,6 +24,7 @@ import safe_fetch
 from api import Services, job_view
 from errors import MediaError
 from models import Job, utcnow
+from storage import past_finished_prefix
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +140,12 @@ def dispatch(svc: Services, owner: str = "dispatcher", now: datetime | None = No
              send: Sender | None = None) -> Counter:
     """Attempt every due delivery; advance the low-water mark past finished ones."""
     done: Counter = Counter()
-    new_low, prefix_finished = None, True
-    for n, delivery in svc.store.pending_webhooks(max_slots):
-        if delivery is None or delivery["state"] != "pending":
-            if prefix_finished:
-                new_low = n + 1
-            continue
-        prefix_finished = False
-        if attempt(svc, delivery, owner, now, send):
-            done[svc.store.webhook(delivery["job_id"])["state"]] += 1
+    slots = svc.store.pending_webhooks(max_slots)
+    settled = lambda d: d is None or d["state"] != "pending"  # noqa: E731
+    new_low = past_finished_prefix(slots, settled)  # before attempts: newly settled ones go next time
+    for _, delivery in slots:
+        if not settled(delivery) and attempt(svc, delivery, owner, now, send):
+            done[delivery["state"]] += 1  # attempt() records into this same dict
     if new_low is not None:
         svc.store.raise_webhook_low_water(new_low)
     return done

@@ -179,8 +179,10 @@ def test_skip_if_exists_has_one_winner_across_8_threads_and_2_processes(db_path)
 
 _PUT_LATER_CHILD = """
 import sys, time
-from twins import LocalQueue
-time.sleep(0.5)
+from twins import LocalDict, LocalQueue
+deadline = time.monotonic() + 30
+while not LocalDict(sys.argv[1], "wake").contains("parent-waiting") and time.monotonic() < deadline:
+    time.sleep(0.005)  # poll for the parent's handshake
 LocalQueue(sys.argv[1], "wake").put("from-another-process")
 """
 
@@ -189,6 +191,7 @@ def test_blocking_get_returns_when_another_process_puts(db_path):
     q = LocalQueue(db_path, "wake")
     child = _run_child(_PUT_LATER_CHILD, str(db_path))
     began = time.monotonic()
+    LocalDict(db_path, "wake").put("parent-waiting", True)  # the child puts only once we are about to block
     assert q.get(timeout=60) == "from-another-process"
     # Woken by the put, not by the 60 s timeout.
     assert time.monotonic() - began < 30
