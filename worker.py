@@ -1,496 +1,99 @@
-"""Running jobs against one ComfyUI: the pool loop, and "run a job" as a sequence of named steps.
+"""The GPU worker pool: one ComfyUI per memory-snapshotted container, draining its pool's queue.
 
-    prepare inputs -> submit -> await completion (progress, heartbeats, cancel) -> collect outputs
-    -> upload -> finish
-
-A worker owns one ComfyUI and one WebSocket to it. It writes to the store only through the claim it
-won; when the outcome was decided elsewhere (a cancel, the sweeper), its writes are refused and it
-lets go.
+ComfyUI starts during the snapshot phase on the CPU (kept CUDA-free by memory_snapshot_helper/); after a
+restore `POST /cuda/set_device` moves it to the GPU before any job, and the worker id is made then. app.py
+includes this module's App; the container imports this module on its own.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import tempfile
-import threading
-import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
-import logs
-import preflight
-import safe_fetch
-import webhooks
-from api import Services
-from comfy_client import ComfyClient, Event, EventStream
-from errors import ComfyUnavailable, IllegalTransition, MediaError, NotOwner, PromptRejected
-from models import Job, JobError, MediaInput, Output, Progress, Status, Timings, utcnow
-from object_store import ObjectStore
-from outputs import OutputItem, collect
-from progress import ProgressTracker
-from settings import Settings
-from storage import JobStore, Keys
-from workflow import apply_overrides, rewrite_media
+import modal
 
-log = logging.getLogger(__name__)
+import storage
+from comfy_saas.config import Settings
+from comfy_saas.config.deploy import load
+from comfy_saas.modal_runtime import download_models, extra_model_paths
 
-_PROGRESS_WRITE_S = 0.5  # at most two progress writes a second per job
-_HISTORY_POLL_S = 2.0  # when the socket is quiet, ask /history this often
-_INTERRUPT_GRACE_S = 15.0  # how long to wait for ComfyUI to confirm an interrupt
+HERE = Path(__file__).resolve().parent
+CONFIG = load(HERE / "deploy.toml")
+COMFY_DIR = "/root/comfy/ComfyUI"
+MODELS_DIR = "/models"
+WORKER_TIMEOUT_S = CONFIG.pool.timeout_s
 
+worker_app = modal.App()  # unnamed: deployed only as part of app.py
 
-@dataclass
-class Outcome:
-    """How a prompt ended, as seen by the worker."""
-
-    status: Status
-    history: dict[str, Any] | None = None
-    error: JobError | None = None
-    nodes: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Run:
-    """One attempt of one job on this worker, with the wall-clock marks of its phases."""
-
-    job: Job
-    claim: int
-    prompt_id: str
-    deadline: float
-    start_kind: str
-    workflow: dict[str, Any] = field(default_factory=dict)
-    phases: dict[str, float] = field(default_factory=dict)
-    nodes: dict[str, Any] = field(default_factory=dict)
-    _mark: float = 0.0
-
-    def lap(self, phase: str) -> None:
-        """Close `phase` now: it took the time since the previous mark (or since the job started)."""
-        now = time.time()
-        self.phases[phase] = self.phases.get(phase, 0.0) + (now - (self._mark or self.job.started_at.timestamp()))
-        self._mark = now
-
-    warmup_ms: float | None = None
-
-    def timings(self, finished: datetime) -> Timings:
-        created, started = self.job.created_at.timestamp(), self.job.started_at.timestamp()
-        rest = finished.timestamp() - (self._mark or started)
-        ms = lambda s: round(s * 1000, 1)  # noqa: E731
-        return Timings(start_kind=self.start_kind, queue_wait_ms=ms(started - created),
-                       prepare_ms=ms(self.phases.get("prepare", 0.0)), execute_ms=ms(self.phases.get("execute", 0.0)),
-                       upload_ms=ms(self.phases.get("upload", 0.0)), finish_ms=ms(rest),
-                       total_ms=ms(finished.timestamp() - created), nodes=self.nodes, warmup_ms=self.warmup_ms)
+pin = CONFIG.comfyui
+gpu_image = (
+    modal.Image.debian_slim(python_version=pin.python)
+    .apt_install("git", "ffmpeg", "libgl1", "libglib2.0-0")
+    .pip_install(f"torch=={pin.torch}", f"torchvision=={pin.torchvision}", index_url=pin.torch_index_url)
+    .pip_install_from_pyproject(str(HERE / "pyproject.toml"))
+    .pip_install("huggingface_hub[hf_transfer]>=0.24")
+    .run_commands(
+        f"git clone {pin.repo} {COMFY_DIR}",
+        f"cd {COMFY_DIR} && git checkout {pin.commit}",
+        f"pip install -r {COMFY_DIR}/requirements.txt",
+        *[f"git clone {n.repo} {COMFY_DIR}/custom_nodes/{n.name} && cd {COMFY_DIR}/custom_nodes/{n.name} && "
+          f"git checkout {n.ref} && (test ! -f requirements.txt || pip install -r requirements.txt)"
+          for n in CONFIG.custom_nodes],
+        f"printf '{extra_model_paths(MODELS_DIR)}' > {COMFY_DIR}/extra_model_paths.yaml",
+    )
+    .env({**storage.RUNTIME_ENV, "HF_HUB_ENABLE_HF_TRANSFER": "1"})
+    .add_local_dir(HERE / "memory_snapshot_helper", f"{COMFY_DIR}/custom_nodes/memory_snapshot_helper", copy=True)
+    .add_local_python_source("comfy_saas", copy=True)
+    .run_function(download_models, volumes={MODELS_DIR: storage.models_volume}, args=(CONFIG, MODELS_DIR))
+    .add_local_python_source("storage", "worker")
+)
+if CONFIG.warm.warmup_workflow:
+    gpu_image = gpu_image.add_local_file(HERE / CONFIG.warm.warmup_workflow, f"/root/{CONFIG.warm.warmup_workflow}")
 
 
-def new_worker_id() -> str:
-    """Made at container start (never in a memory snapshot), so restored workers differ."""
-    return f"w-{uuid.uuid4().hex[:12]}"
+def wake(pool: str) -> None:
+    """Start a drain of a pool's queue (Modal runs at most max_containers of them at once)."""
+    ComfyWorker().drain.spawn(pool)
 
 
-class Worker:
-    """Pulls job ids from one pool's queue and runs them on one ComfyUI."""
+@worker_app.cls(image=gpu_image, gpu=CONFIG.gpus(Settings.from_env().gpu_config), enable_memory_snapshot=True,
+                secrets=storage.SECRETS, volumes={MODELS_DIR: storage.models_volume}, timeout=WORKER_TIMEOUT_S,
+                min_containers=CONFIG.pool.min_containers, max_containers=CONFIG.pool.max_containers,
+                scaledown_window=CONFIG.pool.scaledown_window_s)
+class ComfyWorker:
+    @modal.enter(snap=True)
+    def launch_comfyui(self) -> None:
+        """Snapshot phase: no GPU; memory_snapshot_helper keeps ComfyUI on the CPU."""
+        from comfy_saas import modal_runtime
+        from comfy_saas.runner.comfy_process import ComfyProcess
 
-    def __init__(self, store: JobStore, objects: ObjectStore, comfy: ComfyClient, settings: Settings,
-                 worker_id: str | None = None, pool: str | None = None,
-                 on_unhealthy: Callable[[], bool] | None = None, scratch_dir: str | Path | None = None,
-                 start_kind: str = "launched") -> None:
-        self.store = store
-        self.objects = objects
-        self.comfy = comfy
-        self.settings = settings
-        self.worker_id = worker_id or new_worker_id()
-        self.pool = pool or settings.default_pool
-        self.on_unhealthy = on_unhealthy or (lambda: False)
-        self.scratch = Path(scratch_dir or tempfile.gettempdir())
-        self.events: EventStream = comfy.events(client_id=self.worker_id)
-        self.allowlist = safe_fetch.parse_allowlist(settings.private_url_allowlist)
-        self.current_job: str | None = None
-        self.services = Services(store, objects, settings)
-        self.start_kind = start_kind  # how the next job finds this worker: restored, launched, then warm
-        self._captured = False
-        self.warmup_ms: float | None = None
-        self._warmup_reported = False
+        self.comfy = ComfyProcess(COMFY_DIR, CONFIG.comfyui.port)
+        self.comfy.start(ready_timeout_s=600)
+        modal_runtime.preload_checkpoints(self.comfy, CONFIG.warm.preload_checkpoints)
 
-    # --- the pool loop -----------------------------------------------------------------------
+    @modal.enter(snap=False)
+    def attach_gpu(self) -> None:
+        from comfy_saas import modal_runtime
 
-    def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
-        """Take jobs until `stop` is set or ComfyUI is unhealthy beyond repair."""
-        self.prepare()
-        try:
-            while not stop.is_set():
-                job_id = self.store.next_job_id(self.pool, timeout_s=poll_s)
-                if job_id is not None and not self.process(job_id):
-                    log.error("worker %s: ComfyUI unhealthy, leaving the pool", self.worker_id)
-                    return
-        finally:
-            self.events.close()
+        modal_runtime.attach_gpu(self.comfy)
+        warmup = f"/root/{CONFIG.warm.warmup_workflow}" if CONFIG.warm.warmup_workflow else ""
+        self.worker = modal_runtime.restored_worker(storage.services(wake), self.comfy, Path("/tmp"), warmup)
 
-    def prepare(self) -> None:
-        """Before the first job: publish the node catalogue and run the warmup workflow if configured."""
-        self.capture_object_info()
-        if self.settings.warmup_workflow and self.warmup_ms is None:
-            try:
-                self.warm_up(json.loads(Path(self.settings.warmup_workflow).read_text()))
-            except (ComfyUnavailable, PromptRejected, OSError, ValueError) as exc:
-                # A broken warmup costs the first job its warm start, never the worker.
-                logs.event(log, "worker.warmup_failed", logging.WARNING, worker_id=self.worker_id, error=str(exc))
+    @modal.method()
+    def drain(self, pool: str = "default") -> int:
+        self.worker.pool = pool
+        return self.worker.drain(CONFIG.pool.drain_idle_s)
 
-    def warm_up(self, workflow: dict[str, Any]) -> float:
-        """Run a workflow straight on ComfyUI (not a job) so the first real job finds it warm; its ms."""
-        started = time.monotonic()
-        prompt_id = f"warmup-{self.worker_id}"
-        self.events.ensure_open()
-        self.comfy.queue_prompt(workflow, self.events.client_id, prompt_id)
-        deadline = time.monotonic() + self.settings.job_timeout_s
-        while self.comfy.history(prompt_id) is None:
-            if time.monotonic() > deadline:
-                raise ComfyUnavailable("the warmup workflow did not finish")
-            self.events.next(timeout_s=0.1)  # keep the socket drained while waiting
-        self.warmup_ms = round((time.monotonic() - started) * 1000, 1)
-        self.start_kind = "warm"
-        logs.event(log, "worker.warmed_up", worker_id=self.worker_id, phase="warmup")
-        return self.warmup_ms
-
-    def capture_object_info(self) -> None:
-        """Publish this ComfyUI's node catalogue for pre-flight validation at submit (once per worker)."""
-        if self._captured:
-            return
-        try:
-            self.store.save_object_info(preflight.compact(self.comfy.object_info()))
-            self._captured = True
-        except ComfyUnavailable as exc:
-            logs.event(log, "object_info.capture_failed", logging.WARNING, worker_id=self.worker_id, error=str(exc))
-
-    def drain(self, idle_s: float, first_wait_s: float = 0.5) -> int:
-        """Take jobs until the queue stays empty for idle_s (one Modal input); how many wake-ups it handled.
-        A drain that finds nothing at first returns at once: many are spawned, few are needed."""
-        handled = 0
-        self.prepare()
-        wait_s = first_wait_s
-        try:
-            while (job_id := self.store.next_job_id(self.pool, timeout_s=wait_s)) is not None:
-                handled, wait_s = handled + 1, idle_s
-                if not self.process(job_id):
-                    break
-        finally:
-            self.events.close()
-        return handled
-
-    def process(self, job_id: str) -> bool:
-        """Handle one wake-up; False when this worker should stop taking jobs."""
-        job = self.store.get(job_id)
-        if job is None or job.status is not Status.QUEUED:
-            return True  # a stale or duplicate wake-up
-        if self.store.cancel_requested(job_id):
-            self.store.request_cancel(job_id)
-            return True
-        if not self.comfy.healthy():
-            self.store.enqueue(job)  # hand the wake-up back before anything is claimed
-            return self.on_unhealthy()
-        claim = self.store.claim(job, self.worker_id)
-        if claim is not None:
-            self.run_job(job_id, claim)
-        return True
-
-    # --- running one job ---------------------------------------------------------------------
-
-    def run_job(self, job_id: str, claim: int) -> None:
-        """Run one claimed attempt to an outcome; never raises for the job's own failures."""
-        try:
-            job = self.store.transition(job_id, Status.RUNNING, claim=claim, worker_id=self.worker_id)
-        except (IllegalTransition, NotOwner) as exc:  # decided elsewhere between our claim and now
-            logs.event(log, "job.not_started", job_id=job_id, worker_id=self.worker_id, error=str(exc))
-            return
-        logs.event(log, "job.started", job_id=job_id, attempt=job.attempts, worker_id=self.worker_id,
-                   phase="prepare", pool=job.pool)
-        limit = job.timeout_s or self.settings.job_timeout_s
-        run = Run(job, claim, prompt_id=f"{job_id}-{claim}", deadline=time.monotonic() + limit,
-                  start_kind=self.start_kind)
-        if not self._warmup_reported:
-            run.warmup_ms, self._warmup_reported = self.warmup_ms, True
-        self.start_kind = "warm"
-        self.current_job = job_id
-        try:
-            self._run_steps(run)
-        except ComfyUnavailable as exc:
-            self.comfy.forget_health()
-            logs.event(log, "job.comfyui_lost", logging.WARNING, job_id=job_id, attempt=job.attempts,
-                       worker_id=self.worker_id, error=str(exc))
-            self.release(run, str(exc))
-        except (NotOwner, IllegalTransition) as exc:
-            logs.event(log, "job.taken_over", job_id=job_id, attempt=job.attempts, worker_id=self.worker_id,
-                       error=str(exc))
-            self._stop_prompt_quietly(run)
-        except Exception as exc:  # a bug must fail one job, never the worker
-            log.exception("internal error", extra={"event": "job.internal_error", "job_id": job_id,
-                                                   "worker_id": self.worker_id})
-            self.finish(run, Outcome(Status.FAILED, error=JobError(type="internal_error", message=str(exc))))
-        finally:
-            self.current_job = None
-
-    def _run_steps(self, run: Run) -> None:
-        try:
-            run.workflow = self.prepare_inputs(run)
-            run.lap("prepare")
-            self.submit(run)
-        except MediaError as exc:
-            return self.finish(run, Outcome(Status.FAILED, error=JobError(type="media_error", message=exc.message)))
-        except PromptRejected as exc:
-            return self.finish(run, Outcome(Status.FAILED, error=rejection_error(exc)))
-        outcome = self.await_completion(run)
-        run.nodes = outcome.nodes
-        run.lap("execute")
-        if outcome.status is Status.COMPLETED:
-            items = collect(outcome.history.get("outputs", {}), include_temp=run.job.include_previews)
-            uploaded = self.upload_outputs(run, items)
-            run.lap("upload")
-            return self.finish(run, outcome, outputs=uploaded)
-        return self.finish(run, outcome)
-
-    def prepare_inputs(self, run: Run) -> dict[str, Any]:
-        """Fetch media, upload them to ComfyUI under collision-free names, apply overrides."""
-        payload = self.store.payload(run.job.id)
-        names = {}
-        for i, raw in enumerate(payload.get("media", [])):
-            media = MediaInput.model_validate(raw)
-            data = self._media_bytes(i, media)
-            names[media.name] = self.comfy.upload_image(f"{run.job.id}-{media.name}", data)
-        return rewrite_media(apply_overrides(payload["workflow"], payload.get("overrides", [])), names)
-
-    def _media_bytes(self, index: int, media: MediaInput) -> bytes:
-        if media.base64 is not None:
-            return media.decoded()
-        try:
-            return safe_fetch.fetch(media.url or "", self.settings.limits.max_media_bytes,
-                                    self.settings.media_fetch_timeout_s, self.allowlist)
-        except MediaError as exc:
-            raise MediaError(f"media[{index}] ({media.name}): {exc.message}") from None
-
-    def submit(self, run: Run) -> None:
-        """Open the socket first so no event is missed, then queue the prompt."""
-        self.events.ensure_open()
-        answer = self.comfy.queue_prompt(run.workflow, self.events.client_id, run.prompt_id)
-        if answer.get("node_errors"):
-            # ComfyUI runs the outputs that validated and drops the rest; a job wants all of them.
-            self._stop_prompt_quietly(run)
-            raise PromptRejected("some outputs failed validation", {
-                "error": {"message": "Prompt outputs failed validation"}, "node_errors": answer["node_errors"]})
-
-    def await_completion(self, run: Run) -> Outcome:
-        """Follow the prompt to its end, writing progress and heartbeats and honouring cancel."""
-        watch = _Watch(self, run)
-        while True:
-            outcome = watch.tick()
-            if outcome is not None:
-                outcome.nodes = watch.tracker.node_timings()
-                return outcome
-
-    def upload_outputs(self, run: Run, items: list[OutputItem]) -> list[Output]:
-        """Copy every output from ComfyUI to object storage under {job}/{node}/{stable name}."""
-        uploaded = []
-        for item in items:
-            key = Keys.output(run.job.id, item.node_id, item.name)
-            if item.text is not None:
-                size = self.objects.put_bytes(key, item.text.encode(), item.content_type)
-            else:
-                size = self._copy_file(item, key)
-            uploaded.append(Output(node_id=item.node_id, kind=item.kind, filename=item.name, key=key,
-                                   content_type=item.content_type, size_bytes=size))
-        return uploaded
-
-    def _copy_file(self, item: OutputItem, key: str) -> int:
-        with tempfile.NamedTemporaryFile(dir=self.scratch, prefix="out-", delete=True) as tmp:
-            self.comfy.download(item.ref or {}, Path(tmp.name))
-            return self.objects.put_file(key, tmp.name, item.content_type)
-
-    def finish(self, run: Run, outcome: Outcome, outputs: list[Output] | None = None) -> None:
-        """The terminal transition; losing it to another decider is fine."""
-        finished = utcnow()
-        changes: dict[str, Any] = {"error": outcome.error, "finished_at": finished, "timings": run.timings(finished)}
-        if outputs is not None:
-            changes["outputs"] = outputs
-        if outcome.status is Status.COMPLETED:
-            changes["progress"] = Progress(percent=100.0, nodes_done=len(run.workflow), nodes_total=len(run.workflow))
-        try:
-            job = self.store.transition(run.job.id, outcome.status, claim=run.claim, **changes)
-        except (IllegalTransition, NotOwner) as exc:
-            logs.event(log, "job.outcome_not_recorded", job_id=run.job.id, attempt=run.job.attempts + 1,
-                       worker_id=self.worker_id, status=outcome.status.value, error=str(exc))
-            return
-        logs.event(log, "job.finished", job_id=job.id, attempt=job.attempts, worker_id=self.worker_id,
-                   phase="finish", status=job.status.value, error=outcome.error.type if outcome.error else None)
-        if job.webhook_url:
-            # Sent off the job's path: a slow receiver never holds up the next job.
-            threading.Thread(target=webhooks.deliver_now, args=(self.services, job.id, self.worker_id),
-                             daemon=True).start()
-
-    def release(self, run: Run, reason: str) -> None:
-        """ComfyUI went away mid-job: requeue the job while attempts remain, else fail it."""
-        job = self.store.get(run.job.id)
-        if job is None or job.terminal:
-            return
-        error = JobError(type="comfyui_unavailable", message=reason)
-        try:
-            if job.retryable(self.settings.max_attempts):
-                self.store.enqueue(self.store.transition(job.id, Status.QUEUED, claim=run.claim, error=error))
-            else:
-                self.store.transition(job.id, Status.FAILED, claim=run.claim, error=error)
-        except (IllegalTransition, NotOwner):
-            pass
-
-    # --- stopping a prompt -------------------------------------------------------------------
-
-    def stop_prompt(self, run: Run) -> str:
-        """Interrupt our prompt if it runs, or delete it if still queued; never touch another prompt."""
-        q = self.comfy.queue()
-        if any(item[1] == run.prompt_id for item in q.get("queue_running", [])):
-            self.comfy.interrupt(run.prompt_id)
-            return "interrupting"
-        if any(item[1] == run.prompt_id for item in q.get("queue_pending", [])):
-            self.comfy.delete_queued(run.prompt_id)
-            return "deleted"
-        return "gone"
-
-    def _stop_prompt_quietly(self, run: Run) -> None:
-        with contextlib.suppress(ComfyUnavailable):
-            self.stop_prompt(run)
+    @modal.exit()
+    def stop_comfyui(self) -> None:
+        self.comfy.stop()
 
 
-class _Watch:
-    """The await-completion loop's state: one `tick()` handles at most one event."""
+@worker_app.function(image=gpu_image, gpu=CONFIG.gpus(Settings.from_env().gpu_config),
+                     volumes={MODELS_DIR: storage.models_volume}, timeout=900)
+def verify_setup() -> dict:
+    """`modal run app.py::verify_setup`: models and custom nodes present/missing, and ComfyUI starts."""
+    from comfy_saas import modal_runtime
 
-    def __init__(self, worker: Worker, run: Run) -> None:
-        self.w = worker
-        self.run = run
-        self.tracker = ProgressTracker(run.workflow)
-        now = time.monotonic()
-        self.next_cancel_check = now
-        self.next_heartbeat = now + worker.settings.heartbeat_interval_s
-        # The first progress write waits a moment: a job that finishes within it needs none.
-        self.next_progress_write = now + _PROGRESS_WRITE_S
-        self.next_history_poll = now + _HISTORY_POLL_S
-        self.stopping: Outcome | None = None  # set once we asked ComfyUI to stop our prompt
-        self.stop_sent_at = 0.0
-        self.dirty = False
-
-    def tick(self) -> Outcome | None:
-        now = time.monotonic()
-        if self.stopping is None and now >= self.next_cancel_check:
-            self.next_cancel_check = now + self.w.settings.cancel_poll_s
-            if (decided := self._check_cancel_and_deadline(now)) is not None:
-                return decided
-        if self.stopping is not None and now - self.stop_sent_at > _INTERRUPT_GRACE_S:
-            return self.stopping  # ComfyUI never confirmed; the job's fate is ours to write
-        event = self.w.events.next(timeout_s=0.2)
-        outcome = self._on_event(event) if event is not None else None
-        if outcome is None and (event is None or event.type in {"reconnected", "disconnected"}):
-            outcome = self._poll_history(now, force=event is not None and event.type == "reconnected")
-        self._write_progress(now)
-        return outcome
-
-    def _check_cancel_and_deadline(self, now: float) -> Outcome | None:
-        if self.w.store.cancel_requested(self.run.job.id):
-            wanted = Outcome(Status.CANCELLED, error=JobError(type="cancelled", message="cancelled by request"))
-        elif now > self.run.deadline:
-            wanted = Outcome(Status.FAILED, error=JobError(type="timeout", message="job exceeded its run time"))
-        else:
-            return None
-        if self.w.stop_prompt(self.run) == "deleted":
-            return wanted  # it never started, so no interrupt event will come
-        self.stopping, self.stop_sent_at = wanted, now
-        return None
-
-    def _mine(self, event: Event) -> bool:
-        if event.prompt_id is not None:
-            return event.prompt_id == self.run.prompt_id
-        # On reconnect ComfyUI re-sends `executing` without a prompt id for the client's running prompt.
-        return event.type in {"executing", "progress_text"}
-
-    def _on_event(self, event: Event) -> Outcome | None:
-        if not self._mine(event):
-            return None
-        self.dirty |= self.tracker.apply(event)
-        if event.type == "execution_success":
-            return Outcome(Status.COMPLETED, history=self._history_until_present())
-        if event.type == "execution_error":
-            return Outcome(Status.FAILED, error=execution_error(event.data))
-        if event.type == "execution_interrupted":
-            return self.stopping or Outcome(Status.FAILED, error=JobError(
-                type="interrupted", message="ComfyUI interrupted the prompt", node_id=event.data.get("node_id"),
-                node_class=event.data.get("node_type")))
-        return None
-
-    def _history_until_present(self) -> dict[str, Any]:
-        # execution_success can arrive a moment before /history has the entry.
-        for _ in range(100):
-            entry = self.w.comfy.history(self.run.prompt_id)
-            if entry is not None:
-                return entry
-            time.sleep(0.02)
-        raise ComfyUnavailable("ComfyUI reported success but has no history for the prompt")
-
-    def _poll_history(self, now: float, force: bool) -> Outcome | None:
-        """The fallback source of truth while the socket is quiet or was dropped."""
-        if not force and now < self.next_history_poll:
-            return None
-        self.next_history_poll = now + _HISTORY_POLL_S
-        entry = self.w.comfy.history(self.run.prompt_id)
-        if entry is None:
-            return None
-        return outcome_from_history(entry, self.stopping)
-
-    def _write_progress(self, now: float) -> None:
-        due_progress = self.dirty and now >= self.next_progress_write
-        if not due_progress and now < self.next_heartbeat:
-            return
-        snapshot = self.tracker.snapshot() if due_progress else None
-        job = self.w.store.record_progress(self.run.job.id, self.run.claim, snapshot)
-        if snapshot is not None and job.webhook_url and job.webhook_progress:
-            threading.Thread(target=webhooks.send_progress, args=(self.w.services, job), daemon=True).start()
-        self.dirty = self.dirty and not due_progress
-        self.next_progress_write = now + _PROGRESS_WRITE_S
-        self.next_heartbeat = now + self.w.settings.heartbeat_interval_s
-
-
-def outcome_from_history(entry: dict[str, Any], stopping: Outcome | None = None) -> Outcome:
-    """What a history entry says about how the prompt ended."""
-    status = entry.get("status") or {}
-    if status.get("completed") and status.get("status_str") == "success":
-        return Outcome(Status.COMPLETED, history=entry)
-    for event, data in reversed(status.get("messages") or []):
-        if event == "execution_error":
-            return Outcome(Status.FAILED, error=execution_error(data))
-        if event == "execution_interrupted":
-            return stopping or Outcome(Status.FAILED, error=JobError(type="interrupted",
-                                                                      message="ComfyUI interrupted the prompt"))
-    return Outcome(Status.FAILED, error=JobError(type="comfyui_error", message="prompt ended without success"))
-
-
-def execution_error(data: dict[str, Any]) -> JobError:
-    """ComfyUI's execution_error as the job's error: node id, class and message."""
-    message = str(data.get("exception_message", "")).strip() or "node failed"
-    return JobError(type="execution_error", message=f"{data.get('exception_type', 'Error')}: {message}",
-                    node_id=data.get("node_id"), node_class=data.get("node_type"),
-                    details=[{"traceback": data.get("traceback", [])[-3:]}])
-
-
-def rejection_error(exc: PromptRejected) -> JobError:
-    """A 400 from /prompt as the job's error, naming every failing node, its class and the reason."""
-    body = exc.body
-    details = []
-    for node_id, entry in (body.get("node_errors") or {}).items():
-        for err in entry.get("errors", []):
-            details.append({"node_id": node_id, "class_type": entry.get("class_type"), "type": err.get("type"),
-                            "message": err.get("message"), "details": err.get("details")})
-    top = body.get("error") or {}
-    first = details[0] if details else {}
-    reasons = "; ".join(f"node {d['node_id']} ({d['class_type']}): {d['message']}: {d['details']}" for d in details)
-    message = f"{top.get('message', 'prompt rejected')}" + (f" - {reasons}" if reasons else
-                                                             f" - {top.get('details', '')}".rstrip(" -"))
-    return JobError(type="validation_error", message=message, node_id=first.get("node_id"),
-                    node_class=first.get("class_type"), details=details)
+    report = modal_runtime.verify_setup(CONFIG, Path(COMFY_DIR), Path(MODELS_DIR), CONFIG.comfyui.port)
+    print(report)
+    return report

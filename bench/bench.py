@@ -26,13 +26,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from comfy_client import ComfyClient  # noqa: E402
-from comfy_process import DOUBLE_DIR, ComfyProcess  # noqa: E402
-from local_stack import LocalStack, StackOptions, free_port, local_services  # noqa: E402
-from models import JobRequest, new_job, utcnow  # noqa: E402
-from settings import Settings  # noqa: E402
-from storage import JobStore, Keys  # noqa: E402
-from twins import LocalDict, LocalQueue  # noqa: E402
+from comfy_saas.backends.twins import LocalDict, LocalQueue  # noqa: E402
+from comfy_saas.config import Settings  # noqa: E402
+from comfy_saas.jobs import keys  # noqa: E402
+from comfy_saas.jobs.model import utcnow  # noqa: E402
+from comfy_saas.jobs.request import JobRequest, new_job  # noqa: E402
+from comfy_saas.jobs.services import local_services  # noqa: E402
+from comfy_saas.jobs.store import JobStore  # noqa: E402
+from comfy_saas.local import LocalStack, StackOptions, free_port  # noqa: E402
+from comfy_saas.runner.comfy_client import ComfyClient  # noqa: E402
+from comfy_saas.runner.comfy_process import DOUBLE_DIR, ComfyProcess  # noqa: E402
 
 GOALS = {"overhead_p50_ms": 30, "overhead_p99_ms": 100, "overhead_ratio": 1.02, "submit_p99_ms": 20,
          "pickup_p99_ms": 100, "cancel_p99_ms": 1500}
@@ -115,7 +118,7 @@ class Stack:
     def __init__(self, data_dir: Path, workers: int, exec_s: float = 0.0) -> None:
         import uvicorn
 
-        from http_api import create_app
+        from comfy_saas.web.http import create_app
 
         port = free_port()
         settings = Settings(data_dir=data_dir, url_signing_secret="bench", heartbeat_interval_s=5.0, require_auth=False,
@@ -209,9 +212,9 @@ def list_latency(total: int, tmp: Path, calls: int = 30) -> float:
     now, entries = utcnow(), {}
     for i in range(1, total + 1):
         job = new_job(JobRequest(workflow=workflow(0)), f"job{i:07d}", "default", now + timedelta(microseconds=i))
-        entries[Keys.job(job.id)] = job.to_record()
-        entries[Keys.index_slot(Keys.ALL, i)] = job.id
-    entries[Keys.index_head(Keys.ALL)] = total
+        entries[keys.job(job.id)] = job.to_record()
+        entries[keys.index_slot(keys.ALL, i)] = job.id
+    entries[keys.index_head(keys.ALL)] = total
     d.update(entries)
     store = JobStore(d, LocalQueue(db), Settings(data_dir=tmp))
     times = []

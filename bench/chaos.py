@@ -27,15 +27,15 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from comfy_saas import signing
+from comfy_saas.config import Settings
+from comfy_saas.jobs import sweeper, webhooks
+from comfy_saas.jobs.request import JobRequest
+from comfy_saas.jobs.services import local_services
+from comfy_saas.local import free_port
+from comfy_saas.runner.comfy_process import DOUBLE_DIR, ComfyProcess
 
-import sweeper  # noqa: E402
-import webhooks  # noqa: E402
-from comfy_process import DOUBLE_DIR, ComfyProcess  # noqa: E402
-from local_stack import free_port, local_services  # noqa: E402
-from models import JobRequest  # noqa: E402
-from settings import Settings  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SECRET = "whsec_" + base64.b64encode(b"chaos-webhook-secret").decode()
 QUICK = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 1}},
@@ -57,7 +57,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         with self.server.lock:
-            if not webhooks.verify(SECRET, dict(self.headers), body):
+            if not signing.verify(SECRET, dict(self.headers), body):
                 self.server.bad_signatures += 1
             self.server.deliveries[json.loads(body)["data"]["id"]] += 1
         self.send_response(200)
@@ -94,9 +94,7 @@ class Chaos:
         self.data_dir = data_dir
 
     def start_worker(self, slot: Slot) -> None:
-        exe = Path(sys.executable).parent / "comfy-saas"
-        cmd = [str(exe), "worker", "--comfyui-url", slot.double.url] if exe.exists() else \
-            [sys.executable, str(ROOT / "cli.py"), "worker", "--comfyui-url", slot.double.url]
+        cmd = [sys.executable, "-m", "comfy_saas.cli", "worker", "--comfyui-url", slot.double.url]
         slot.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         slot.starts += 1
 
@@ -127,7 +125,7 @@ class Chaos:
 
     def sweep(self) -> None:
         while not self.stop.wait(0.5):
-            sweeper.sweep(self.svc.store, self.settings, owner="chaos-sweeper")
+            sweeper.sweep(self.svc, owner="chaos-sweeper")
 
     def dispatch(self) -> None:
         while not self.stop.wait(0.2):
@@ -172,8 +170,7 @@ def run(args: argparse.Namespace) -> dict:
         chaos = Chaos(args, Path(tmp))
         chaos.start()
         rng = random.Random(args.seed + 1)
-        ids = [chaos.svc.store.submit(JobRequest(workflow=SLOW if rng.random() < 0.3 else QUICK,
-                                                 webhook_url=hook))[0].id for _ in range(args.jobs)]
+        ids = [submit(chaos, SLOW if rng.random() < 0.3 else QUICK, hook) for _ in range(args.jobs)]
         started = time.monotonic()
         first_final: dict[str, str] = {}
         changed: set[str] = set()
@@ -210,6 +207,11 @@ def run(args: argparse.Namespace) -> dict:
                                         if j is not None and j.status.value == "failed" and j.error)),
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def submit(chaos: Chaos, workflow: dict, hook: str) -> str:
+    request = JobRequest(workflow=workflow, webhook_url=hook)
+    return chaos.svc.lifecycle.create(request, {"workflow": workflow})[0].id
 
 
 def _observe(chaos: Chaos, ids: list[str], first_final: dict[str, str], changed: set[str],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import subprocess
@@ -9,17 +11,24 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from comfy_process import DOUBLE_DIR, ComfyProcess
-from object_store import S3Store
-from settings import S3Config, Settings
-from storage import JobStore
-from twins import LocalDict, LocalQueue
+from comfy_saas import signing
+from comfy_saas.backends.objects import LocalStore, S3Store
+from comfy_saas.backends.twins import LocalDict, LocalQueue
+from comfy_saas.config import R2Config, Settings
+from comfy_saas.jobs.request import JobRequest
+from comfy_saas.jobs.services import Services
+from comfy_saas.jobs.store import JobStore
+from comfy_saas.runner.comfy_process import DOUBLE_DIR, ComfyProcess
+
+WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {}}}
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
@@ -50,8 +59,22 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def store(db_path: Path, settings: Settings) -> JobStore:
-    return JobStore(LocalDict(db_path), LocalQueue(db_path), settings)
+def svc(db_path: Path, settings: Settings) -> Services:
+    """Services over fresh twins and a local object folder."""
+    objects = LocalStore(settings.data_dir / "outputs", settings.url_signing_secret, settings.public_base_url)
+    return Services.over(LocalDict(db_path), LocalQueue(db_path), settings, objects)
+
+
+@pytest.fixture
+def store(svc: Services) -> JobStore:
+    return svc.store
+
+
+def submit(svc: Services, **fields: Any):
+    """Create a job the way the API does (lifecycle.create); the stored Job."""
+    request = JobRequest(workflow=fields.pop("workflow", WORKFLOW), **fields)
+    job, _ = svc.lifecycle.create(request, request.model_dump(mode="json", include={"workflow", "media", "overrides"}))
+    return job
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +111,7 @@ def s3(s3_server: str) -> S3Store:
     bucket = f"outputs-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="test",
                  aws_secret_access_key="test").create_bucket(Bucket=bucket)
-    config = S3Config(bucket=bucket, endpoint_url=s3_server, region="auto", access_key_id="test",
+    config = R2Config(bucket=bucket, endpoint_url=s3_server, region="auto", access_key_id="test",
                       secret_access_key="test", multipart_threshold_bytes=5 * 1024 * 1024)
     return S3Store(config, expiry_s=600)
 
@@ -131,24 +154,72 @@ class Server:
         return wait_until(finished, 30, f"job {job_id}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@contextmanager
+def running_server(data_dir: Path, **settings: Any) -> Iterator[Server]:
+    """The local API on uvicorn over its own LocalStack (one worker on the double), with these settings."""
     import uvicorn
 
-    from http_api import create_app
-    from local_stack import LocalStack, StackOptions
+    from comfy_saas.local import LocalStack, StackOptions
+    from comfy_saas.web.http import create_app
 
     port = free_port()
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), api_keys=KEYS)
-    stack = LocalStack(settings, StackOptions(port=port, workers=1, sweep_interval_s=3600))
+    stack = LocalStack(Settings(data_dir=data_dir, **{"api_keys": KEYS, **settings}),
+                       StackOptions(port=port, workers=1, sweep_interval_s=3600))
     stack.start()
     uv = uvicorn.Server(uvicorn.Config(create_app(stack.services), host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
-    wait_until(lambda: uv.started, 30, "uvicorn")
-    yield Server(f"http://127.0.0.1:{port}", stack)
-    uv.should_exit = True
-    thread.join(10)
-    stack.stop()
+    try:
+        wait_until(lambda: uv.started, 30, "uvicorn")
+        yield Server(f"http://127.0.0.1:{port}", stack)
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+        stack.stop()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server shared by a module's tests; tests that need other settings start their own."""
+    with running_server(tmp_path_factory.mktemp("data")) as shared:
+        yield shared
+
+
+# --- a webhook receiver ---------------------------------------------------------------------------
+
+SECRET = "whsec_" + base64.b64encode(b"test-webhook-secret-32-bytes-long").decode()
+
+
+class Receiver(ThreadingHTTPServer):
+    """A webhook receiver that checks every signature and answers from a script of status codes."""
+
+    def __init__(self, script: list[int]) -> None:
+        self.script, self.received, self.bad_signatures = list(script), [], 0
+        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+class _ReceiverHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if not signing.verify(SECRET, dict(self.headers), body):
+            self.server.bad_signatures += 1
+        self.server.received.append(json.loads(body))
+        status = self.server.script.pop(0) if self.server.script else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver([])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()

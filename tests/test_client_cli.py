@@ -8,13 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Server
+from conftest import Server, submit
 from PIL import Image
 
-import cli
-import webhooks
-from client import ApiError, Client, verify_webhook
-from models import JobRequest, Status
+from comfy_saas import cli, signing
+from comfy_saas.client import ApiError, Client, verify_webhook
 
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 255}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "cli"}}}
@@ -59,7 +57,7 @@ def test_verify_webhook_helper():
 
     stamp = int(time.time())
     headers = {"webhook-id": "msg_1", "webhook-timestamp": str(stamp),
-               "webhook-signature": webhooks.sign("whsec_c2VjcmV0", "msg_1", stamp, body)}
+               "webhook-signature": signing.sign("whsec_c2VjcmV0", "msg_1", stamp, body)}
     assert verify_webhook("whsec_c2VjcmV0", headers, body)
     assert not verify_webhook("whsec_c2VjcmV0", headers, body + b" ")
     assert not verify_webhook("whsec_b3RoZXI=", headers, body)
@@ -111,16 +109,16 @@ def ops(capsys: pytest.CaptureFixture, data_dir: Path, *args: str) -> tuple[int,
 
 
 def test_ops_commands_on_the_local_store(capsys: pytest.CaptureFixture, tmp_path: Path):
-    from local_stack import local_services
-    from settings import Settings
+    from comfy_saas.config import Settings
+    from comfy_saas.jobs.services import local_services
 
     svc = local_services(Settings(data_dir=tmp_path))
-    job, _ = svc.store.submit(JobRequest(workflow=WORKFLOW))
-    claim = svc.store.claim(job, "w1")
-    svc.store.transition(job.id, Status.RUNNING, claim=claim)
+    job = svc.lifecycle.start(submit(svc, workflow=WORKFLOW), "w1")
+    svc.store.settle(job.id)
     assert ops(capsys, tmp_path, "queue")[1]["default"] == 1
     code, info = ops(capsys, tmp_path, "inspect", job.id)
-    assert code == 0 and info["job"]["status"] == "running" and info["claims"] == {"1": "w1"}
+    assert code == 0 and info["job"]["status"] == "running" and not info["record_behind"]
+    assert info["moves"]["1"]["owner"] == "w1" and info["moves"]["1"]["status"] == "running"
     assert info["heartbeat_age_s"] >= 0
     assert ops(capsys, tmp_path, "requeue", job.id)[1]["status"] == "queued"
     assert ops(capsys, tmp_path, "fail", job.id, "--reason", "bad input")[1]["error"]["type"] == "failed_by_operator"

@@ -8,9 +8,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from http_api import create_app
-from local_stack import local_services
-from settings import Settings
+from comfy_saas.config import Settings
+from comfy_saas.jobs.services import local_services
+from comfy_saas.web.http import create_app
 
 HEADERS = {"Authorization": "Bearer fuzz-key"}
 

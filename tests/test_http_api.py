@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import requests
-from conftest import ADMIN, ALICE, BOB, Server
+from conftest import ADMIN, ALICE, BOB, Server, running_server
 
-import api
+from comfy_saas.config import Limits
 
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 255}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "api"}}}
@@ -104,15 +104,10 @@ def test_other_errors_share_the_shape(server: Server):
     assert_error_shape(server.call("PUT", "/v1/jobs"), 405)
 
 
-def test_an_oversize_body_is_refused_before_parsing(server: Server):
-    small = replace(server.stack.settings.limits, max_body_bytes=1000)
-    svc = server.stack.services
-    svc.settings = replace(svc.settings, limits=small)
-    try:
+def test_an_oversize_body_is_refused_before_parsing(tmp_path: Path):
+    with running_server(tmp_path, limits=Limits(max_body_bytes=1000)) as server:
         resp = server.call("POST", "/v1/jobs", data=json.dumps({"workflow": WORKFLOW, "metadata": {"x": "y" * 2000}}))
         assert_error_shape(resp, 413, "body_too_large")
-    finally:
-        svc.settings = server.stack.settings
 
 
 def test_the_openapi_document_describes_the_routes(server: Server):
@@ -124,18 +119,17 @@ def test_the_openapi_document_describes_the_routes(server: Server):
 def test_remote_functions_called_locally_match_http(server: Server, monkeypatch: pytest.MonkeyPatch):
     import app
 
-    svc = server.stack.services
-    monkeypatch.setattr(app, "_services", lambda: api.Services(svc.store, svc.objects, svc.settings))
+    monkeypatch.setattr(app, "_services", lambda: server.stack.services)
     via_remote = app.submit_job.local({"workflow": WORKFLOW, "pool": "idle"}, user_id="carol")
     via_http = server.call("GET", f"/v1/jobs/{via_remote['id']}").json()
     assert _without_urls(app.get_job.local(via_remote["id"])) == _without_urls(via_http)
     listed = app.list_jobs.local(user_id="carol")
     assert [j["id"] for j in listed["jobs"]] == [via_remote["id"]]
     assert app.cancel_job.local(via_remote["id"], user_id="carol")["status"] == "cancelled"
-    with pytest.raises(api.NotFound):
-        app.get_job.local(via_remote["id"], user_id="dave")
-    with pytest.raises(api.InvalidInput):
-        app.submit_job.local({"workflow": {}})
+    # Errors come back as the HTTP error body (a caller in another app cannot import our exceptions).
+    assert app.get_job.local(via_remote["id"], user_id="dave")["error"]["status"] == 404
+    refused = app.submit_job.local({"workflow": {}})["error"]
+    assert (refused["status"], refused["type"], refused["field"]) == (422, "invalid_input", "workflow")
 
 
 def _without_urls(job: dict) -> dict:
@@ -164,11 +158,8 @@ def test_metrics_parse_and_count_the_jobs_run(server: Server):
     assert server.call("GET", "/metrics", ALICE).status_code == 404  # user-bound keys see no global numbers
 
 
-def test_quota_and_a_full_queue_answer_429_with_retry_after(server: Server):
-    svc = server.stack.services
-    original = svc.store.settings
-    svc.store.settings = replace(original, max_active_jobs_per_user=1)
-    try:
+def test_quota_and_a_full_queue_answer_429_with_retry_after(tmp_path: Path):
+    with running_server(tmp_path / "quota", max_active_jobs_per_user=1) as server:
         first = server.call("POST", "/v1/jobs", ALICE, json={"workflow": WORKFLOW, "pool": "idle"})
         assert first.status_code == 201
         second = server.call("POST", "/v1/jobs", ALICE, json={"workflow": WORKFLOW, "pool": "idle"})
@@ -176,13 +167,10 @@ def test_quota_and_a_full_queue_answer_429_with_retry_after(server: Server):
         assert int(second.headers["Retry-After"]) > 0
         server.call("POST", f"/v1/jobs/{first.json()['id']}/cancel", ALICE)
         assert server.call("POST", "/v1/jobs", ALICE, json={"workflow": WORKFLOW, "pool": "idle"}).status_code == 201
-    finally:
-        svc.store.settings = original
-    queue = svc.store._q
-    capacity, queue.capacity = queue.capacity, queue.len(partition="idle")
-    try:
+    with running_server(tmp_path / "full") as server:
+        queue = server.stack.services.store._q
+        queue.capacity = 1
+        assert server.call("POST", "/v1/jobs", json={"workflow": WORKFLOW, "pool": "idle"}).status_code == 201
         full = server.call("POST", "/v1/jobs", json={"workflow": WORKFLOW, "pool": "idle"})
         assert_error_shape(full, 429, "queue_full")
         assert "Retry-After" in full.headers
-    finally:
-        queue.capacity = capacity

@@ -9,10 +9,11 @@ import logging
 
 from conftest import start_double, wait_until
 
-import logs
-from api import Caller, Services, submit_job
-from object_store import LocalStore
-from worker import Worker
+from comfy_saas import logs
+from comfy_saas.backends.objects import LocalStore
+from comfy_saas.jobs.operations import Caller, submit_job
+from comfy_saas.jobs.services import Services
+from comfy_saas.runner.worker import Worker
 
 
 def test_redaction_of_keys_signatures_and_base64():
@@ -27,14 +28,14 @@ def test_a_job_leaves_json_lines_with_its_ids_and_no_secrets(store, settings, tm
     double = start_double(tmp_path / "comfy")
     try:
         objects = LocalStore(tmp_path / "out", "s3cret-signing-key", "http://127.0.0.1:9")
-        svc = Services(store, objects, settings)
+        svc = Services(settings, store, objects)
         media = [{"name": "in.png", "base64": base64.b64encode(b"\x89PNG" + b"0" * 400).decode()}]
         body = {"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
                                                                           "color": 0}},
                              "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "l"}}},
                 "media": media}
         job_id = submit_job(svc, Caller("k"), body)[0]["id"]
-        worker = Worker(store, objects, double.client, settings, worker_id="w-logs")
+        worker = Worker(svc, double.client, worker_id="w-logs")
         worker.process(store.next_job_id("default", 5))
         worker.events.close()
         wait_until(lambda: store.get(job_id).terminal, 20, "job finished")

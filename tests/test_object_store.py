@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from errors import InvalidInput
-from object_store import LocalStore, S3Store, guess_content_type, object_store
-from settings import Settings
-from storage import Keys
+from comfy_saas.backends.objects import LocalStore, S3Store, guess_content_type, object_store
+from comfy_saas.config import Settings
+from comfy_saas.errors import InvalidInput
+from comfy_saas.jobs import keys
+
+DAY = datetime(2026, 11, 29, tzinfo=UTC)
 
 
 def http_get(url: str) -> tuple[int, bytes, str]:
@@ -24,7 +27,7 @@ def http_get(url: str) -> tuple[int, bytes, str]:
 
 
 def test_s3_upload_presign_download_over_http(s3: S3Store):
-    key = Keys.output("job1", "9", "out.png")
+    key = keys.output("job1", DAY, "9", "out.png")
     assert s3.put_bytes(key, b"\x89PNG-bytes") == 10
     status, body, content_type = http_get(s3.url(key))
     assert (status, body, content_type) == (200, b"\x89PNG-bytes", "image/png")
@@ -34,7 +37,7 @@ def test_s3_large_files_go_up_in_parts_intact(s3: S3Store, tmp_path: Path):
     big = tmp_path / "video.mp4"
     data = os.urandom(11 * 1024 * 1024)
     big.write_bytes(data)
-    key = Keys.output("job2", "5", "video.mp4")
+    key = keys.output("job2", DAY, "5", "video.mp4")
     assert s3.put_file(key, big) == len(data)
     status, body, content_type = http_get(s3.url(key, expires_s=60))
     assert status == 200 and body == data and content_type == "video/mp4"
@@ -42,28 +45,28 @@ def test_s3_large_files_go_up_in_parts_intact(s3: S3Store, tmp_path: Path):
 
 def test_s3_delete_by_job_prefix_leaves_other_jobs(s3: S3Store):
     for name in ("a.png", "b.txt", "c.webm"):
-        s3.put_bytes(Keys.output("job3", "1", name), b"x")
-    s3.put_bytes(Keys.output("job30", "1", "keep.png"), b"keep")
-    assert s3.delete_prefix(Keys.output_prefix("job3")) == 3
-    assert http_get(s3.url(Keys.output("job3", "1", "a.png")))[0] == 404
-    assert s3.read(Keys.output("job30", "1", "keep.png")) == b"keep"
+        s3.put_bytes(keys.output("job3", DAY, "1", name), b"x")
+    s3.put_bytes(keys.output("job30", DAY, "1", "keep.png"), b"keep")
+    assert s3.delete_prefix(keys.object_prefix("job3", DAY)) == 3
+    assert http_get(s3.url(keys.output("job3", DAY, "1", "a.png")))[0] == 404
+    assert s3.read(keys.output("job30", DAY, "1", "keep.png")) == b"keep"
 
 
 def test_settings_pick_the_s3_backend(s3: S3Store):
-    settings = Settings(storage_backend="s3", s3=s3.config)
+    settings = Settings(storage_backend="s3", r2=s3.config)
     assert isinstance(object_store(settings), S3Store)
 
 
 def test_local_urls_are_signed_and_expire(tmp_path: Path):
     store = LocalStore(tmp_path, "secret", "http://127.0.0.1:8000")
-    key = Keys.output("job4", "2", "x y.png")
+    key = keys.output("job4", DAY, "2", "x y.png")
     store.put_bytes(key, b"img")
     url = store.url(key, expires_s=60, now=1_000)
     query = dict(p.split("=") for p in url.split("?")[1].split("&"))
-    assert url.startswith("http://127.0.0.1:8000/files/job4/2/x%20y.png?")
+    assert url.startswith("http://127.0.0.1:8000/files/jobs/2026-11-29/job4/out/2/x%20y.png?")
     assert store.verify(key, int(query["expires"]), query["sig"], now=1_030)
     assert not store.verify(key, int(query["expires"]), query["sig"], now=1_061)
-    assert not store.verify(Keys.output("job4", "2", "other.png"), int(query["expires"]), query["sig"], now=1_030)
+    assert not store.verify(keys.output("job4", DAY, "2", "other.png"), int(query["expires"]), query["sig"], now=1_030)
     assert not LocalStore(tmp_path, "other", "http://h").verify(key, int(query["expires"]), query["sig"], now=1_0)
     assert store.read(key) == b"img"
 
@@ -79,11 +82,11 @@ def test_local_keys_cannot_escape_the_folder(tmp_path: Path, key: str):
 def test_local_delete_prefix_and_restart_keep_urls_valid(tmp_path: Path):
     settings = Settings(data_dir=tmp_path)
     first = object_store(settings)
-    first.put_bytes(Keys.output("job5", "1", "a.png"), b"a")
-    url = first.url(Keys.output("job5", "1", "a.png"), now=1_000)
-    assert object_store(settings).url(Keys.output("job5", "1", "a.png"), now=1_000) == url
-    assert first.delete_prefix(Keys.output_prefix("job5")) == 1
-    assert first.delete_prefix(Keys.output_prefix("job5")) == 0
+    first.put_bytes(keys.output("job5", DAY, "1", "a.png"), b"a")
+    url = first.url(keys.output("job5", DAY, "1", "a.png"), now=1_000)
+    assert object_store(settings).url(keys.output("job5", DAY, "1", "a.png"), now=1_000) == url
+    assert first.delete_prefix(keys.object_prefix("job5", DAY)) == 1
+    assert first.delete_prefix(keys.object_prefix("job5", DAY)) == 0
 
 
 @pytest.mark.parametrize(("name", "expected"), [

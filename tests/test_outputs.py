@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from outputs import collect, stable_name
-from storage import Keys
+from datetime import UTC, datetime
+
+from comfy_saas.jobs import keys
+from comfy_saas.runner.outputs import collect, stable_name
 
 HISTORY_OUTPUTS = {
     "9": {"images": [{"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"},
@@ -28,5 +30,5 @@ def test_every_kind_of_output_is_collected_and_previews_only_on_request():
 def test_names_are_stable_across_attempts_and_never_escape():
     assert stable_name("ComfyUI_00001_.png", 0) == stable_name("ComfyUI_00042_.png", 0) == "ComfyUI_0.png"
     for item in collect(HISTORY_OUTPUTS):
-        key = Keys.output("job", item.node_id, item.name)
-        assert ".." not in key.split("/") and not key.startswith("/") and key.count("/") == 2
+        key = keys.output("job", datetime(2026, 11, 29, tzinfo=UTC), item.node_id, item.name)
+        assert ".." not in key.split("/") and not key.startswith("/") and key.count("/") == 5

@@ -8,25 +8,26 @@ from pathlib import Path
 
 import pytest
 
-import preflight
-from api import Caller, Services, submit_job
-from errors import PreflightFailed
-from object_store import LocalStore
-from twins import LocalQueue
-from worker import Worker
+from comfy_saas.backends.objects import LocalStore
+from comfy_saas.backends.twins import LocalDict, LocalQueue
+from comfy_saas.errors import PreflightFailed
+from comfy_saas.jobs.operations import Caller, submit_job
+from comfy_saas.jobs.services import Services
+from comfy_saas.runner.worker import Worker
+from comfy_saas.workflows import preflight
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "comfyui"
-pytestmark = pytest.mark.skipif(not (SHARED / "object_info_full.json").exists(), reason="no object_info capture")
+CAPTURE = Path(__file__).resolve().parent / "fixtures" / "comfyui"  # recorded from ComfyUI 0.3.64
 
-CHAIN = json.loads(next(json.loads(line) for line in (SHARED / "s02_b_chain.jsonl").read_text().splitlines()
-                        if '"POST"' in line and "/prompt" in line)["request_body"])["prompt"] \
-    if (SHARED / "s02_b_chain.jsonl").exists() else {}
+CHAIN = json.loads(next(json.loads(line) for line in (CAPTURE / "s02_b_chain.jsonl").read_text().splitlines()
+                        if '"POST"' in line and "/prompt" in line)["request_body"])["prompt"]
 
 
 @pytest.fixture
-def svc(store, settings, tmp_path: Path) -> Services:
-    store.save_object_info(preflight.compact(json.loads((SHARED / "object_info_full.json").read_text())))
-    return Services(store, LocalStore(tmp_path / "out", "s", "http://h"), settings)
+def svc(db_path: Path, settings, tmp_path: Path) -> Services:
+    """Services whose store holds the real ComfyUI's catalogue, as a worker publishes it."""
+    svc = Services.over(LocalDict(db_path), LocalQueue(db_path), settings, LocalStore(tmp_path / "out", "s", "http://h"))
+    svc.store.save_object_info(preflight.compact(json.loads((CAPTURE / "object_info_full.json").read_text())))
+    return svc
 
 
 def refused(svc: Services, workflow: dict) -> list[dict]:
@@ -72,16 +73,17 @@ def test_every_problem_is_listed_at_once(svc: Services):
     assert kinds == ["bad_linked_input", "invalid_prompt", "required_input_missing", "value_not_in_list"]
 
 
-def test_without_a_capture_submissions_pass_through(store, settings, tmp_path: Path):
-    svc = Services(store, LocalStore(tmp_path / "o", "s", "http://h"), settings)
+def test_without_a_capture_submissions_pass_through(db_path: Path, settings, tmp_path: Path):
+    svc = Services.over(LocalDict(db_path), LocalQueue(db_path), settings, LocalStore(tmp_path / "o", "s", "http://h"))
     assert submit_job(svc, Caller("k"), {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}})[1]
 
 
-def test_a_worker_publishes_its_comfyuis_catalogue(store, settings, tmp_path: Path, double):
+def test_a_worker_publishes_its_comfyuis_catalogue(db_path: Path, settings, tmp_path: Path, double):
     stop = threading.Event()
-    worker = Worker(store, LocalStore(tmp_path / "o", "s", "http://h"), double.client, settings)
+    svc = Services.over(LocalDict(db_path), LocalQueue(db_path), settings, LocalStore(tmp_path / "o", "s", "http://h"))
+    worker = Worker(svc, double.client)
     stop.set()
     worker.run(stop)
-    schema = store.object_info()
+    schema = svc.store.object_info()
     assert {"SaveImage", "SlowPassthrough", "LoadImage"} <= set(schema)
     assert schema["LoadImage"]["outputs"] == ["IMAGE", "MASK"]

@@ -2,86 +2,49 @@
 
 from __future__ import annotations
 
-import base64
 import itertools
-import json
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import SECRET, WORKFLOW, Receiver, submit, wait_until
 
-import cleanup
-import sweeper
-import webhooks
-from api import Caller, Services, submit_job
-from errors import IllegalTransition, InvalidInput, NotOwner, Overloaded
-from models import JobRequest, Status, utcnow
-from object_store import LocalStore
-from settings import Settings
-from storage import JobStore, Keys
-from twins import LocalDict, LocalQueue
-
-SECRET = "whsec_" + base64.b64encode(b"test-webhook-secret-32-bytes-long").decode()
-WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {}}}
+from comfy_saas.backends.objects import LocalStore
+from comfy_saas.backends.twins import LocalDict, LocalQueue
+from comfy_saas.config import Settings
+from comfy_saas.errors import InvalidInput, Overloaded
+from comfy_saas.jobs import cleanup, deliveries, keys, sweeper, webhooks
+from comfy_saas.jobs.model import Job, Status, utcnow
+from comfy_saas.jobs.operations import Caller, submit_job
+from comfy_saas.jobs.services import Services
 
 
-class Receiver(ThreadingHTTPServer):
-    """A webhook receiver that checks every signature and answers from a script of status codes."""
-
-    def __init__(self, script: list[int]) -> None:
-        self.script, self.received, self.bad_signatures = list(script), [], 0
-        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
-class _ReceiverHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if not webhooks.verify(SECRET, dict(self.headers), body):
-            self.server.bad_signatures += 1
-        self.server.received.append(json.loads(body))
-        status = self.server.script.pop(0) if self.server.script else 200
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver([])
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
+def make_svc(db_path: Path, tmp_path: Path, **overrides: Any) -> Services:
+    settings = Settings(data_dir=tmp_path, webhook_secret=SECRET, webhook_backoff_s=0.02,
+                        private_url_allowlist="127.0.0.1/32", url_signing_secret="s", **overrides)
+    objects = LocalStore(tmp_path / "out", "s", "http://127.0.0.1:9")
+    return Services.over(LocalDict(db_path), LocalQueue(db_path), settings, objects)
 
 
 @pytest.fixture
 def svc(db_path: Path, tmp_path: Path) -> Services:
-    settings = Settings(data_dir=tmp_path, webhook_secret=SECRET, webhook_backoff_s=0.02,
-                        private_url_allowlist="127.0.0.1/32", url_signing_secret="s")
-    store = JobStore(LocalDict(db_path), LocalQueue(db_path), settings)
-    return Services(store, LocalStore(tmp_path / "out", "s", "http://127.0.0.1:9"), settings)
+    return make_svc(db_path, tmp_path)
+
+
+def running_job(svc: Services, **request: Any) -> Job:
+    """A job submitted and started as a worker would; the running job as its worker holds it."""
+    job = svc.lifecycle.start(submit(svc, **request), "w1")
+    svc.store.settle(job.id)
+    return job
 
 
 def run_to(svc: Services, status: Status, **request: Any) -> str:
-    """A job submitted, claimed and brought to `status` as a worker would."""
-    job, _ = svc.store.submit(JobRequest(workflow=WORKFLOW, **request))
-    claim = svc.store.claim(job, "w1")
-    svc.store.transition(job.id, Status.RUNNING, claim=claim)
-    svc.store.transition(job.id, status, claim=claim)
-    return job.id
+    """A job submitted, started and brought to `status` as a worker would."""
+    return svc.lifecycle.finish(running_job(svc, **request), status).id
 
 
 def dispatch_until(svc: Services, job_id: str, state: str) -> dict:
@@ -116,8 +79,8 @@ def test_500_twice_then_200_records_three_attempts_and_one_success(svc: Services
     assert svc.store.get(job_id).status is Status.FAILED
 
 
-def test_a_receiver_down_for_the_whole_window_never_fails_the_job(svc: Services):
-    svc.settings = replace(svc.settings, webhook_max_attempts=4)
+def test_a_receiver_down_for_the_whole_window_never_fails_the_job(db_path: Path, tmp_path: Path):
+    svc = make_svc(db_path, tmp_path, webhook_max_attempts=4)
     job_id = run_to(svc, Status.COMPLETED, webhook_url="http://127.0.0.1:9/down")
     delivery = dispatch_until(svc, job_id, "failed")
     assert len(delivery["attempts"]) == 4 and all(a["error"] for a in delivery["attempts"])
@@ -126,7 +89,7 @@ def test_a_receiver_down_for_the_whole_window_never_fails_the_job(svc: Services)
 
 
 def test_retries_back_off_exponentially_over_minutes():
-    delays = [webhooks.retry_delay_s(n, 30.0) for n in range(1, 9)]
+    delays = [deliveries.retry_delay_s(n, 30.0) for n in range(1, 9)]
     assert 24 <= delays[0] <= 36 and delays[-1] > 3000  # 30 s first, about an hour for the eighth
     assert all(b > a for a, b in itertools.pairwise(delays))
 
@@ -148,71 +111,67 @@ def test_two_dispatchers_never_send_one_attempt_twice(svc: Services, receiver: R
 
 def test_a_pending_delivery_survives_a_restart(svc: Services, receiver: Receiver, db_path: Path):
     job_id = run_to(svc, Status.CANCELLED, webhook_url=receiver.url)  # nobody sent it yet
-    fresh = Services(JobStore(LocalDict(db_path), LocalQueue(db_path), svc.settings), svc.objects, svc.settings)
+    fresh = Services.over(LocalDict(db_path), LocalQueue(db_path), svc.settings, svc.objects)
     dispatch_until(fresh, job_id, "delivered")
     assert [r["type"] for r in receiver.received] == ["job.cancelled"]
 
 
-def test_webhook_urls_into_our_network_are_refused_at_submit_and_at_send(svc: Services):
-    strict = replace(svc, settings=replace(svc.settings, private_url_allowlist=""))
+def test_webhook_urls_into_our_network_are_refused_at_submit_and_at_send(db_path: Path, tmp_path: Path):
+    strict = make_svc(db_path, tmp_path)
+    strict = Services.over(LocalDict(db_path), LocalQueue(db_path), replace(strict.settings, private_url_allowlist=""),
+                           strict.objects)
     for url in ("http://127.0.0.1/x", "http://10.1.2.3/x", "http://[::1]/x", "http://169.254.169.254/x"):
         with pytest.raises(InvalidInput) as info:
             submit_job(strict, Caller("k"), {"workflow": WORKFLOW, "webhook_url": url})
         assert info.value.field == "webhook_url"
     job_id = run_to(strict, Status.COMPLETED, webhook_url="http://127.0.0.1:9/hook")  # stored before a DNS change
-    webhooks.dispatch(strict)
-    assert "refused" in strict.store.webhook(job_id)["attempts"][0]["error"]
+    attempts = wait_until(lambda: (webhooks.dispatch(strict), strict.store.webhook(job_id)["attempts"])[1], 10,
+                          "the first attempt")
+    assert "refused" in attempts[0]["error"]
 
 
 # --- sweeper ----------------------------------------------------------------------------------------
 
 
-def running_job(svc: Services) -> tuple[str, int]:
-    job, _ = svc.store.submit(JobRequest(workflow=WORKFLOW))
-    claim = svc.store.claim(job, "w1")
-    svc.store.transition(job.id, Status.RUNNING, claim=claim)
-    return job.id, claim
-
-
-def test_a_stale_heartbeat_is_requeued_then_failed_when_attempts_run_out(svc: Services):
-    svc.store.settings = replace(svc.settings, max_attempts=2)
-    job_id, _ = running_job(svc)
+def test_a_stale_heartbeat_is_requeued_then_failed_when_attempts_run_out(db_path: Path, tmp_path: Path):
+    svc = make_svc(db_path, tmp_path, max_attempts=2)
+    job_id = running_job(svc).id
     later = utcnow() + timedelta(seconds=svc.settings.heartbeat_stale_s + 1)
-    assert sweeper.sweep(svc.store, svc.store.settings, later)["requeue"] == 1
+    assert sweeper.sweep(svc, later)["requeue"] == 1
     job = svc.store.get(job_id)
     assert job.status is Status.QUEUED and job.error.type == "worker_lost"
-    claim = svc.store.claim(job, "w2")
-    svc.store.transition(job_id, Status.RUNNING, claim=claim)
+    svc.lifecycle.start(job, "w2")
+    svc.store.settle(job_id)
     even_later = utcnow() + timedelta(seconds=svc.settings.heartbeat_stale_s + 1)
-    assert sweeper.sweep(svc.store, svc.store.settings, even_later)["fail_worker_lost"] == 1
+    assert sweeper.sweep(svc, even_later)["fail_worker_lost"] == 1
     assert svc.store.get(job_id).status is Status.FAILED and svc.store.get(job_id).attempts == 2
 
 
 def test_run_and_queue_timeouts_fail_the_job_and_flag_the_worker(svc: Services):
-    running_id, _ = running_job(svc)
-    queued, _ = svc.store.submit(JobRequest(workflow=WORKFLOW, pool="nobody"))
+    running_id = running_job(svc).id
+    queued = submit(svc, pool="nobody")
     later = utcnow() + timedelta(seconds=max(svc.settings.job_timeout_s, svc.settings.queue_timeout_s) + 1)
-    done = sweeper.sweep(svc.store, svc.settings, later)
+    done = sweeper.sweep(svc, later)
     assert done["fail_run_timeout"] == 1 and done["fail_queue_timeout"] == 1
     assert svc.store.get(running_id).error.type == "timeout" and svc.store.cancel_requested(running_id)
     assert svc.store.get(queued.id).error.type == "queue_timeout"
 
 
 def test_a_lost_wake_up_is_enqueued_again(svc: Services, db_path: Path):
-    job, _ = svc.store.submit(JobRequest(workflow=WORKFLOW))
+    job = submit(svc)
     LocalQueue(db_path).clear(all=True)  # the queue lost the item
-    assert sweeper.sweep(svc.store, svc.settings, utcnow() + timedelta(minutes=2))["reenqueue"] == 1
+    assert sweeper.sweep(svc, utcnow() + timedelta(minutes=2))["reenqueue"] == 1
     assert svc.store.next_job_id("default", 1) == job.id
 
 
 def test_two_sweepers_and_one_stale_job_make_one_outcome(svc: Services):
-    job_id, _ = running_job(svc)
+    job_id = running_job(svc).id
     later = utcnow() + timedelta(seconds=svc.settings.heartbeat_stale_s + 1)
     barrier = threading.Barrier(2)
 
     def sweep(i: int) -> int:
         barrier.wait()
-        return sweeper.sweep(svc.store, svc.settings, later, owner=f"s{i}")["requeue"]
+        return sweeper.sweep(svc, later, owner=f"s{i}")["requeue"]
 
     with ThreadPoolExecutor(2) as pool:
         assert sum(pool.map(sweep, range(2))) == 1
@@ -221,28 +180,25 @@ def test_two_sweepers_and_one_stale_job_make_one_outcome(svc: Services):
 
 def _race_completion(svc: Services, rival: str) -> tuple[list[Status], Status]:
     """Completion and a rival decision at the same instant; (winning outcomes, final status)."""
-    job_id, claim = running_job(svc)
+    running = running_job(svc)
+    job_id = running.id
     barrier = threading.Barrier(2)
     later = utcnow() + timedelta(seconds=svc.settings.job_timeout_s + 1)
 
     def complete() -> Status | None:
         barrier.wait()
-        try:
-            return svc.store.transition(job_id, Status.COMPLETED, claim=claim).status
-        except (IllegalTransition, NotOwner):
-            return None
+        moved = svc.lifecycle.finish(running, Status.COMPLETED)
+        return None if moved is None else moved.status
 
     def interfere() -> Status | None:
         barrier.wait()
         if rival == "cancel":
-            svc.store.request_cancel(job_id)
-            try:  # the worker saw the flag and writes cancelled
-                return svc.store.transition(job_id, Status.CANCELLED, claim=claim).status
-            except (IllegalTransition, NotOwner):
-                return None
+            svc.lifecycle.cancel(job_id)
+            moved = svc.lifecycle.finish(running, Status.CANCELLED)  # the worker saw the flag
+            return None if moved is None else moved.status
         job = svc.store.get(job_id)
         action = sweeper.decide(job, later, svc.settings, False)  # None if it already saw completion
-        return Status.FAILED if action and sweeper.act(svc.store, job, action) else None
+        return Status.FAILED if action and sweeper.act(svc, job, action) else None
 
     with ThreadPoolExecutor(2) as pool:
         outcomes = [f.result() for f in [pool.submit(complete), pool.submit(interfere)]]
@@ -259,29 +215,29 @@ def test_cancel_or_timeout_racing_completion_leaves_one_terminal_state(svc: Serv
 # --- quotas and idempotency -------------------------------------------------------------------------
 
 
-def test_active_jobs_are_capped_per_user_and_globally(svc: Services):
-    svc.store.settings = replace(svc.settings, max_active_jobs=5, max_active_jobs_per_user=2)
-    alice = [svc.store.submit(JobRequest(workflow=WORKFLOW, user_id="alice"))[0] for _ in range(2)]
+def test_active_jobs_are_capped_per_user_and_globally(db_path: Path, tmp_path: Path):
+    svc = make_svc(db_path, tmp_path, max_active_jobs=5, max_active_jobs_per_user=2)
+    alice = [submit(svc, user_id="alice") for _ in range(2)]
     with pytest.raises(Overloaded) as info:
-        svc.store.submit(JobRequest(workflow=WORKFLOW, user_id="alice"))
+        submit(svc, user_id="alice")
     assert info.value.retry_after_s > 0 and "this user" in info.value.message
     for user in ("bob", "bob", "carol"):
-        svc.store.submit(JobRequest(workflow=WORKFLOW, user_id=user))
+        submit(svc, user_id=user)
     with pytest.raises(Overloaded, match="the service"):
-        svc.store.submit(JobRequest(workflow=WORKFLOW, user_id="dave"))
-    svc.store.request_cancel(alice[0].id)  # a finished job gives its slot back
-    assert svc.store.submit(JobRequest(workflow=WORKFLOW, user_id="alice"))[1] is True
+        submit(svc, user_id="dave")
+    svc.lifecycle.cancel(alice[0].id)  # a finished job gives its slot back
+    assert submit(svc, user_id="alice").status is Status.QUEUED
 
 
 def test_fifty_concurrent_submits_with_one_key_make_one_job(svc: Services, db_path: Path):
     barrier = threading.Barrier(50)
 
-    def submit(_: int) -> str:
+    def submit_one(_: int) -> str:
         barrier.wait()
         return submit_job(svc, Caller("k", "alice"), {"workflow": WORKFLOW, "idempotency_key": "order-7"})[0]["id"]
 
     with ThreadPoolExecutor(50) as pool:
-        ids = set(pool.map(submit, range(50)))
+        ids = set(pool.map(submit_one, range(50)))
     assert len(ids) == 1 and LocalQueue(db_path).len(total=True) == 1
     assert len(svc.store.list_jobs(user_id="alice").jobs) == 1
 
@@ -291,19 +247,22 @@ def test_fifty_concurrent_submits_with_one_key_make_one_job(svc: Services, db_pa
 
 def test_cleanup_deletes_expired_jobs_and_everything_kept_for_them(svc: Services, db_path: Path):
     old = run_to(svc, Status.COMPLETED, idempotency_key="old-key", webhook_url="http://127.0.0.1:9/x")
-    svc.objects.put_bytes(Keys.output(old, "2", "a_0.png"), b"png")
-    young_running, _ = running_job(svc)
+    created = svc.store.get(old).created_at
+    svc.objects.put_bytes(keys.output(old, created, "2", "a_0.png"), b"png")
+    young_running = running_job(svc).id
     later = utcnow() + timedelta(days=svc.settings.retention_days, hours=1)
-    assert cleanup.cleanup(svc.store, svc.objects, svc.settings, later) == {"jobs": 1, "outputs": 1}
-    assert svc.store.get(old) is None and not (svc.objects.root / old).exists()
+    assert cleanup.cleanup(svc, later) == {"jobs": 1, "outputs": 1}
+    assert svc.store.get(old) is None and not svc.objects.path(keys.object_prefix(old, created).rstrip("/")).exists()
     leftovers = [k for k, _ in LocalDict(db_path).items() if old in str(k) and not k.startswith("idx:user")]
     assert leftovers == []
     assert svc.store.get(young_running) is not None  # not finished: kept, and cleanup stops there
-    assert cleanup.cleanup(svc.store, svc.objects, svc.settings, later) == {}  # idempotent
+    assert cleanup.cleanup(svc, later) == {}  # idempotent
 
 
-def test_deployed_without_a_webhook_secret_deliveries_fail_visibly(svc: Services, receiver: Receiver):
-    svc.settings = replace(svc.settings, webhook_secret="", storage_backend="s3", webhook_max_attempts=1)
+def test_deployed_without_a_webhook_secret_deliveries_fail_visibly(db_path: Path, tmp_path: Path,
+                                                                   receiver: Receiver):
+    svc = make_svc(db_path, tmp_path, webhook_max_attempts=1)
+    svc.settings = replace(svc.settings, webhook_secret="", storage_backend="s3")
     job_id = run_to(svc, Status.COMPLETED, webhook_url=receiver.url)
     delivery = dispatch_until(svc, job_id, "failed")
     assert "COMFY_WEBHOOK_SECRET" in delivery["attempts"][0]["error"] and receiver.received == []
@@ -312,7 +271,7 @@ def test_deployed_without_a_webhook_secret_deliveries_fail_visibly(svc: Services
 def test_progress_events_are_sent_when_asked_then_one_terminal_event(svc: Services, receiver: Receiver, tmp_path):
     from conftest import start_double
 
-    from worker import Worker
+    from comfy_saas.runner.worker import Worker
 
     double = start_double(tmp_path / "comfy")
     try:
@@ -321,8 +280,8 @@ def test_progress_events_are_sent_when_asked_then_one_terminal_event(svc: Servic
                                                                   "send_preview": False, "send_text": False,
                                                                   "seed": 0}},
                 "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "wp"}}}
-        job, _ = svc.store.submit(JobRequest(workflow=slow, webhook_url=receiver.url, webhook_progress=True))
-        worker = Worker(svc.store, svc.objects, double.client, svc.settings)
+        job = submit(svc, workflow=slow, webhook_url=receiver.url, webhook_progress=True)
+        worker = Worker(svc, double.client)
         worker.process(svc.store.next_job_id("default", 5))
         worker.events.close()
         dispatch_until(svc, job.id, "delivered")

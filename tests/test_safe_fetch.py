@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from errors import MediaError
-from safe_fetch import check_public_url, fetch, parse_allowlist
+from comfy_saas.backends.safe_fetch import check_public_url, fetch, parse_allowlist
+from comfy_saas.errors import MediaError
 
 LOOPBACK_ONLY = parse_allowlist("127.0.0.1/32")
 

@@ -120,7 +120,7 @@ def test_a_changed_comfyui_raises_a_named_error(tmp_path: Path, changed: str):
 
 
 def test_the_preload_workflow_holds_each_checkpoint_with_the_helpers_output_node(tmp_path: Path):
-    from deploy_config import preload_workflow
+    from comfy_saas.config.deploy import preload_workflow
 
     wf = preload_workflow(["a.safetensors", "b.ckpt"])
     assert wf["load1"] == {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.ckpt"}}

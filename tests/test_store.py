@@ -1,4 +1,5 @@
-"""The job store: lifecycle, claims, exactly-once outcomes, idempotency, cancel and listing."""
+"""The job store and the lifecycle's moves: transitions, claims, exactly-once outcomes, idempotency,
+cancel and listing. Every test asserts on what ends up stored."""
 
 from __future__ import annotations
 
@@ -8,38 +9,37 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from conftest import WORKFLOW, submit
 
-from errors import Conflict, IllegalTransition, InvalidInput, NotOwner, QueueFull
-from models import TRANSITIONS, JobRequest, Output, Progress, Status, new_job, utcnow
-from storage import JobStore, Keys
-from twins import LocalDict, LocalQueue
-
-WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {}}}
-
-
-def request(**extra: Any) -> JobRequest:
-    return JobRequest(workflow=WORKFLOW, **extra)
+from comfy_saas.backends.twins import LocalDict, LocalQueue
+from comfy_saas.errors import Conflict, IllegalTransition, InvalidInput, QueueFull
+from comfy_saas.jobs import keys
+from comfy_saas.jobs.lifecycle import AttemptMoved
+from comfy_saas.jobs.model import TRANSITIONS, Job, JobError, Output, Progress, Status, utcnow
+from comfy_saas.jobs.request import JobRequest, new_job
+from comfy_saas.jobs.services import Services
+from comfy_saas.jobs.store import Decided, JobStore
 
 
-def job_in(store: JobStore, status: Status) -> tuple[str, int]:
-    """A job brought to `status` the way the system would; (job id, current claim)."""
-    job, _ = store.submit(request())
+def job_in(svc: Services, status: Status) -> Job:
+    """A job brought to `status` the way the system would, as its last mover holds it."""
+    job = submit(svc)
     if status is Status.QUEUED:
-        return job.id, 0
-    claim = store.claim(job, "worker-a")
-    store.transition(job.id, Status.RUNNING, claim=claim, worker_id="worker-a")
+        return job
+    job = svc.lifecycle.start(job, "worker-a")
+    svc.store.settle(job.id)
     if status is not Status.RUNNING:
-        store.transition(job.id, status, claim=claim)
-    return job.id, claim
+        job = svc.lifecycle.finish(job, status)
+    return job
 
 
-def test_submit_stores_a_small_record_the_workflow_apart_and_enqueues(store: JobStore, db_path):
-    job, created = store.submit(request(pool="gpu-a", metadata={"order": 7}))
-    assert created and job.status is Status.QUEUED
+def test_submit_stores_a_small_record_the_workflow_apart_and_enqueues(svc: Services, db_path):
+    job = submit(svc, pool="gpu-a", metadata={"order": 7})
+    assert job.status is Status.QUEUED
     d = LocalDict(db_path)
-    assert "workflow" not in d[Keys.job(job.id)]
-    assert store.payload(job.id)["workflow"] == WORKFLOW
-    assert store.get(job.id).metadata == {"order": 7}
+    assert "workflow" not in d[keys.job(job.id)]
+    assert svc.store.payload(job.id)["workflow"] == WORKFLOW
+    assert svc.store.get(job.id).metadata == {"order": 7}
     assert LocalQueue(db_path).get(block=False, partition="gpu-a") == job.id
 
 
@@ -48,183 +48,184 @@ ILLEGAL = [(a, b) for a in Status for b in Status if b not in TRANSITIONS[a]]
 
 
 @pytest.mark.parametrize(("start", "target"), LEGAL)
-def test_every_legal_transition_works(store: JobStore, start: Status, target: Status):
-    job_id, claim = job_in(store, start)
-    if start is Status.QUEUED:
-        claim = store.claim(store.get(job_id), "worker-b")
-    moved = store.transition(job_id, target, claim=claim)
-    assert moved.status is target and store.get(job_id).status is target
+def test_every_legal_transition_works(svc: Services, start: Status, target: Status):
+    job = job_in(svc, start)
+    moved = svc.store.transition(job, target, "worker-b")
+    assert moved.status is target and svc.store.get(job.id).status is target
 
 
 @pytest.mark.parametrize(("start", "target"), ILLEGAL)
-def test_every_illegal_transition_raises(store: JobStore, start: Status, target: Status):
-    job_id, claim = job_in(store, start)
+def test_every_illegal_transition_raises(svc: Services, start: Status, target: Status):
+    job = job_in(svc, start)
     with pytest.raises(IllegalTransition):
-        store.transition(job_id, target, claim=max(claim, 1))
-    assert store.get(job_id).status is start
+        svc.store.transition(job, target, "worker-b")
+    assert svc.store.get(job.id).status is start
 
 
-def test_status_stamps_follow_the_rules(store: JobStore):
-    job_id, claim = job_in(store, Status.RUNNING)
-    running = store.get(job_id)
+def test_status_stamps_follow_the_rules(svc: Services):
+    job = job_in(svc, Status.RUNNING)
+    running = svc.store.get(job.id)
     assert running.attempts == 1 and running.started_at and running.heartbeat_at
-    done = store.transition(job_id, Status.COMPLETED, claim=claim,
-                            outputs=[Output(node_id="2", kind="image", filename="a.png", key=f"{job_id}/2/a.png",
-                                            content_type="image/png", size_bytes=3)])
-    assert done.finished_at and store.get(job_id).outputs[0].key == f"{job_id}/2/a.png"
+    out = Output(node_id="2", kind="image", filename="a.png", key="k/a.png", content_type="image/png", size_bytes=3)
+    done = svc.lifecycle.finish(job, Status.COMPLETED, outputs=[out])
+    assert done.finished_at and svc.store.get(job.id).outputs[0].key == "k/a.png"
 
 
-def test_two_claimers_of_one_attempt_get_one_winner(store: JobStore):
-    job, _ = store.submit(request())
+def test_two_starters_of_one_attempt_get_one_winner(svc: Services):
+    job = submit(svc)
     barrier = threading.Barrier(8)
 
-    def claim(i: int) -> int | None:
+    def start(i: int) -> Job | None:
         barrier.wait()
-        return store.claim(job, f"worker-{i}")
+        return svc.lifecycle.start(job, f"worker-{i}")
 
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(claim, range(8)))
-    assert sum(r is not None for r in results) == 1
+        results = list(pool.map(start, range(8)))
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    svc.store.settle(job.id)
+    assert svc.store.get(job.id).worker_id == winners[0].worker_id
 
 
-def test_terminal_outcome_is_decided_exactly_once(store: JobStore):
-    job_id, claim = job_in(store, Status.RUNNING)
+def test_terminal_outcome_is_decided_exactly_once(svc: Services):
+    job = job_in(svc, Status.RUNNING)
     barrier = threading.Barrier(6)
     targets = [Status.COMPLETED, Status.FAILED, Status.CANCELLED] * 2
 
     def finish(target: Status) -> Status | None:
         barrier.wait()
-        try:
-            return store.transition(job_id, target, claim=claim).status
-        except IllegalTransition:
-            return None
+        moved = svc.lifecycle.finish(job, target)
+        return None if moved is None else moved.status
 
     with ThreadPoolExecutor(6) as pool:
         winners = [s for s in pool.map(finish, targets) if s is not None]
     assert len(winners) == 1
-    assert store.get(job_id).status is winners[0]
+    assert svc.store.get(job.id).status is winners[0]
 
 
-def test_a_late_non_terminal_write_cannot_undo_a_terminal_outcome(store: JobStore, db_path):
-    job_id, claim = job_in(store, Status.RUNNING)
-    stale_view = store.get(job_id)
-    store.transition(job_id, Status.COMPLETED, claim=claim)
-    # A writer that read the record before completion writes its stale "running" copy back.
-    LocalDict(db_path).put(Keys.job(job_id), stale_view.to_record())
-    with pytest.raises(NotOwner):
-        store.record_progress(job_id, claim - 1, Progress(percent=50))
-    with pytest.raises(IllegalTransition):
-        store.record_progress(job_id, claim, Progress(percent=50))
-    assert store.get(job_id).status is Status.COMPLETED
+def test_a_late_move_from_a_stale_view_cannot_undo_an_outcome(svc: Services):
+    job = job_in(svc, Status.RUNNING)
+    stale_view = svc.store.get(job.id)
+    svc.lifecycle.finish(job, Status.COMPLETED)
+    # An actor that read the record before completion tries to requeue from its stale copy.
+    assert svc.lifecycle.take_over(stale_view, Status.QUEUED, JobError(type="x", message="y"), "sweeper") is None
+    assert svc.store.get(job.id).status is Status.COMPLETED
+    with pytest.raises(AttemptMoved):
+        svc.lifecycle.heartbeat(job, Progress(percent=50))
+    assert svc.store.get(job.id).status is Status.COMPLETED
 
 
-def test_a_superseded_owner_can_write_nothing(store: JobStore):
-    job_id, old = job_in(store, Status.RUNNING)
-    taken = store.claim(store.get(job_id), "sweeper")  # the sweeper takes over a stale attempt
-    store.transition(job_id, Status.QUEUED, claim=taken)
-    with pytest.raises(NotOwner):
-        store.record_progress(job_id, old, Progress(percent=10))
-    new = store.claim(store.get(job_id), "worker-b")
-    store.transition(job_id, Status.RUNNING, claim=new)
-    with pytest.raises(NotOwner):
-        store.transition(job_id, Status.COMPLETED, claim=old)
-    assert store.transition(job_id, Status.COMPLETED, claim=new).attempts == 2
+def test_a_superseded_owner_can_decide_nothing(svc: Services):
+    old = job_in(svc, Status.RUNNING)
+    requeued = svc.lifecycle.take_over(old, Status.QUEUED, JobError(type="worker_lost", message="-"), "sweeper")
+    assert requeued.status is Status.QUEUED
+    with pytest.raises(AttemptMoved):
+        svc.lifecycle.heartbeat(old, Progress(percent=10))
+    assert svc.lifecycle.release(old, JobError(type="comfyui_unavailable", message="-")) is None
+    assert svc.lifecycle.finish(old, Status.COMPLETED) is None  # the zombie's outcome is refused
+    running = svc.lifecycle.start(requeued, "worker-b")
+    with pytest.raises(Decided):
+        svc.store.transition(old, Status.COMPLETED, "worker-a")
+    assert svc.lifecycle.finish(running, Status.COMPLETED).attempts == 2
 
 
-def test_a_claim_number_nobody_won_is_refused(store: JobStore):
-    job, _ = store.submit(request())
-    with pytest.raises(NotOwner):
-        store.transition(job.id, Status.RUNNING, claim=1)
+def test_owner_writes_progress_and_heartbeats_without_touching_the_record(svc: Services, db_path):
+    job = job_in(svc, Status.RUNNING)
+    record_before = LocalDict(db_path)[keys.job(job.id)]
+    before = svc.store.get(job.id).heartbeat_at
+    events = [{"seq": 1, "at": utcnow().isoformat(), "progress": {"percent": 42.5}}]
+    svc.lifecycle.heartbeat(job, Progress(percent=42.5, node_id="3", step=4, steps=10), events)
+    seen = svc.store.get(job.id)
+    assert seen.progress.percent == 42.5 and seen.progress.step == 4 and seen.heartbeat_at >= before
+    assert LocalDict(db_path)[keys.job(job.id)] == record_before
+    assert [e["seq"] for e in svc.store.progress_events(job.id)] == [1]
 
 
-def test_owner_writes_progress_and_heartbeats(store: JobStore):
-    job_id, claim = job_in(store, Status.RUNNING)
-    before = store.get(job_id).heartbeat_at
-    store.record_progress(job_id, claim, Progress(percent=42.5, node_id="3", step=4, steps=10))
-    job = store.get(job_id)
-    assert job.progress.percent == 42.5 and job.progress.step == 4 and job.heartbeat_at >= before
+def test_cancel_a_queued_job_cancels_it_at_once(svc: Services):
+    job = submit(svc)
+    cancelled = svc.lifecycle.cancel(job.id)
+    assert cancelled.status is Status.CANCELLED and svc.store.cancel_requested(job.id)
+    assert svc.lifecycle.start(job, "late-worker") is None and svc.store.get(job.id).terminal
 
 
-def test_cancel_a_queued_job_cancels_it_at_once(store: JobStore):
-    job, _ = store.submit(request())
-    cancelled = store.request_cancel(job.id)
-    assert cancelled.status is Status.CANCELLED and store.cancel_requested(job.id)
-    assert store.claim(store.get(job.id), "late-worker") is None or store.get(job.id).terminal
+def test_cancel_a_running_job_raises_the_flag_for_its_worker(svc: Services):
+    job = job_in(svc, Status.RUNNING)
+    assert svc.lifecycle.cancel(job.id).status is Status.RUNNING
+    assert svc.store.cancel_requested(job.id)
+    assert svc.lifecycle.finish(job, Status.CANCELLED).status is Status.CANCELLED
 
 
-def test_cancel_a_running_job_raises_the_flag_for_its_worker(store: JobStore):
-    job_id, claim = job_in(store, Status.RUNNING)
-    assert store.request_cancel(job_id).status is Status.RUNNING
-    assert store.cancel_requested(job_id)
-    assert store.transition(job_id, Status.CANCELLED, claim=claim).status is Status.CANCELLED
+def test_cancel_of_a_finished_job_changes_nothing(svc: Services):
+    job = job_in(svc, Status.COMPLETED)
+    assert svc.lifecycle.cancel(job.id).status is Status.COMPLETED
+    assert not svc.store.cancel_requested(job.id)
 
 
-def test_cancel_of_a_finished_job_changes_nothing(store: JobStore):
-    job_id, _ = job_in(store, Status.COMPLETED)
-    assert store.request_cancel(job_id).status is Status.COMPLETED
-    assert not store.cancel_requested(job_id)
+def test_idempotency_key_returns_the_same_job(svc: Services, db_path):
+    def create(**fields: Any) -> tuple[Job, bool]:
+        request = JobRequest(workflow=WORKFLOW, **fields)
+        return svc.lifecycle.create(request, {"workflow": WORKFLOW})
 
-
-def test_idempotency_key_returns_the_same_job(store: JobStore, db_path):
-    first, created = store.submit(request(idempotency_key="order-1", user_id="u1"))
-    again, created_again = store.submit(request(idempotency_key="order-1", user_id="u1"))
-    other_user, _ = store.submit(request(idempotency_key="order-1", user_id="u2"))
+    first, created = create(idempotency_key="order-1", user_id="u1")
+    again, created_again = create(idempotency_key="order-1", user_id="u1")
+    other_user, _ = create(idempotency_key="order-1", user_id="u2")
     assert created and not created_again and again.id == first.id and other_user.id != first.id
     assert LocalQueue(db_path).len(total=True) == 2
     with pytest.raises(Conflict, match="different request"):
-        store.submit(request(idempotency_key="order-1", user_id="u1", metadata={"changed": True}))
+        create(idempotency_key="order-1", user_id="u1", metadata={"changed": True})
 
 
-def test_racing_submits_with_one_idempotency_key_make_one_job(store: JobStore, db_path):
+def test_racing_submits_with_one_idempotency_key_make_one_job(svc: Services, db_path):
     barrier = threading.Barrier(16)
 
-    def submit(_: int) -> str:
+    def create(_: int) -> str:
         barrier.wait()
-        return store.submit(request(idempotency_key="same"))[0].id
+        return submit(svc, idempotency_key="same").id
 
     with ThreadPoolExecutor(16) as pool:
-        ids = set(pool.map(submit, range(16)))
+        ids = set(pool.map(create, range(16)))
     assert len(ids) == 1 and LocalQueue(db_path).len(total=True) == 1
 
 
 def test_a_full_queue_refuses_the_submit_and_stores_nothing(db_path, settings):
-    store = JobStore(LocalDict(db_path), LocalQueue(db_path, capacity=1), settings)
-    kept, _ = store.submit(request())
+    svc = Services.over(LocalDict(db_path), LocalQueue(db_path, capacity=1), settings)
+    kept = submit(svc)
     with pytest.raises(QueueFull) as info:
-        store.submit(request(idempotency_key="k"))
+        submit(svc, idempotency_key="k")
     assert info.value.retry_after_s > 0
-    assert [j.id for j in store.list_jobs().jobs] == [kept.id]
-    assert not LocalDict(db_path).contains(Keys.idempotency(None, "k"))
+    assert [j.id for j in svc.store.list_jobs().jobs] == [kept.id]
+    assert not LocalDict(db_path).contains(keys.idempotency(None, "k"))
 
 
 # --- listing ------------------------------------------------------------------------------------
 
 
-def test_listing_is_newest_first_with_a_cursor(store: JobStore):
-    ids = [store.submit(request())[0].id for _ in range(7)]
-    first = store.list_jobs(limit=3)
-    second = store.list_jobs(limit=3, cursor=first.next_cursor)
-    third = store.list_jobs(limit=3, cursor=second.next_cursor)
+def test_listing_is_newest_first_with_a_cursor(svc: Services):
+    ids = [submit(svc).id for _ in range(7)]
+    first = svc.store.list_jobs(limit=3)
+    second = svc.store.list_jobs(limit=3, cursor=first.next_cursor)
+    third = svc.store.list_jobs(limit=3, cursor=second.next_cursor)
     seen = [j.id for p in (first, second, third) for j in p.jobs]
     assert seen == ids[::-1] and third.next_cursor is None
 
 
-def test_listing_by_user_and_status(store: JobStore):
-    mine = [store.submit(request(user_id="alice"))[0].id for _ in range(3)]
-    store.submit(request(user_id="bob"))
-    store.request_cancel(mine[1])
-    assert [j.id for j in store.list_jobs(user_id="alice").jobs] == mine[::-1]
-    assert [j.id for j in store.list_jobs(user_id="alice", status=Status.CANCELLED).jobs] == [mine[1]]
-    assert len(store.list_jobs(status=Status.QUEUED).jobs) == 3
+def test_listing_by_user_and_status(svc: Services):
+    mine = [submit(svc, user_id="alice").id for _ in range(3)]
+    submit(svc, user_id="bob")
+    svc.lifecycle.cancel(mine[1])
+    assert [j.id for j in svc.store.list_jobs(user_id="alice").jobs] == mine[::-1]
+    assert [j.id for j in svc.store.list_jobs(user_id="alice", status=Status.CANCELLED).jobs] == [mine[1]]
+    assert len(svc.store.list_jobs(status=Status.QUEUED).jobs) == 3
 
 
 def test_listing_rejects_bad_limits_and_cursors(store: JobStore):
     with pytest.raises(InvalidInput) as info:
         store.list_jobs(limit=0)
     assert info.value.field == "limit"
-    with pytest.raises(InvalidInput) as info:
-        store.list_jobs(cursor="../etc")
-    assert info.value.field == "cursor"
+    for cursor in ("../etc", "²", "9" * 5000):
+        with pytest.raises(InvalidInput) as info:
+            store.list_jobs(cursor=cursor)
+        assert info.value.field == "cursor"
 
 
 class CountingDict(LocalDict):
@@ -244,42 +245,47 @@ class CountingDict(LocalDict):
         raise AssertionError("listing must not scan the whole Dict")
 
 
-def _seed(d: LocalDict, n: int, settings) -> list[str]:
+def _seed(d: LocalDict, n: int) -> list[str]:
     """n stored jobs, written in bulk with the store's own key formats and records."""
     now, entries, ids = utcnow(), {}, []
     for i in range(1, n + 1):
-        job = new_job(request(), f"job{i:06d}", "default", now + timedelta(microseconds=i))
-        entries[Keys.job(job.id)] = job.to_record()
-        entries[Keys.index_slot(Keys.ALL, i)] = job.id
+        job = new_job(JobRequest(workflow=WORKFLOW), f"job{i:06d}", "default", now + timedelta(microseconds=i))
+        entries[keys.job(job.id)] = job.to_record()
+        entries[keys.index_slot(keys.ALL, i)] = job.id
         ids.append(job.id)
-    entries[Keys.index_head(Keys.ALL)] = n - 3  # a lagging head hint, as racing writers leave it
+    entries[keys.index_head(keys.ALL)] = n - 3  # a lagging head hint, as racing writers leave it
     d.update(entries)
     return ids
 
 
 def test_a_page_of_100k_jobs_reads_only_that_page(db_path, settings):
     d = CountingDict(db_path)
-    ids = _seed(d, 100_000, settings)
+    ids = _seed(d, 100_000)
     store = JobStore(d, LocalQueue(db_path), settings)
     d.reads = 0
     page = store.list_jobs(limit=20)
     assert [j.id for j in page.jobs] == ids[::-1][:20]
-    assert d.reads <= 2 * 20 + 10
+    assert d.reads <= 3 * 20 + 20  # a slot, a record and a progress key per job, plus the head
     d.reads = 0
     deeper = store.list_jobs(limit=20, cursor=page.next_cursor)
-    assert [j.id for j in deeper.jobs] == ids[::-1][20:40] and d.reads == 2 * 20
+    assert [j.id for j in deeper.jobs] == ids[::-1][20:40] and d.reads == 3 * 20
 
 
-def test_a_claim_orphaned_by_a_dead_worker_is_stepped_over(store: JobStore, db_path):
-    job, _ = store.submit(request())
-    long_ago = (utcnow() - timedelta(seconds=store.settings.heartbeat_stale_s + 5)).isoformat()
-    LocalDict(db_path).put(Keys.claim(job.id, 1), {"owner": "dead-worker", "at": long_ago})
-    n = store.claim(store.get(job.id), "worker-b")
-    assert n == 2
-    assert store.transition(job.id, Status.RUNNING, claim=n).claim_seq == 2
+def test_a_move_whose_winner_died_before_writing_it_is_finished_by_the_next_actor(svc: Services, db_path):
+    job = submit(svc)
+    # A worker won the start, then died before writing the running record.
+    d = LocalDict(db_path)
+    running = job.model_copy(update={"status": Status.RUNNING, "claim_seq": 1, "attempts": 1,
+                                     "started_at": utcnow(), "worker_id": "dead"})
+    long_ago = (utcnow() - timedelta(seconds=30)).isoformat()
+    d.put(keys.claim(job.id, 1), {"owner": "dead", "at": long_ago, "outcome": running.to_record()})
+    assert svc.lifecycle.start(job, "worker-b") is None  # the duplicate wake-up loses, and repairs
+    assert svc.store.get(job.id).status is Status.RUNNING and svc.store.get(job.id).worker_id == "dead"
 
 
-def test_a_fresh_claim_is_respected(store: JobStore):
-    job, _ = store.submit(request())
-    assert store.claim(job, "worker-a") == 1
-    assert store.claim(job, "worker-b") is None
+def test_a_fresh_decision_is_respected_and_left_to_its_winner(svc: Services):
+    job = submit(svc)
+    assert svc.lifecycle.start(job, "worker-a") is not None
+    assert svc.lifecycle.start(job, "worker-b") is None
+    svc.store.settle(job.id)
+    assert svc.store.get(job.id).worker_id == "worker-a"

@@ -7,10 +7,9 @@ import json
 
 import pytest
 
-from errors import InvalidInput
-from models import parse_submission
-from settings import Limits
-from storage import JobStore
+from comfy_saas.config import Limits
+from comfy_saas.errors import InvalidInput
+from comfy_saas.jobs.request import parse_submission
 
 WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
@@ -84,11 +83,12 @@ def test_data_urls_are_accepted_as_base64():
     assert req.media[0].decoded() == b"\x89PNG...."
 
 
-def test_nothing_is_stored_for_a_rejected_submission(store: JobStore, db_path):
-    from twins import LocalDict, LocalQueue
+def test_nothing_is_stored_for_a_rejected_submission(svc, db_path):
+    from comfy_saas.backends.twins import LocalDict, LocalQueue
+    from comfy_saas.jobs.operations import Caller, submit_job
 
     for raw in (b"{oops", json.dumps(body(workflow=UI_EXPORT)), json.dumps(body(workflow={}))):
         with pytest.raises(InvalidInput):
-            store.submit(parse_submission(raw))
+            submit_job(svc, Caller("k"), raw)
     assert LocalDict(db_path).len() == 0
     assert LocalQueue(db_path).len(total=True) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from twins import LocalDict, LocalQueue
+from comfy_saas.backends.twins import LocalDict, LocalQueue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,7 +154,7 @@ def _run_child(code: str, *args: str) -> subprocess.Popen:
 
 _RACE_CHILD = """
 import sys, threading, time
-from twins import LocalDict
+from comfy_saas.backends.twins import LocalDict
 path, start = sys.argv[1], float(sys.argv[2])
 d = LocalDict(path, "race")
 wins = []
@@ -179,7 +179,7 @@ def test_skip_if_exists_has_one_winner_across_8_threads_and_2_processes(db_path)
 
 _PUT_LATER_CHILD = """
 import sys, time
-from twins import LocalDict, LocalQueue
+from comfy_saas.backends.twins import LocalDict, LocalQueue
 deadline = time.monotonic() + 30
 while not LocalDict(sys.argv[1], "wake").contains("parent-waiting") and time.monotonic() < deadline:
     time.sleep(0.005)  # poll for the parent's handshake
@@ -200,7 +200,7 @@ def test_blocking_get_returns_when_another_process_puts(db_path):
 
 _WRITE_AND_EXIT_CHILD = """
 import sys
-from twins import LocalDict, LocalQueue
+from comfy_saas.backends.twins import LocalDict, LocalQueue
 LocalDict(sys.argv[1], "durable").put("job:1", {"status": "queued"})
 LocalQueue(sys.argv[1], "durable").put_many(["1", "2"], partition="p")
 """

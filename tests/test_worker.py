@@ -17,12 +17,14 @@ import pytest
 from conftest import start_double, wait_until
 from PIL import Image
 
-from comfy_process import ComfyProcess
-from models import Job, JobRequest, Status
-from object_store import S3Store
-from settings import Settings
-from storage import JobStore
-from worker import Worker
+from comfy_saas.backends.objects import S3Store
+from comfy_saas.config import Settings
+from comfy_saas.jobs.model import Job, Status
+from comfy_saas.jobs.request import JobRequest
+from comfy_saas.jobs.services import Services
+from comfy_saas.jobs.store import JobStore
+from comfy_saas.runner.comfy_process import ComfyProcess
+from comfy_saas.runner.worker import Worker
 
 
 def empty(color: int = 0xFF0000, size: int = 32) -> dict:
@@ -60,7 +62,7 @@ def workers(store: JobStore, objects: Any, settings: Settings, doubles: list[Com
                 return True
             return False
 
-        w = Worker(store, objects, proc.client, settings, on_unhealthy=recover)
+        w = Worker(Services(settings, store, objects), proc.client, on_unhealthy=recover)
         pool.append(w)
         threads.append(threading.Thread(target=w.run, args=(stop, 0.2), daemon=True))
     for t in threads:
@@ -74,7 +76,9 @@ def workers(store: JobStore, objects: Any, settings: Settings, doubles: list[Com
 
 
 def submit(store: JobStore, workflow: dict, **extra: Any) -> str:
-    return store.submit(JobRequest(workflow=workflow, **extra))[0].id
+    request = JobRequest(workflow=workflow, **extra)
+    payload = request.model_dump(mode="json", include={"workflow", "media", "overrides"})
+    return Services(store.settings, store, None).lifecycle.create(request, payload)[0].id
 
 
 def finished(store: JobStore, job_id: str, timeout_s: float = 30) -> Job:
@@ -142,11 +146,11 @@ def test_cancel_a_running_job_interrupts_only_its_prompt(store, s3, settings, do
     with workers(store, s3, settings, [double]):
         job_id = submit(store, slow(steps=100, delay=0.1))
         wait_until(lambda: (j := store.get(job_id)).progress and j.progress.step, 20, "job running")
-        store.request_cancel(job_id)
+        Services(store.settings, store, s3).lifecycle.cancel(job_id)
         job = finished(store, job_id, 10)
     assert job.status is Status.CANCELLED and job.error.type == "cancelled"
     interrupts = [e for e in json.loads(download(double.url + "/double/events")) if e["type"] == "interrupt"]
-    assert interrupts and {e["prompt_id"] for e in interrupts} == {f"{job_id}-{job.claim_seq}"}
+    assert interrupts and {e["prompt_id"] for e in interrupts} == {f"{job_id}-{job.claim_seq - 1}"}
     assert all(e["running"] == e["prompt_id"] for e in interrupts)
 
 
@@ -184,8 +188,8 @@ def _runs(proc: ComfyProcess, job_id: str) -> bool:
 
 
 def _objects_under(s3: S3Store, job_id: str) -> list[str]:
-    listing = s3._client.list_objects_v2(Bucket=s3.bucket, Prefix=f"{job_id}/")
-    return [o["Key"] for o in listing.get("Contents", [])]
+    listing = s3._client.list_objects_v2(Bucket=s3.bucket, Prefix="jobs/")
+    return [o["Key"] for o in listing.get("Contents", []) if f"/{job_id}/" in o["Key"]]
 
 
 def test_node_errors_fail_the_job_naming_node_class_and_reason(store, s3, settings, double):
@@ -256,7 +260,7 @@ def test_a_warmup_runs_before_the_first_job_and_stays_out_of_its_breakdown(store
 
 def test_a_drain_takes_every_queued_job_and_an_empty_one_returns_at_once(store, s3, settings, double):
     ids = [submit(store, {"1": empty(i), "2": save("1", "drain")}) for i in range(3)]
-    worker = Worker(store, s3, double.client, settings)
+    worker = Worker(Services(settings, store, s3), double.client)
     assert worker.drain(idle_s=0.5) == 3
     assert all(store.get(i).status is Status.COMPLETED for i in ids)
     assert worker.drain(idle_s=30, first_wait_s=0.1) == 0  # nothing queued: no 30 s wait

@@ -1,0 +1,197 @@
+"""Every setting of the service and its tools, read once from the environment (locally) or Modal Secrets.
+
+One prefix scheme: a top-level field `x_y` is `COMFY_X_Y`; a field of a section is
+`COMFY_<SECTION>_<FIELD>` (`COMFY_LIMIT_MAX_MEDIA_BYTES`, `COMFY_R2_BUCKET`, `COMFY_COMFYUI_URL`,
+`COMFY_TWIN_PROFILE`, `COMFY_CLIENT_API_KEY`). Durations carry their unit in the name. Nothing else in
+the project reads os.environ: `environment()` below is the one door.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "COMFY_"
+# Modal keeps a Dict entry 7 days after its last read or write; records cannot be kept longer.
+DICT_ENTRY_TTL_DAYS = 7
+
+
+def opt(default: Any, help: str) -> Any:
+    """A settings field with its one-line description (shown in `comfy-saas config` and the README)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help, "section": True})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps enforced at the edge on every submission."""
+
+    max_workflow_nodes: int = opt(2_000, "nodes in one workflow")
+    max_workflow_bytes: int = opt(4 * 1024 * 1024, "size of a workflow as JSON")
+    max_media_items: int = opt(16, "media items per job")
+    max_media_bytes: int = opt(25 * 1024 * 1024, "size of one media item")
+    max_media_total_bytes: int = opt(64 * 1024 * 1024, "base64 media of one job, decoded")
+    max_overrides: int = opt(256, "overrides per job")
+    max_metadata_keys: int = opt(32, "metadata keys per job")
+    max_metadata_bytes: int = opt(8 * 1024, "metadata as JSON")
+    max_url_length: int = opt(2_048, "length of a media or webhook URL")
+    max_string_length: int = opt(256, "length of short identifiers")
+    max_timeout_s: int = opt(24 * 3600, "longest timeout_s a job may ask for")
+    max_body_bytes: int = opt(100 * 1024 * 1024, "size of a request body")
+
+
+@dataclass(frozen=True)
+class R2Config:
+    """Where outputs go on Cloudflare R2 (or any S3-compatible store)."""
+
+    bucket: str = opt("", "bucket for outputs and large inputs")
+    endpoint_url: str = opt("", "https://<account>.r2.cloudflarestorage.com")
+    region: str = opt("auto", "R2's region is always auto")
+    access_key_id: str = opt("", "R2 access key id")
+    secret_access_key: str = opt("", "R2 secret access key")
+    multipart_threshold_bytes: int = opt(16 * 1024 * 1024, "uploads above this go multipart, in parts this size")
+
+
+@dataclass(frozen=True)
+class ComfyUISource:
+    """Where local workers find ComfyUI (on Modal the image holds it)."""
+
+    url: str = opt("", "use a running ComfyUI at this URL")
+    dir: str = opt("", "launch ComfyUI from this directory (else the built-in stand-in)")
+    python: str = opt("", "the interpreter of a launched ComfyUI (its own venv, with torch)")
+    args: str = opt("", "extra ComfyUI command-line flags, e.g. --cpu")
+
+
+@dataclass(frozen=True)
+class TwinConfig:
+    """The local twins of modal.Dict and modal.Queue."""
+
+    profile: str = opt("local", "local (fast SQLite) or modal (Modal's latency, expiry and size limits)")
+    rpc_ms: float = opt(25.0, "with the modal profile: latency added to every Dict/Queue call")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Defaults of the `comfy-saas` API commands (submit, status, list, cancel)."""
+
+    url: str = opt("http://127.0.0.1:8000", "the API's base URL")
+    api_key: str = opt("", "the API key the commands send")
+    modal_workspace: str = opt("", "use the deployed Modal endpoints of this workspace instead of url")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; build it with `Settings.from_env()` once per process."""
+
+    data_dir: Path = opt(Path("data"), "local home: SQLite twins, output files, ComfyUI folders")
+    storage_backend: str = opt("local", "local (folder + signed URLs) or s3 (R2)")
+    url_signing_secret: str = opt("", "HMAC key of local download URLs (default: random per data dir)")
+    public_base_url: str = opt("http://127.0.0.1:8000", "base of local download URLs")
+    presign_expiry_s: int = opt(3_600, "lifetime of download URLs (R2 caps it at 7 days)")
+    default_pool: str = opt("default", "pool of jobs that name none")
+    api_keys: str = opt("", "`key` or `key:user_id`, comma-separated; a bound key sees only its user's jobs")
+    require_auth: bool = opt(True, "refuse requests without a key even when no keys are configured")
+    max_attempts: int = opt(3, "attempts per job before a lost worker fails it")
+    heartbeat_stale_s: float = opt(60.0, "a running job silent this long has lost its worker")
+    heartbeat_interval_s: float = opt(5.0, "how often a worker reports a running job")
+    cancel_poll_s: float = opt(0.5, "how often a worker checks the cancel flag")
+    job_timeout_s: int = opt(3_600, "run time of a job that names none")
+    queue_timeout_s: int = opt(6 * 3_600, "longest a job may wait for a worker")
+    retention_days: int = opt(7, "finished jobs and their files are deleted after this")
+    private_url_allowlist: str = opt("", "CIDRs media and webhook URLs may reach although private")
+    media_fetch_timeout_s: float = opt(30.0, "time to fetch one media URL")
+    webhook_secret: str = opt("", "Standard Webhooks secret (whsec_...); locally derived per data dir")
+    webhook_max_attempts: int = opt(8, "attempts per webhook delivery")
+    webhook_backoff_s: float = opt(30.0, "first retry delay, doubling (8 attempts span about an hour)")
+    webhook_timeout_s: float = opt(10.0, "time a receiver has to answer")
+    warmup_workflow: str = opt("", "workflow file each worker runs once before its first job")
+    max_active_jobs: int = opt(0, "queued + running jobs allowed at once (0: no cap)")
+    max_active_jobs_per_user: int = opt(0, "the same per user (0: no cap)")
+    gpu_config: str = opt("", "at deploy time: GPU types in fallback order, comma-separated, instead of deploy.toml's")
+    limits: Limits = section(Limits, "COMFY_LIMIT_*")
+    r2: R2Config = section(R2Config, "COMFY_R2_*")
+    comfyui: ComfyUISource = section(ComfyUISource, "COMFY_COMFYUI_*")
+    twin: TwinConfig = section(TwinConfig, "COMFY_TWIN_*")
+    client: ClientConfig = section(ClientConfig, "COMFY_CLIENT_*")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read `COMFY_*` variables (unset ones keep their defaults); keyword overrides win (CLI flags)."""
+        env = environment() if env is None else env
+        values = _read(cls, env, ENV_PREFIX)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse combinations that cannot work, with a message naming the variable."""
+        if self.storage_backend not in {"local", "s3"}:
+            raise ValueError(f"COMFY_STORAGE_BACKEND={self.storage_backend!r}: use local or s3")
+        if self.twin.profile not in {"local", "modal"}:
+            raise ValueError(f"COMFY_TWIN_PROFILE={self.twin.profile!r}: use local or modal")
+        if self.retention_days < 1:
+            raise ValueError("COMFY_RETENTION_DAYS must be at least 1")
+
+    def check_retention(self, entries_expire: bool) -> None:
+        """Records live at most 7 days after their last use on Modal: a longer retention cannot be honoured."""
+        if entries_expire and self.retention_days > DICT_ENTRY_TTL_DAYS:
+            raise ValueError(f"COMFY_RETENTION_DAYS={self.retention_days}: Modal expires a job record "
+                             f"{DICT_ENTRY_TTL_DAYS} days after its last read or write, so jobs cannot be kept "
+                             f"longer; set it to {DICT_ENTRY_TTL_DAYS} or less")
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment (Modal Secrets arrive here too)."""
+    return os.environ
+
+
+def _read(cls: type, env: Mapping[str, str], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.metadata.get("section"):
+            sub = f.default_factory  # type: ignore[misc]
+            out[f.name] = sub(**_read(sub, env, f"{prefix}{_section_name(f.name)}_"))
+            continue
+        raw = env.get(prefix + f.name.upper())
+        if raw is not None:
+            out[f.name] = _convert(raw, _default(f), prefix + f.name.upper())
+    return out
+
+
+def _section_name(name: str) -> str:
+    return {"limits": "LIMIT"}.get(name, name.upper())
+
+
+def _default(f: Any) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+def _convert(raw: str, default: Any, name: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, Path):
+            return Path(raw)
+        if isinstance(default, int | float):
+            return type(default)(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a {type(default).__name__}") from None
+    return raw
+
+
+def describe(cls: type = Settings, prefix: str = ENV_PREFIX) -> Iterator[tuple[str, Any, str]]:
+    """(variable, default, help) for every setting, sections included: the README's table."""
+    for f in fields(cls):
+        if f.metadata.get("section"):
+            yield from describe(f.default_factory, f"{prefix}{_section_name(f.name)}_")  # type: ignore[misc]
+        elif not is_dataclass(_default(f)):
+            yield prefix + f.name.upper(), _default(f), f.metadata.get("help", "")

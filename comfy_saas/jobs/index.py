@@ -1,0 +1,70 @@
+"""Numbered index slots per scope (all jobs, each user), newest first, without ever scanning the Dict.
+
+A writer claims `idx:{scope}:{n}` with skip_if_exists, so concurrent writers get distinct slots. The head
+hint may lag behind racing writers; readers correct it by probing forward in parallel batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from comfy_saas.backends.parallel import run_all
+from comfy_saas.jobs import keys
+
+PROBE_BATCH = 8  # slots probed past the head hint in one round trip
+
+
+class DictLike(Protocol):
+    def get(self, key: Any, default: Any = None) -> Any: ...
+    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool: ...
+    def pop(self, key: Any, default: Any = ...) -> Any: ...
+    def contains(self, key: Any) -> bool: ...
+    def update(self, other: Any = None, /, **kwargs: Any) -> None: ...
+
+
+class SlotIndex:
+    """Append-only numbered slots per scope; reading a page costs O(page), never a scan."""
+
+    def __init__(self, d: DictLike) -> None:
+        self._d = d
+
+    def append(self, scope: str, job_id: str, hint: int | None = None) -> int:
+        """Claim the next free slot for job_id; its number. `hint` is a head read earlier (saves a call)."""
+        n = (self.head_hint(scope) if hint is None else hint) + 1
+        while not self._d.put(keys.index_slot(scope, n), job_id, skip_if_exists=True):
+            n += 1
+        self._d.put(keys.index_head(scope), n)
+        return n
+
+    def head_hint(self, scope: str) -> int:
+        return self._d.get(keys.index_head(scope)) or 0
+
+    def head(self, scope: str) -> int:
+        """The highest claimed slot: the hint, corrected by probing forward PROBE_BATCH slots at a time."""
+        n = self.head_hint(scope)
+        while True:
+            probes = run_all([lambda k=k: self._d.contains(keys.index_slot(scope, k))
+                              for k in range(n + 1, n + 1 + PROBE_BATCH)])
+            taken = [n + 1 + i for i, present in enumerate(probes) if present]
+            if not taken:
+                return n
+            n = max(taken)
+
+    def slots(self, scope: str, numbers: list[int]) -> list[str | None]:
+        """The job ids in the given slots (None for empty ones), in one round trip."""
+        return run_all([lambda k=k: self._d.get(keys.index_slot(scope, k)) for k in numbers])
+
+    def remove(self, scope: str, n: int) -> None:
+        self._d.pop(keys.index_slot(scope, n), None)
+
+
+def past_finished_prefix(slots: list[tuple[int, Any]], finished: Callable[[Any], bool]) -> int | None:
+    """The slot after the longest run of finished entries at the start of `slots` (a new low-water
+    mark), or None when the first entry is unfinished."""
+    mark = None
+    for n, entry in slots:
+        if not finished(entry):
+            break
+        mark = n + 1
+    return mark

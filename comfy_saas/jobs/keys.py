@@ -1,0 +1,100 @@
+"""Every key format: Dict keys for jobs and their bookkeeping, queue partitions, and object keys.
+
+Nothing else builds a key. Object keys start with the job's creation date, so retention deletes whole
+days by prefix without reading any record (records expire on their own on Modal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+ALL = "all"
+WEBHOOKS = "webhooks"  # the index scope of webhook deliveries
+
+
+def job(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def payload(job_id: str) -> str:
+    return f"payload:{job_id}"
+
+
+def progress(job_id: str) -> str:
+    """The running attempt's heartbeat, progress and recent progress events (written by its owner only)."""
+    return f"progress:{job_id}"
+
+
+def claim(job_id: str, n: int) -> str:
+    """The decision that moved a job from the record at claim n-1: who made it, when, and its outcome."""
+    return f"claim:{job_id}:{n}"
+
+
+def cancel(job_id: str) -> str:
+    return f"cancel:{job_id}"
+
+
+def idempotency(user_id: str | None, key: str) -> str:
+    # Hashed so user ids and keys may contain the separator without colliding.
+    digest = hashlib.sha256(f"{user_id or ''}\0{key}".encode()).hexdigest()
+    return f"idem:{digest}"
+
+
+def scope(user_id: str | None) -> str:
+    return ALL if user_id is None else f"user:{user_id}"
+
+
+def index_slot(scope_name: str, n: int) -> str:
+    return f"idx:{scope_name}:{n}"
+
+
+def index_head(scope_name: str) -> str:
+    return f"idxhead:{scope_name}"
+
+
+def active_slot(scope_name: str, n: int) -> str:
+    return f"active:{scope_name}:{n}"
+
+
+def webhook(job_id: str) -> str:
+    return f"webhook:{job_id}"
+
+
+def webhook_indexed(job_id: str) -> str:
+    return f"whidx:{job_id}"
+
+
+def webhook_attempt(job_id: str, n: int) -> str:
+    return f"whattempt:{job_id}:{n}"
+
+
+def maintenance(name: str) -> str:
+    """State the sweeper and cleanup keep between runs (cursors, watch lists, leases)."""
+    return f"maint:{name}"
+
+
+def object_info(pool: str) -> str:
+    return f"object_info:{pool}"
+
+
+def partition(pool: str) -> str:
+    return pool
+
+
+def object_day(created: datetime) -> str:
+    """The folder of everything stored for jobs created that day (UTC)."""
+    return f"jobs/{created:%Y-%m-%d}/"
+
+
+def object_prefix(job_id: str, created: datetime) -> str:
+    return f"{object_day(created)}{job_id}/"
+
+
+def output(job_id: str, created: datetime, node_id: str, filename: str) -> str:
+    return f"{object_prefix(job_id, created)}out/{node_id}/{filename}"
+
+
+def input_object(job_id: str, created: datetime, name: str) -> str:
+    """Large submitted data (media, big workflows) kept out of the Dict."""
+    return f"{object_prefix(job_id, created)}in/{name}"

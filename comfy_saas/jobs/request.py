@@ -1,0 +1,244 @@
+"""What a client submits: the job request, its media and overrides, validated against the edge limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from comfy_saas.config import Limits
+from comfy_saas.errors import InvalidInput, MalformedBody
+from comfy_saas.jobs.model import Job
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()\-]{0,254}$")
+_IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
+_POOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+_DATA_URL_PREFIX = re.compile(r"^data:[\w.+\-]+/[\w.+\-]+;base64,")
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return (info.context or {}).get("limits") or Limits()
+
+
+def check_url(url: str, limits: Limits) -> str:
+    """An absolute http(s) URL within the length cap; the network checks happen where it is fetched."""
+    if len(url) > limits.max_url_length:
+        raise ValueError(f"URL is longer than {limits.max_url_length} characters")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in {"http", "https"}:
+        raise ValueError(f"URL scheme must be http or https, not {parts.scheme or 'missing'!r}")
+    if not parts.hostname:
+        raise ValueError("URL has no host")
+    return url
+
+
+class MediaInput(BaseModel):
+    """A file the workflow reads (e.g. LoadImage's `image`), given by URL or as base64."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="File name the workflow refers to, e.g. in LoadImage.image")
+    url: str | None = None
+    base64: str | None = Field(default=None, description="Base64 bytes, optionally as a data: URL")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _SAFE_NAME.match(v) or ".." in v:
+            raise ValueError("must be a plain file name (letters, digits, space, . _ - ( ); no paths)")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else check_url(v, _limits(info))
+
+    @field_validator("base64")
+    @classmethod
+    def _b64(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        cap = _limits(info).max_media_bytes
+        body = _DATA_URL_PREFIX.sub("", v, count=1)
+        if len(body) * 3 // 4 > cap + 2:
+            raise ValueError(f"decoded size exceeds the {cap} byte limit")
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("is not valid base64") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MediaInput:
+        if (self.url is None) == (self.base64 is None):
+            raise ValueError("give exactly one of url or base64")
+        return self
+
+    def decoded(self) -> bytes:
+        """The base64 payload as bytes (only for base64 inputs)."""
+        return base64.b64decode(_DATA_URL_PREFIX.sub("", self.base64 or "", count=1))
+
+    def decoded_size(self) -> int:
+        body = _DATA_URL_PREFIX.sub("", self.base64 or "", count=1)
+        return len(body) * 3 // 4 - body.count("=", -2)
+
+
+class Override(BaseModel):
+    """Set one node input before the workflow runs: workflow[node].inputs[input] = value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node: str = Field(min_length=1, max_length=64)
+    input: str = Field(min_length=1, max_length=128)
+    value: Any
+
+
+def _check_workflow(wf: dict[str, Any], limits: Limits) -> None:
+    if not wf:
+        raise ValueError("is empty; send a ComfyUI API-format graph {node_id: {class_type, inputs}}")
+    if isinstance(wf.get("nodes"), list) and "links" in wf:
+        raise ValueError("looks like a UI-format export (has 'nodes' and 'links'); in ComfyUI use "
+                         "'Export (API)' and send that file")
+    if "prompt" in wf and len(wf) <= 3 and isinstance(wf["prompt"], dict):
+        raise ValueError("looks like a /prompt request body; send the graph inside 'prompt' as the workflow")
+    if len(wf) > limits.max_workflow_nodes:
+        raise ValueError(f"has {len(wf)} nodes; the limit is {limits.max_workflow_nodes}")
+    for node_id, node in wf.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) or not node["class_type"]:
+            raise ValueError(f"node {node_id!r} needs a non-empty string 'class_type' (API format)")
+        if not isinstance(node.get("inputs", {}), dict):
+            raise ValueError(f"node {node_id!r}: 'inputs' must be an object")
+    size = len(json.dumps(wf, separators=(",", ":")))
+    if size > limits.max_workflow_bytes:
+        raise ValueError(f"is {size} bytes; the limit is {limits.max_workflow_bytes}")
+
+
+class JobRequest(BaseModel):
+    """A job submission as a client sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: dict[str, Any] = Field(description="ComfyUI API-format graph")
+    media: list[MediaInput] = Field(default_factory=list)
+    overrides: list[Override] = Field(default_factory=list)
+    webhook_url: str | None = None
+    user_id: str | None = None
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    pool: str | None = None
+    timeout_s: int | None = Field(default=None, ge=1)
+    include_previews: bool = False
+    webhook_progress: bool = Field(default=False, description="also POST job.progress events (best effort)")
+
+    @field_validator("workflow")
+    @classmethod
+    def _workflow(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        _check_workflow(v, _limits(info))
+        return v
+
+    @field_validator("media")
+    @classmethod
+    def _media(cls, v: list[MediaInput], info: ValidationInfo) -> list[MediaInput]:
+        limits = _limits(info)
+        if len(v) > limits.max_media_items:
+            raise ValueError(f"has {len(v)} items; the limit is {limits.max_media_items}")
+        if len({m.name for m in v}) != len(v):
+            raise ValueError("names must be unique")
+        total = sum(m.decoded_size() for m in v if m.base64)
+        if total > limits.max_media_total_bytes:
+            raise ValueError(f"base64 items add up to {total} bytes; the limit is {limits.max_media_total_bytes}")
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, v: list[Override], info: ValidationInfo) -> list[Override]:
+        if len(v) > _limits(info).max_overrides:
+            raise ValueError(f"has {len(v)} items; the limit is {_limits(info).max_overrides}")
+        return v
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else check_url(v, _limits(info))
+
+    @field_validator("user_id")
+    @classmethod
+    def _ident(cls, v: str | None) -> str | None:
+        if v is not None and not _IDENT.match(v):
+            raise ValueError("must be 1-128 characters of letters, digits and _ . : @ -")
+        return v
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v: str | None) -> str | None:
+        if v is not None and not _POOL.match(v):
+            raise ValueError("must be 1-64 characters of letters, digits and _ -")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        limits = _limits(info)
+        if len(v) > limits.max_metadata_keys:
+            raise ValueError(f"has {len(v)} keys; the limit is {limits.max_metadata_keys}")
+        if len(json.dumps(v)) > limits.max_metadata_bytes:
+            raise ValueError(f"is larger than {limits.max_metadata_bytes} bytes as JSON")
+        return v
+
+    @field_validator("timeout_s")
+    @classmethod
+    def _timeout(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v > _limits(info).max_timeout_s:
+            raise ValueError(f"must be at most {_limits(info).max_timeout_s} seconds")
+        return v
+
+    @model_validator(mode="after")
+    def _overrides_name_nodes(self) -> JobRequest:
+        for i, o in enumerate(self.overrides):
+            if o.node not in self.workflow:
+                raise ValueError(f"overrides[{i}].node: no node {o.node!r} in the workflow")
+        return self
+
+
+def parse_submission(body: bytes | str | dict[str, Any], limits: Limits | None = None) -> JobRequest:
+    """Validate a raw submission; raise InvalidInput naming the first bad field."""
+    if isinstance(body, bytes | str):
+        try:
+            body = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedBody(f"request body is not valid JSON: {exc}", field="body") from None
+    if not isinstance(body, dict):
+        raise MalformedBody("request body must be a JSON object", field="body")
+    try:
+        return JobRequest.model_validate(body, context={"limits": limits or Limits()})
+    except ValidationError as exc:
+        raise invalid_input_from(exc) from None
+
+
+def invalid_input_from(exc: ValidationError) -> InvalidInput:
+    """The first pydantic error as InvalidInput with a dotted field path like `media[0].url`."""
+    err = exc.errors()[0]
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "is not a known field"
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return InvalidInput(f"{field or 'body'}: {message}{suffix}", field=field or "body")
+
+
+
+def new_job(request: JobRequest, job_id: str, default_pool: str, now: datetime) -> Job:
+    """A fresh queued job for a validated request."""
+    return Job(
+        id=job_id, user_id=request.user_id, pool=request.pool or default_pool, created_at=now,
+        updated_at=now, webhook_url=request.webhook_url, metadata=request.metadata,
+        idempotency_key=request.idempotency_key, timeout_s=request.timeout_s,
+        include_previews=request.include_previews, webhook_progress=request.webhook_progress,
+    )

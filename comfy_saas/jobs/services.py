@@ -1,0 +1,54 @@
+"""The service container: one Settings object and everything built over it, in either home.
+
+    Services.over(dict, queue, settings)   any Dict/Queue pair: Modal's, or the local twins
+    local_services(settings)               the local home: SQLite twins and files under data_dir
+
+Operations, the worker, the sweeper and operator commands all receive a Services; nothing below this
+module knows which home it runs in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from comfy_saas.backends.objects import ObjectStore, object_store
+from comfy_saas.config import Settings
+from comfy_saas.jobs import webhooks
+from comfy_saas.jobs.lifecycle import Lifecycle
+from comfy_saas.jobs.model import utcnow
+from comfy_saas.jobs.store import JobStore
+
+
+@dataclass
+class Services:
+    """What every operation needs: settings, the job store, object storage, the lifecycle's moves, and
+    how to wake a worker pool (None where workers poll, as locally)."""
+
+    settings: Settings
+    store: JobStore
+    objects: ObjectStore
+    lifecycle: Lifecycle = field(init=False)
+    wake: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.lifecycle = Lifecycle(self.store, self.settings, on_delivery=self._first_delivery_attempt)
+
+    def _first_delivery_attempt(self, job_id: str, owner: str) -> None:
+        webhooks.deliver_now(self, job_id, owner)
+
+    @classmethod
+    def over(cls, jobs: Any, work: Any, settings: Settings, objects: ObjectStore | None = None,
+             wake: Callable[[str], None] | None = None, clock: Callable[[], datetime] = utcnow) -> Services:
+        """Services over a Dict/Queue pair; object storage as the settings name it unless given."""
+        return cls(settings, JobStore(jobs, work, settings, clock), objects or object_store(settings), wake)
+
+
+def local_services(settings: Settings) -> Services:
+    """Store, queue and object storage under settings.data_dir (the twins in the configured profile)."""
+    from comfy_saas.backends.twins import LocalDict, LocalQueue
+
+    db = settings.data_dir / "state.sqlite3"
+    return Services.over(LocalDict(db, "jobs"), LocalQueue(db, "work"), settings)

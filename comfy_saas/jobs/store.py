@@ -1,0 +1,365 @@
+"""The job store over any modal.Dict / modal.Queue pair (or their local twins): the primitives every job
+move is made of. The moves themselves live in lifecycle.py.
+
+The Dict is the source of truth; the Queue only carries wake-ups. Dict has no compare-and-swap, so every
+"exactly one wins" decision is a `put(..., skip_if_exists=True)`: idempotency keys, quota and index slots,
+and every status move. `transition()` is the one gateway for status writes: a move from the record at claim
+n wins `claim:{id}:{n+1}` with its outcome inside, then writes the record, so two moves can never both
+win and a crashed writer's decision can be finished by whoever finds it. A running attempt's heartbeat and
+progress live under their own key, written only by the attempt's owner, so they never write back a
+record read earlier.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from comfy_saas.backends.parallel import run_all, submit
+from comfy_saas.config import Settings
+from comfy_saas.errors import InvalidInput, NotFound, NotOwner, QueueFull
+from comfy_saas.jobs import keys
+from comfy_saas.jobs.index import DictLike, SlotIndex
+from comfy_saas.jobs.model import Job, Progress, Status, check_transition, utcnow
+
+MAX_PAGE = 100
+PROGRESS_EVENTS_KEPT = 300
+# With a status filter a page may need more slots than its size; bound the work and hand back a cursor.
+_FILTER_SCAN_FACTOR = 5
+
+
+class QueueLike(Protocol):
+    def put(self, v: Any, block: bool = True, timeout: float | None = None, *, partition: str | None = None
+            ) -> None: ...
+    def get(self, block: bool = True, timeout: float | None = None, *, partition: str | None = None) -> Any: ...
+    def len(self, *, partition: str | None = None, total: bool = False) -> int: ...
+
+
+class Decided(NotOwner):
+    """Another actor's move won the claim this one needed; `winner` is its outcome (when recorded) and
+    `at` when it was claimed, so a record left behind by a crashed winner can be repaired."""
+
+    def __init__(self, message: str, winner: Job | None, at: datetime | None) -> None:
+        super().__init__(message)
+        self.winner = winner
+        self.at = at
+
+
+@dataclass
+class Page:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+class JobStore:
+    """Jobs over a Dict/Queue pair."""
+
+    def __init__(self, jobs: DictLike, work: QueueLike, settings: Settings,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.d = jobs
+        self._q = work
+        self.settings = settings
+        self.clock = clock
+        self.index = SlotIndex(jobs)
+        self._pending: dict[str, Future] = {}
+        self._pending_lock = threading.Lock()
+
+    # --- records -----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        """The job with its running attempt's heartbeat and progress (one round trip)."""
+        record, live = run_all([lambda: self.d.get(keys.job(job_id)), lambda: self.d.get(keys.progress(job_id))])
+        return _merge(record, live)
+
+    def get_many(self, job_ids: list[str | None]) -> list[Job | None]:
+        """Several jobs in one round trip; None for missing ids and records."""
+        calls = []
+        for job_id in job_ids:
+            calls += [lambda j=job_id: self.d.get(keys.job(j)) if j else None,
+                      lambda j=job_id: self.d.get(keys.progress(j)) if j else None]
+        got = run_all(calls)
+        return [_merge(got[i], got[i + 1]) for i in range(0, len(got), 2)]
+
+    def require(self, job_id: str, user_id: str | None = None) -> Job:
+        """The job, or NotFound (also when it belongs to another user than `user_id`)."""
+        job = self.get(job_id)
+        if job is None or (user_id is not None and job.user_id != user_id):
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def payload(self, job_id: str) -> dict[str, Any]:
+        """The workflow, media and overrides of a job."""
+        body = self.d.get(keys.payload(job_id))
+        if body is None:
+            raise NotFound(f"no workflow stored for job {job_id!r}")
+        return body
+
+    def put_new(self, job: Job, payload: dict[str, Any]) -> None:
+        """Store a new job's record and payload in one call."""
+        self.d.update({keys.payload(job.id): payload, keys.job(job.id): job.to_record()})
+
+    def forget_new(self, job: Job) -> None:
+        """Undo put_new for a submission that could not be completed."""
+        run_all([lambda: self.d.pop(keys.job(job.id), None), lambda: self.d.pop(keys.payload(job.id), None)])
+
+    def add_to_index(self, job: Job) -> None:
+        scopes = [keys.ALL] + ([keys.scope(job.user_id)] if job.user_id is not None else [])
+        run_all([lambda s=s: self.index.append(s, job.id) for s in scopes])
+
+    # --- idempotency keys --------------------------------------------------------------------
+
+    def claim_idempotency(self, user_id: str | None, key: str, job_id: str, digest: str) -> bool:
+        return self.d.put(keys.idempotency(user_id, key), {"job_id": job_id, "digest": digest}, skip_if_exists=True)
+
+    def idempotency_entry(self, user_id: str | None, key: str) -> dict[str, Any] | None:
+        return self.d.get(keys.idempotency(user_id, key))
+
+    def forget_idempotency(self, user_id: str | None, key: str) -> None:
+        self.d.pop(keys.idempotency(user_id, key), None)
+
+    # --- active-job quotas: numbered slots claimed with skip_if_exists ---------------------------
+
+    def acquire_active(self, scope: str, capacity: int, job_id: str, probes: int = 32) -> int | None:
+        """Take one of `capacity` active slots for job_id; None when all probed slots are busy. A slot
+        whose job has finished (its release was lost) is taken over."""
+        start = random.randrange(capacity)
+        for i in range(min(capacity, probes)):
+            n = (start + i) % capacity
+            key = keys.active_slot(scope, n)
+            if self.d.put(key, job_id, skip_if_exists=True):
+                return n
+            holder = self.d.get(key)
+            held = self.get(holder) if holder else None
+            # A holder with no record yet is a submit in flight, not a leak.
+            if held is not None and held.terminal and self._pop_if(key, holder) \
+                    and self.d.put(key, job_id, skip_if_exists=True):
+                return n
+        return None
+
+    def release_active(self, job: Job) -> None:
+        """Give back the job's quota slots; idempotent."""
+        run_all([lambda s=s, n=n: self._pop_if(keys.active_slot(s, n), job.id)
+                 for s, n in (job.active_slots or {}).items()])
+
+    def _pop_if(self, key: str, holder: str) -> bool:
+        """Pop key if it still holds `holder`; a slot meanwhile taken by another job is put back."""
+        popped = self.d.pop(key, None)
+        if popped is not None and popped != holder:
+            self.d.put(key, popped, skip_if_exists=True)
+            return False
+        return popped is not None
+
+    # --- decisions and status -------------------------------------------------------------------
+
+    def transition(self, job: Job, target: Status, owner: str, *, defer_write: bool = False, **changes: Any) -> Job:
+        """Move `job` (as the caller last saw it) to `target`; the only status writer.
+
+        The move wins claim `claim_seq + 1` with its outcome in one `put(skip_if_exists)`, so every decision
+        about a job's next step has exactly one winner and survives a crash of its writer; then the record
+        is written. IllegalTransition for moves the lifecycle forbids, Decided when another actor's move won.
+        With defer_write the record is written in the background (later writes of it wait for it)."""
+        check_transition(job.status, target)
+        now = self.clock()
+        n = job.claim_seq + 1
+        updated = job.model_copy(update={"status": target, "claim_seq": n, "updated_at": now,
+                                         **_stamps(job, target, now), **changes})
+        updated = Job.model_validate(updated.model_dump())  # validate the changes, not just copy them
+        entry = {"owner": owner, "at": now.isoformat(), "outcome": updated.to_record()}
+        if not self.d.put(keys.claim(job.id, n), entry, skip_if_exists=True):
+            raise self._decided(job, n)
+        self.write_record(updated, wait=not defer_write)
+        return updated
+
+    def _decided(self, job: Job, n: int) -> Decided:
+        entry = self.d.get(keys.claim(job.id, n)) or {}
+        winner = Job.model_validate(entry["outcome"]) if entry.get("outcome") else None
+        at = datetime.fromisoformat(entry["at"]) if entry.get("at") else None
+        return Decided(f"claim {n} of job {job.id} was won by {entry.get('owner', 'someone else')}", winner, at)
+
+    def write_record(self, job: Job, wait: bool = True) -> None:
+        """Write a job's record; writes of one job from this process land in the order they were made."""
+        with self._pending_lock:
+            before = self._pending.pop(job.id, None)
+        if before is not None:
+            before.result()
+        if wait:
+            self.d.put(keys.job(job.id), job.to_record())
+            return
+        future = submit(lambda: self.d.put(keys.job(job.id), job.to_record()))
+        with self._pending_lock:
+            self._pending[job.id] = future
+
+    def settle(self, job_id: str) -> None:
+        """Wait for a deferred record write of this job, if one is in flight."""
+        with self._pending_lock:
+            future = self._pending.pop(job_id, None)
+        if future is not None:
+            future.result()
+
+    def claim_entry(self, job_id: str, n: int) -> dict[str, Any] | None:
+        return self.d.get(keys.claim(job_id, n))
+
+    # --- a running attempt's heartbeat and progress --------------------------------------------
+
+    def write_progress(self, job: Job, progress: Progress | None, events: list[dict[str, Any]]) -> Job | None:
+        """The running attempt's heartbeat (and progress), keyed by its claim; returns the record as it
+        stands, so the owner sees if the job moved on."""
+        live = {"claim": job.claim_seq, "heartbeat_at": self.clock().isoformat(),
+                "progress": progress.model_dump(mode="json") if progress is not None else None,
+                "events": events[-PROGRESS_EVENTS_KEPT:]}
+        _, record = run_all([lambda: self.d.put(keys.progress(job.id), live),
+                             lambda: self.d.get(keys.job(job.id))])
+        return None if record is None else Job.model_validate(record)
+
+    def progress_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        """Progress events with seq > after, oldest first (the newest few hundred are kept)."""
+        live = self.d.get(keys.progress(job_id)) or {}
+        return [e for e in live.get("events") or [] if e["seq"] > after]
+
+    # --- cancel --------------------------------------------------------------------------------
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.d.contains(keys.cancel(job_id))
+
+    def flag_cancel(self, job_id: str) -> None:
+        """Ask whoever runs the job to stop it (a live worker polls this flag)."""
+        self.d.put(keys.cancel(job_id), self.clock().isoformat())
+
+    # --- webhook deliveries (one per terminal event; the state machine is in webhooks.py) ---------
+
+    def register_webhook(self, delivery: dict[str, Any]) -> bool:
+        """Store a new delivery once; True if this call created it."""
+        return self.d.put(keys.webhook(delivery["job_id"]), delivery, skip_if_exists=True)
+
+    def index_webhook(self, job_id: str) -> None:
+        """Put a delivery where the dispatcher looks, once (a repeat after a crash finds it indexed)."""
+        if self.d.contains(keys.webhook_indexed(job_id)):
+            return
+        slot = self.index.append(keys.WEBHOOKS, job_id)
+        self.d.put(keys.webhook_indexed(job_id), slot)
+
+    def pending_webhooks(self, max_slots: int) -> list[tuple[int, dict[str, Any] | None]]:
+        """Deliveries from the webhook low-water mark towards the newest, oldest first."""
+        low = self.state("webhooks_low", 1)
+        head = self.index.head(keys.WEBHOOKS)
+        numbers = list(range(low, min(head, low + max_slots - 1) + 1))
+        ids = self.index.slots(keys.WEBHOOKS, numbers)
+        deliveries = run_all([lambda j=j: self.webhook(j) if j else None for j in ids])
+        return list(zip(numbers, deliveries, strict=True))
+
+    def webhook(self, job_id: str) -> dict[str, Any] | None:
+        return self.d.get(keys.webhook(job_id))
+
+    def save_webhook(self, delivery: dict[str, Any]) -> None:
+        self.d.put(keys.webhook(delivery["job_id"]), delivery)
+
+    def claim_webhook_attempt(self, job_id: str, n: int, owner: str) -> bool:
+        """Exactly one sender makes attempt n of a job's delivery."""
+        return self.d.put(keys.webhook_attempt(job_id, n), {"owner": owner, "at": self.clock().isoformat()},
+                          skip_if_exists=True)
+
+    def webhook_attempt_claim(self, job_id: str, n: int) -> dict[str, Any] | None:
+        return self.d.get(keys.webhook_attempt(job_id, n))
+
+    # --- the deployed ComfyUI's node catalogue, for pre-flight validation ------------------------
+
+    def save_object_info(self, schema: dict[str, Any], pool: str | None = None) -> None:
+        self.d.put(keys.object_info(pool or self.settings.default_pool), schema)
+
+    def object_info(self, pool: str | None = None) -> dict[str, Any] | None:
+        return self.d.get(keys.object_info(pool or self.settings.default_pool))
+
+    # --- the work queue ------------------------------------------------------------------------
+
+    def enqueue(self, job: Job) -> None:
+        """Wake a worker of the job's pool; never blocks (a full partition is QueueFull)."""
+        try:
+            self._q.put(job.id, block=False, partition=keys.partition(job.pool))
+        except queue.Full:
+            raise QueueFull(f"the {job.pool!r} work queue is full; retry later", retry_after_s=10) from None
+
+    def next_job_id(self, pool: str, timeout_s: float) -> str | None:
+        """The next job id from a pool's queue, or None after timeout_s."""
+        try:
+            return self._q.get(timeout=timeout_s, partition=keys.partition(pool))
+        except queue.Empty:
+            return None
+
+    def queue_depth(self, pool: str | None = None) -> int:
+        if pool is None:
+            return self._q.len(total=True)
+        return self._q.len(partition=keys.partition(pool))
+
+    # --- maintenance state and deletion --------------------------------------------------------
+
+    def state(self, name: str, default: Any = None) -> Any:
+        return self.d.get(keys.maintenance(name), default)
+
+    def save_state(self, name: str, value: Any) -> None:
+        self.d.put(keys.maintenance(name), value)
+
+    def delete_job(self, job: Job) -> None:
+        """Remove a job and everything kept for it from the Dict; idempotent."""
+        doomed = [keys.job(job.id), keys.payload(job.id), keys.cancel(job.id),
+                  keys.progress(job.id), keys.webhook(job.id), keys.webhook_indexed(job.id),
+                  *(keys.claim(job.id, n) for n in range(1, job.claim_seq + 2))]
+        if job.idempotency_key:
+            doomed.append(keys.idempotency(job.user_id, job.idempotency_key))
+        delivery = self.webhook(job.id)
+        if delivery is not None:
+            doomed += [keys.webhook_attempt(job.id, n) for n in range(1, len(delivery["attempts"]) + 2)]
+        run_all([lambda k=k: self.d.pop(k, None) for k in doomed])
+
+    # --- listing -------------------------------------------------------------------------------
+
+    def list_jobs(self, *, user_id: str | None = None, status: Status | None = None,
+                  cursor: str | None = None, limit: int = 20) -> Page:
+        """Newest first, `limit` per page; `cursor` comes from the previous page's next_cursor."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+        scope = keys.scope(user_id)
+        n = self.index.head(scope) if cursor is None else _parse_cursor(cursor)
+        budget = limit * (_FILTER_SCAN_FACTOR if status else 1)
+        jobs: list[Job] = []
+        while n >= 1 and len(jobs) < limit and budget > 0:
+            take = min(budget, limit if status else limit - len(jobs))
+            numbers = list(range(n, max(0, n - take), -1))
+            ids = self.index.slots(scope, numbers)
+            n, budget = numbers[-1] - 1, budget - len(numbers)
+            for job in self.get_many(ids):
+                if job is not None and (status is None or job.status is status) and len(jobs) < limit:
+                    jobs.append(job)
+        return Page(jobs=jobs, next_cursor=str(n) if n >= 1 else None)
+
+
+def _merge(record: dict[str, Any] | None, live: dict[str, Any] | None) -> Job | None:
+    """A record with its running attempt's heartbeat and progress, when they belong to the same attempt."""
+    if record is None:
+        return None
+    job = Job.model_validate(record)
+    if live and job.status is Status.RUNNING and live.get("claim") == job.claim_seq:
+        job.heartbeat_at = datetime.fromisoformat(live["heartbeat_at"])
+        if live.get("progress") is not None:
+            job.progress = Progress.model_validate(live["progress"])
+    return job
+
+
+def _parse_cursor(cursor: str) -> int:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
+        raise InvalidInput("cursor is not one this API returned", field="cursor")
+    return int(cursor)
+
+
+def _stamps(job: Job, target: Status, now: datetime) -> dict[str, Any]:
+    """Fields a status change sets by rule, so callers cannot forget them."""
+    if target is Status.RUNNING:
+        return {"attempts": job.attempts + 1, "started_at": now, "heartbeat_at": now, "error": None}
+    if target is Status.QUEUED:
+        return {"worker_id": None, "heartbeat_at": None, "progress": None}
+    return {"finished_at": now}

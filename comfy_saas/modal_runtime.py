@@ -1,0 +1,123 @@
+"""What app.py's Modal functions do inside their containers, kept here so app.py is only wiring."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from comfy_saas.config import Settings
+from comfy_saas.config.deploy import DeployConfig, installation_report
+from comfy_saas.jobs.services import Services
+from comfy_saas.runner.comfy_process import ComfyProcess
+from comfy_saas.runner.worker import Worker, new_worker_id
+
+log = logging.getLogger(__name__)
+
+
+def services(jobs_dict: Any, work_queue: Any, wake: Callable[[str], None] | None = None) -> Services:
+    """The services over the deployed Dict and Queue, with settings from the attached Secrets."""
+    from comfy_saas import logs
+
+    logs.configure()
+    settings = Settings.from_env()
+    settings.check_retention(entries_expire=True)
+    return Services.over(jobs_dict, work_queue, settings, wake=wake)
+
+
+def deployed_services() -> Services:
+    """Services over the deployed app's Dict and Queue by name (needs Modal credentials, as in `modal shell`)."""
+    import modal
+
+    from comfy_saas.config import names
+
+    return services(modal.Dict.from_name(names.JOBS_DICT), modal.Queue.from_name(names.WORK_QUEUE))
+
+
+def sweep(svc: Services, wake: Callable[[str], None]) -> dict[str, int]:
+    """The scheduled sweep: lost workers, timeouts, lost wake-ups, webhook retries; wakes pools with work."""
+    from comfy_saas.jobs import sweeper, webhooks
+
+    done = sweeper.sweep(svc)
+    done.update({f"webhook_{k}": v for k, v in webhooks.dispatch(svc, owner="sweep").items()})
+    if done.get("reenqueue") or done.get("requeue"):
+        wake(svc.settings.default_pool)
+    return dict(done)
+
+
+def attach_gpu(comfy: ComfyProcess) -> None:
+    """After a snapshot restore: move ComfyUI onto the GPU via memory_snapshot_helper's route."""
+    req = urllib.request.Request(f"{comfy.url}/cuda/set_device", data=b"{}", method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        log.info("cuda/set_device: %s", json.loads(resp.read()))
+
+
+def restored_worker(svc: Services, comfy: ComfyProcess, scratch: Path, warmup_workflow: str = "") -> Worker:
+    """A worker with a fresh id (never made during the snapshot, so restored containers differ)."""
+    def unhealthy() -> bool:
+        import modal.experimental
+
+        modal.experimental.stop_fetching_inputs()  # this container takes no more drains
+        return False
+
+    worker = Worker(svc, comfy.client, worker_id=new_worker_id(), on_unhealthy=unhealthy, scratch_dir=scratch,
+                    start_kind="restored", warmup_workflow=warmup_workflow or None)
+    worker.prepare()  # catalogue and warmup before the first input arrives
+    return worker
+
+
+def preload_checkpoints(comfy: ComfyProcess, checkpoints: list[str], timeout_s: float = 900) -> None:
+    """Snapshot phase: load checkpoints into ComfyUI's cache on the CPU, so the snapshot holds them."""
+    if not checkpoints:
+        return
+    import time
+
+    from comfy_saas.config.deploy import preload_workflow
+
+    prompt_id = "snapshot-preload"
+    comfy.client.queue_prompt(preload_workflow(checkpoints), "snapshot", prompt_id)
+    deadline = time.monotonic() + timeout_s
+    while (entry := comfy.client.history(prompt_id)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("preloading checkpoints did not finish")
+        time.sleep(0.5)
+    log.info("preloaded %s: %s", checkpoints, entry.get("status", {}).get("status_str"))
+
+
+def verify_setup(config: DeployConfig, comfy_dir: Path, models_dir: Path, port: int) -> dict[str, Any]:
+    """Models and custom nodes present or missing against deploy.toml, and whether ComfyUI starts."""
+    report = installation_report(config, comfy_dir, models_dir)
+    comfy = ComfyProcess(comfy_dir, port)
+    try:
+        comfy.start(ready_timeout_s=300)
+        report["comfyui_starts"] = True
+    except Exception as exc:  # the report says what went wrong rather than failing the check
+        report["comfyui_starts"] = False
+        report["comfyui_error"] = str(exc)
+    finally:
+        comfy.stop()
+    report["ok"] = report["comfyui_starts"] and not report["models_missing"] and not report["custom_nodes_missing"]
+    return report
+
+
+def extra_model_paths(models_dir: str) -> str:
+    """ComfyUI's extra_model_paths.yaml pointing every model folder at the models Volume, on one line
+    with printf escapes (an image build step is a single shell line)."""
+    kinds = ["checkpoints", "clip", "clip_vision", "configs", "controlnet", "diffusion_models", "embeddings",
+             "loras", "text_encoders", "unet", "upscale_models", "vae", "vae_approx"]
+    return "comfy_saas:\\n  base_path: " + models_dir + "\\n" + "".join(f"  {k}: {k}\\n" for k in kinds)
+
+
+def download_models(config: DeployConfig, models_dir: str) -> None:
+    """Fetch each configured model from Hugging Face into the Volume (skips files already there)."""
+    from huggingface_hub import hf_hub_download
+
+    for m in config.models:
+        target = Path(models_dir) / m.subdir
+        if (target / m.file).is_file():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        hf_hub_download(repo_id=m.repo, filename=m.file, local_dir=target)

@@ -1,0 +1,99 @@
+"""Launching one ComfyUI server the way production does, and keeping it alive.
+
+`python main.py --listen 127.0.0.1 --port N [flags]` from a ComfyUI directory: the real ComfyUI on
+Modal or from COMFYUI_DIR locally, or the project's protocol double (comfyui_double/) otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from comfy_saas.errors import ComfyUnavailable
+from comfy_saas.runner.comfy_client import ComfyClient
+
+log = logging.getLogger(__name__)
+
+DOUBLE_DIR = Path(__file__).resolve().parent.parent / "comfyui_double"
+
+
+class ComfyProcess:
+    """One ComfyUI child process on a loopback port."""
+
+    def __init__(self, comfy_dir: str | Path, port: int, extra_args: list[str] | None = None,
+                 log_path: str | Path | None = None, python: str = sys.executable,
+                 env: dict[str, str] | None = None) -> None:
+        self.comfy_dir = Path(comfy_dir)
+        self.port = port
+        self.extra_args = list(extra_args or [])
+        self.log_path = Path(log_path) if log_path else None
+        self.python = python
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.client = ComfyClient(self.url)
+        self.restarts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), *self.extra_args]
+
+    def start(self, ready_timeout_s: float = 120.0) -> None:
+        """Start ComfyUI and wait until /system_stats answers; ComfyUnavailable if it never does."""
+        if not (self.comfy_dir / "main.py").is_file():
+            raise ComfyUnavailable(f"no main.py in ComfyUI directory {self.comfy_dir}")
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
+        self.proc = subprocess.Popen(self.command(), cwd=self.comfy_dir, stdout=out, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(self.env or {})}, start_new_session=True)
+        self.wait_ready(ready_timeout_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise ComfyUnavailable(f"ComfyUI exited with code {self.proc.returncode} while starting"
+                                       f"{self._log_tail()}")
+            if self.client.healthy(timeout_s=1.0):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise ComfyUnavailable(f"ComfyUI did not answer /system_stats within {timeout_s:.0f}s{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 15) -> str:
+        """Where the log is and its last lines, so a failed start says why (e.g. no GPU: pass --cpu)."""
+        if self.log_path is None or not self.log_path.is_file():
+            return " (no log kept; start it with a log path to see why)"
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        hint = ""
+        if any("CUDA" in line or "NVIDIA" in line or "torch.cuda" in line for line in tail):
+            hint = "\nIt looks like ComfyUI wanted a GPU: on a machine without one pass --comfyui-args=--cpu"
+        return f"; its log is {self.log_path}, ending:\n" + "\n".join(f"  {line}" for line in tail) + hint
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self, ready_timeout_s: float = 120.0) -> None:
+        self.stop()
+        self.restarts += 1
+        log.warning("restarting ComfyUI on port %s (restart %s)", self.port, self.restarts)
+        self.start(ready_timeout_s)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL after grace_s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,39 @@
+"""Who is calling: API keys from the settings, checked in constant time against every configured key."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from comfy_saas.config import Settings
+from comfy_saas.errors import Unauthorized
+from comfy_saas.jobs.operations import Caller
+
+
+def parse_api_keys(spec: str) -> list[tuple[str, str | None]]:
+    """'k1, k2:alice' -> [('k1', None), ('k2', 'alice')]."""
+    keys = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part:
+            key, _, user = part.partition(":")
+            keys.append((key, user or None))
+    return keys
+
+
+def authenticate(settings: Settings, authorization: str | None) -> Caller:
+    """The caller for an `Authorization: Bearer <key>` header; Unauthorized otherwise."""
+    keys = parse_api_keys(settings.api_keys)
+    if not keys and not settings.require_auth:
+        return Caller(key_id="anonymous")
+    if not keys:
+        raise Unauthorized("no API keys are configured on this server (set COMFY_API_KEYS)")
+    scheme, _, presented = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise Unauthorized("send an Authorization: Bearer <API key> header")
+    match = None
+    for key, user in keys:  # compare against every key, so timing says nothing about which one matched
+        if hmac.compare_digest(key.encode(), presented.strip().encode()):
+            match = (key, user)
+    if match is None:
+        raise Unauthorized("the API key is not valid")
+    return Caller(key_id=hashlib.sha256(match[0].encode()).hexdigest()[:12], user_id=match[1])
