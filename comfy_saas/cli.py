@@ -230,6 +230,40 @@ def ops(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- config ----------------------------------------------------------------------------------------
+
+
+def config(args: argparse.Namespace) -> int:
+    """Every setting with its variable, default and meaning (the README's table), or the values in effect."""
+    from comfy_saas.config.settings import describe, environment
+
+    if args.markdown:
+        print(config_table())
+        return EXIT_OK
+    env = environment()
+    for name, default, help_text in describe():
+        value = env.get(name)
+        shown = "(set)" if value is not None and _secret(name) else value
+        print(f"{name}={shown if value is not None else default!s}{'' if value is not None else '  (default)'}"
+              f"  # {help_text}")
+    return EXIT_OK
+
+
+def _secret(name: str) -> bool:
+    return any(word in name for word in ("KEY", "SECRET", "TOKEN"))
+
+
+def config_table() -> str:
+    """The configuration table as Markdown, generated from the settings themselves."""
+    from comfy_saas.config.settings import describe
+
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, default, help_text in describe():
+        shown = f"`{default}`" if default not in ("", None) else ""
+        rows.append(f"| `{name}` | {shown} | {help_text} |")
+    return "\n".join(rows)
+
+
 # --- parser --------------------------------------------------------------------------------------------
 
 
@@ -259,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=worker)
     _add_api_commands(sub)
     _add_ops(sub)
+    p = sub.add_parser("config", help="every setting: its variable, value in effect and meaning")
+    p.add_argument("--markdown", action="store_true", help="the README's table of variables and defaults")
+    p.set_defaults(run=config)
     return parser
 
 

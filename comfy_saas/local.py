@@ -46,7 +46,8 @@ class LocalStack:
 
     def __init__(self, settings: Settings, options: StackOptions) -> None:
         self.options = options
-        self.settings = replace(settings, public_base_url=f"http://{options.host}:{options.port}")
+        self.settings = replace(settings, public_base_url=settings.public_base_url or
+                                f"http://{options.host}:{options.port}")
         self.services = local_services(self.settings)
         self.processes: list[ComfyProcess] = []
         self.workers: list[Worker] = []
@@ -154,7 +155,7 @@ def serve(settings: Settings, options: StackOptions) -> None:
 
     from comfy_saas.web.http import create_app
 
-    settings = replace(settings, require_auth=bool(settings.api_keys))
+    settings = replace(settings, allow_anonymous=not settings.api_keys)
     stack = LocalStack(settings, options)
     print(f"comfy-saas: data in {settings.data_dir.resolve()}", flush=True)
     print(f"comfy-saas: starting {stack._worker_count()} worker(s) on {stack.comfy_source}", flush=True)

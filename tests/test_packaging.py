@@ -23,9 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
+    """`pip wheel --no-deps .` on a copy of the checkout (the build leaves no files in the repository)."""
+    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("dist")
+    for name in ("pyproject.toml", "README.md", "app.py", "worker.py", "storage.py", "deploy.toml"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("comfy_saas", "memory_snapshot_helper", "tests", "bench"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", ".*"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(src)], check=True, capture_output=True, timeout=300)
     return next(out.glob("comfy_saas-*.whl"))
 
 

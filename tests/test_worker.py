@@ -254,7 +254,7 @@ def test_a_warmup_runs_before_the_first_job_and_stays_out_of_its_breakdown(store
         second = finished(store, submit(store, {"1": empty(0x654321), "2": save("1", "after_warmup")}))
     t = first.timings
     assert t.start_kind == "warm" and t.warmup_ms >= 500
-    assert t.execute_ms < 500  # the warmup ran before the job, not inside it
+    assert t.execute_ms < t.warmup_ms  # the warmup ran before the job, not inside it
     assert second.timings.warmup_ms is None
 
 

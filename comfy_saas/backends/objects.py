@@ -190,7 +190,7 @@ def object_store(settings: Settings) -> ObjectStore:
         return S3Store(settings.r2, settings.presign_expiry_s)
     if settings.storage_backend == "local":
         return LocalStore(settings.data_dir / "outputs", settings.url_signing_secret or local_secret(settings),
-                          settings.public_base_url, settings.presign_expiry_s)
+                          settings.public_base_url or "http://127.0.0.1:8000", settings.presign_expiry_s)
     raise ValueError(f"unknown storage backend {settings.storage_backend!r} (use 'local' or 's3')")
 
 

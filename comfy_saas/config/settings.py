@@ -43,7 +43,6 @@ class Limits:
     max_metadata_keys: int = opt(32, "metadata keys per job")
     max_metadata_bytes: int = opt(8 * 1024, "metadata as JSON")
     max_url_length: int = opt(2_048, "length of a media or webhook URL")
-    max_string_length: int = opt(256, "length of short identifiers")
     max_timeout_s: int = opt(24 * 3600, "longest timeout_s a job may ask for")
     max_body_bytes: int = opt(100 * 1024 * 1024, "size of a request body")
 
@@ -94,11 +93,12 @@ class Settings:
     data_dir: Path = opt(Path("data"), "local home: SQLite twins, output files, ComfyUI folders")
     storage_backend: str = opt("local", "local (folder + signed URLs) or s3 (R2)")
     url_signing_secret: str = opt("", "HMAC key of local download URLs (default: random per data dir)")
-    public_base_url: str = opt("http://127.0.0.1:8000", "base of local download URLs")
+    public_base_url: str = opt("", "base of local download URLs (default: the local server's own address)")
     presign_expiry_s: int = opt(3_600, "lifetime of download URLs (R2 caps it at 7 days)")
     default_pool: str = opt("default", "pool of jobs that name none")
     api_keys: str = opt("", "`key` or `key:user_id`, comma-separated; a bound key sees only its user's jobs")
-    require_auth: bool = opt(True, "refuse requests without a key even when no keys are configured")
+    allow_anonymous: bool = opt(False, "accept requests without a key while no keys are configured (`comfy-saas "
+                                       "serve` turns it on when COMFY_API_KEYS is empty)")
     max_attempts: int = opt(3, "attempts per job before a lost worker fails it")
     heartbeat_stale_s: float = opt(60.0, "a running job silent this long has lost its worker")
     heartbeat_interval_s: float = opt(5.0, "how often a worker reports a running job")

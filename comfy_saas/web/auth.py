@@ -23,7 +23,7 @@ def parse_api_keys(spec: str) -> list[tuple[str, str | None]]:
 def authenticate(settings: Settings, authorization: str | None) -> Caller:
     """The caller for an `Authorization: Bearer <key>` header; Unauthorized otherwise."""
     keys = parse_api_keys(settings.api_keys)
-    if not keys and not settings.require_auth:
+    if not keys and settings.allow_anonymous:
         return Caller(key_id="anonymous")
     if not keys:
         raise Unauthorized("no API keys are configured on this server (set COMFY_API_KEYS)")
