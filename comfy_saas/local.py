@@ -31,7 +31,7 @@ class StackOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
-    sweep_interval_s: float = 30.0
+    sweep_interval_s: float = 5.0
     webhook_interval_s: float = 1.0
 
 

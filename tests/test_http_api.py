@@ -168,8 +168,7 @@ def test_quota_and_a_full_queue_answer_429_with_retry_after(tmp_path: Path):
         server.call("POST", f"/v1/jobs/{first.json()['id']}/cancel", ALICE)
         assert server.call("POST", "/v1/jobs", ALICE, json={"workflow": WORKFLOW, "pool": "idle"}).status_code == 201
     with running_server(tmp_path / "full") as server:
-        queue = server.stack.services.store._q
-        queue.capacity = 1
+        server.stack.services.store._q._target.capacity = 1  # the twin behind the guard: a one-item partition
         assert server.call("POST", "/v1/jobs", json={"workflow": WORKFLOW, "pool": "idle"}).status_code == 201
         full = server.call("POST", "/v1/jobs", json={"workflow": WORKFLOW, "pool": "idle"})
         assert_error_shape(full, 429, "queue_full")

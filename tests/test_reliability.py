@@ -48,7 +48,9 @@ def run_to(svc: Services, status: Status, **request: Any) -> str:
 
 
 def dispatch_until(svc: Services, job_id: str, state: str) -> dict:
+    """Run the sweeper (which lists pending deliveries) and the dispatcher until the delivery is in `state`."""
     def settled() -> dict | None:
+        sweeper.sweep(svc)
         webhooks.dispatch(svc)
         delivery = svc.store.webhook(job_id)
         return delivery if delivery["state"] == state else None
@@ -98,6 +100,8 @@ def test_two_dispatchers_never_send_one_attempt_twice(svc: Services, receiver: R
     job_ids = [run_to(svc, Status.COMPLETED, webhook_url=receiver.url) for _ in range(10)]
     barrier = threading.Barrier(4)
 
+    sweeper.sweep(svc)  # lists the pending deliveries
+
     def race(i: int) -> None:
         barrier.wait()
         webhooks.dispatch(svc, owner=f"d{i}")
@@ -125,8 +129,8 @@ def test_webhook_urls_into_our_network_are_refused_at_submit_and_at_send(db_path
             submit_job(strict, Caller("k"), {"workflow": WORKFLOW, "webhook_url": url})
         assert info.value.field == "webhook_url"
     job_id = run_to(strict, Status.COMPLETED, webhook_url="http://127.0.0.1:9/hook")  # stored before a DNS change
-    attempts = wait_until(lambda: (webhooks.dispatch(strict), strict.store.webhook(job_id)["attempts"])[1], 10,
-                          "the first attempt")
+    attempts = wait_until(lambda: (sweeper.sweep(strict), webhooks.dispatch(strict),
+                                   strict.store.webhook(job_id)["attempts"])[2], 10, "the first attempt")
     assert "refused" in attempts[0]["error"]
 
 
@@ -250,13 +254,16 @@ def test_cleanup_deletes_expired_jobs_and_everything_kept_for_them(svc: Services
     created = svc.store.get(old).created_at
     svc.objects.put_bytes(keys.output(old, created, "2", "a_0.png"), b"png")
     young_running = running_job(svc).id
-    later = utcnow() + timedelta(days=svc.settings.retention_days, hours=1)
-    assert cleanup.cleanup(svc, later) == {"jobs": 1, "outputs": 1}
+    # Files go by whole days: a job's day folder goes once the whole day is past retention.
+    later = utcnow() + timedelta(days=svc.settings.retention_days + 1, hours=1)
+    done = cleanup.cleanup(svc, later)
+    assert done["jobs"] == 1 and done["outputs"] == 1
     assert svc.store.get(old) is None and not svc.objects.path(keys.object_prefix(old, created).rstrip("/")).exists()
     leftovers = [k for k, _ in LocalDict(db_path).items() if old in str(k) and not k.startswith("idx:user")]
     assert leftovers == []
     assert svc.store.get(young_running) is not None  # not finished: kept, and cleanup stops there
     assert cleanup.cleanup(svc, later) == {}  # idempotent
+    svc.store.index.head(keys.ALL)  # the index still answers
 
 
 def test_deployed_without_a_webhook_secret_deliveries_fail_visibly(db_path: Path, tmp_path: Path,

@@ -40,7 +40,7 @@ def test_submit_stores_a_small_record_the_workflow_apart_and_enqueues(svc: Servi
     assert "workflow" not in d[keys.job(job.id)]
     assert svc.store.payload(job.id)["workflow"] == WORKFLOW
     assert svc.store.get(job.id).metadata == {"order": 7}
-    assert LocalQueue(db_path).get(block=False, partition="gpu-a") == job.id
+    assert svc.store.next_wakeup("gpu-a", 0.1).job == job  # the wake-up carries the job as queued
 
 
 LEGAL = [(a, b) for a, targets in TRANSITIONS.items() for b in targets]

@@ -1,4 +1,5 @@
-"""One contract for Dict/Queue: the local SQLite twins, and Modal's own when credentials exist."""
+"""One contract for Dict/Queue: the local SQLite twins in both profiles, and Modal's own when credentials
+exist; then what only the Modal profile does (expiry, partition clearing, size limits), on an injected clock."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_saas.backends.twins import LocalDict, LocalQueue
+from comfy_saas.backends.twins import LocalDict, LocalQueue, Profile, RequestSizeError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,10 +23,11 @@ def _modal_credentials() -> bool:
     return has_env or (Path.home() / ".modal.toml").exists()
 
 
-@pytest.fixture(params=["local", "modal"])
+@pytest.fixture(params=["local", "modal-profile", "modal"])
 def pair(request: pytest.FixtureRequest, db_path: Path):
-    if request.param == "local":
-        yield LocalDict(db_path, "contract"), LocalQueue(db_path, "contract")
+    if request.param != "modal":
+        profile = Profile() if request.param == "local" else Profile.modal(rpc_ms=1)
+        yield LocalDict(db_path, "contract", profile), LocalQueue(db_path, "contract", profile=profile)
         return
     if not _modal_credentials():
         pytest.skip("no Modal credentials (MODAL_TOKEN_ID/MODAL_TOKEN_SECRET or ~/.modal.toml): "
@@ -179,7 +181,7 @@ def test_skip_if_exists_has_one_winner_across_8_threads_and_2_processes(db_path)
 
 _PUT_LATER_CHILD = """
 import sys, time
-from comfy_saas.backends.twins import LocalDict, LocalQueue
+from comfy_saas.backends.twins import LocalDict, LocalQueue, Profile, RequestSizeError
 deadline = time.monotonic() + 30
 while not LocalDict(sys.argv[1], "wake").contains("parent-waiting") and time.monotonic() < deadline:
     time.sleep(0.005)  # poll for the parent's handshake
@@ -197,7 +199,7 @@ def test_blocking_get_returns_when_another_process_puts(db_path):
 
 _WRITE_AND_EXIT_CHILD = """
 import sys
-from comfy_saas.backends.twins import LocalDict, LocalQueue
+from comfy_saas.backends.twins import LocalDict, LocalQueue, Profile, RequestSizeError
 LocalDict(sys.argv[1], "durable").put("job:1", {"status": "queued"})
 LocalQueue(sys.argv[1], "durable").put_many(["1", "2"], partition="p")
 """
@@ -207,3 +209,80 @@ def test_items_survive_a_process_restart(db_path):
     _run_child(_WRITE_AND_EXIT_CHILD, str(db_path)).wait(30)
     assert LocalDict(db_path, "durable")["job:1"] == {"status": "queued"}
     assert LocalQueue(db_path, "durable").get_many(5, partition="p") == ["1", "2"]
+
+
+# --- the Modal profile: expiry, partition clearing, limits (the twin's clock is injected) ---------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def modal_pair(db_path: Path, clock: Clock, **limits) -> tuple[LocalDict, LocalQueue]:
+    profile = Profile.modal(rpc_ms=0, clock=clock, **limits)
+    return LocalDict(db_path, "m", profile), LocalQueue(db_path, "m", profile=profile)
+
+
+def test_an_entry_expires_seven_days_after_its_last_read_or_write(db_path: Path, clock: Clock):
+    d, _ = modal_pair(db_path, clock)
+    d.update({"read": 1, "idle": 2})
+    clock.now += 6 * 86_400
+    assert d.get("read") == 1  # a read keeps it alive another 7 days
+    clock.now += 2 * 86_400
+    assert d.get("idle") is None and "idle" not in d and d.get("read") == 1
+    assert d.put("idle", 3, skip_if_exists=True) is True  # an expired key is free again
+    clock.now += 8 * 86_400
+    assert list(d.keys()) == [] and d.len() == 0
+
+
+def test_a_partition_is_cleared_a_day_after_its_last_put(db_path: Path, clock: Clock):
+    _, q = modal_pair(db_path, clock)
+    q.put("old", partition="p")
+    q.put("fresh", partition="other")
+    clock.now += 23 * 3600
+    q.put("later", partition="other")
+    clock.now += 2 * 3600
+    assert q.len(partition="p") == 0 and q.get(block=False, partition="p") is None
+    assert q.get_many(5, partition="other") == ["fresh", "later"]
+
+
+def test_oversized_values_items_and_updates_are_refused_like_modal(db_path: Path, clock: Clock):
+    d, q = modal_pair(db_path, clock, max_value_bytes=100, max_item_bytes=50, max_update_entries=3,
+                      max_dict_bytes=400)
+    with pytest.raises(RequestSizeError):
+        d.put("big", "x" * 200)
+    with pytest.raises(RequestSizeError):
+        d.update({f"k{i}": i for i in range(4)})
+    with pytest.raises(RequestSizeError):
+        q.put("y" * 100)
+    for i in range(4):
+        d.put(f"fill{i}", "z" * 80)
+    with pytest.raises(RequestSizeError):
+        d.put("one-more", "z" * 80)  # the whole Dict is capped too
+    assert "big" not in d and q.len() == 0
+
+
+def test_a_partition_is_capped_in_items_and_bytes(db_path: Path, clock: Clock):
+    profile = Profile.modal(rpc_ms=0, clock=clock, max_partition_bytes=30)
+    q = LocalQueue(db_path, "cap", capacity=3, profile=profile)
+    q.put_many(["a", "b", "c"], partition="items")
+    with pytest.raises(queue.Full):
+        q.put("d", block=False, partition="items")
+    q.put("x" * 20, partition="bytes")
+    with pytest.raises(queue.Full):
+        q.put("y" * 20, block=False, partition="bytes")
+
+
+def test_a_taken_item_is_gone_without_an_ack(db_path: Path, clock: Clock):
+    _, q = modal_pair(db_path, clock)
+    q.put("once")
+    assert q.get() == "once" and q.get(block=False) is None and q.len(total=True) == 0

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-MAX_IN_FLIGHT = 64  # concurrent calls per process; Modal multiplexes them over one connection
+MAX_IN_FLIGHT = 128  # concurrent calls per process; Modal multiplexes them over one connection
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -30,7 +30,8 @@ def _executor() -> ThreadPoolExecutor:
 
 def run_all(calls: Sequence[Callable[[], T]]) -> list[T]:
     """Run the calls concurrently and return their results in order; the first error is raised after all
-    have finished, so no call is left running behind the caller's back."""
+    have finished, so no call is left running behind the caller's back. The batch costs one round trip
+    (up to MAX_IN_FLIGHT calls at a time)."""
     if len(calls) <= 1:
         return [call() for call in calls]
     if threading.current_thread().name.startswith("store-call"):

@@ -6,6 +6,7 @@ hint may lag behind racing writers; readers correct it by probing forward in par
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -28,14 +29,30 @@ class SlotIndex:
 
     def __init__(self, d: DictLike) -> None:
         self._d = d
+        self._handed_out: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def append(self, scope: str, job_id: str, hint: int | None = None) -> int:
-        """Claim the next free slot for job_id; its number. `hint` is a head read earlier (saves a call)."""
-        n = (self.head_hint(scope) if hint is None else hint) + 1
-        while not self._d.put(keys.index_slot(scope, n), job_id, skip_if_exists=True):
-            n += 1
+        """Claim the next free slot for job_id and move the head hint to it; the slot's number."""
+        n = self.claim(scope, job_id, self.head_hint(scope) if hint is None else hint)
         self._d.put(keys.index_head(scope), n)
         return n
+
+    def claim(self, scope: str, job_id: str, hint: int) -> int:
+        """The first free slot after `hint` (and after any this process already handed out), claimed for
+        job_id: one round trip unless writers in other processes took the next ones. The caller moves the
+        head hint (often within a write it makes anyway)."""
+        n = self._next(scope, hint)
+        while not self._d.put(keys.index_slot(scope, n), job_id, skip_if_exists=True):
+            n = self._next(scope, n)
+        return n
+
+    def _next(self, scope: str, after: int) -> int:
+        # Threads of one process never race each other for a slot: they draw distinct numbers here.
+        with self._lock:
+            n = max(after, self._handed_out.get(scope, 0)) + 1
+            self._handed_out[scope] = n
+            return n
 
     def head_hint(self, scope: str) -> int:
         return self._d.get(keys.index_head(scope)) or 0

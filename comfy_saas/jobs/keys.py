@@ -10,7 +10,7 @@ import hashlib
 from datetime import datetime
 
 ALL = "all"
-WEBHOOKS = "webhooks"  # the index scope of webhook deliveries
+METRICS = "metrics"  # the index scope of counter shards
 
 
 def job(job_id: str) -> str:
@@ -61,12 +61,13 @@ def webhook(job_id: str) -> str:
     return f"webhook:{job_id}"
 
 
-def webhook_indexed(job_id: str) -> str:
-    return f"whidx:{job_id}"
-
-
 def webhook_attempt(job_id: str, n: int) -> str:
     return f"whattempt:{job_id}:{n}"
+
+
+def metrics_shard(shard: str) -> str:
+    """One process's counters (written by that process only)."""
+    return f"metrics:{shard}"
 
 
 def maintenance(name: str) -> str:

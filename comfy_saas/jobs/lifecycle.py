@@ -22,14 +22,16 @@ import hashlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from comfy_saas import logs
+from comfy_saas.backends.parallel import run_all, submit
 from comfy_saas.config import Settings
 from comfy_saas.errors import ComfySaasError, Conflict, Overloaded
 from comfy_saas.jobs import keys
+from comfy_saas.jobs.counters import Counters
 from comfy_saas.jobs.deliveries import new_delivery
 from comfy_saas.jobs.model import Job, JobError, Progress, Status, new_job_id
 from comfy_saas.jobs.request import JobRequest, new_job
@@ -52,67 +54,78 @@ class Lifecycle:
     """The named moves over one store. `on_delivery(job_id, owner)` starts a webhook's first attempt."""
 
     def __init__(self, store: JobStore, settings: Settings,
-                 on_delivery: Callable[[str, str], None] | None = None) -> None:
+                 on_delivery: Callable[[str, str], None] | None = None, counters: Counters | None = None) -> None:
         self.store = store
         self.settings = settings
         self.on_delivery = on_delivery
+        self.counters = counters or Counters()
 
     # --- create ----------------------------------------------------------------------------------
 
-    def create(self, request: JobRequest, payload: dict[str, Any]) -> tuple[Job, bool]:
+    def create(self, request: JobRequest, payload: dict[str, Any], job_id: str | None = None,
+               now: datetime | None = None) -> tuple[Job, bool]:
         """Store and enqueue a validated request; (job, created). A repeated idempotency key returns the
-        first job with created=False. Any failure gives back what was taken."""
-        job_id = new_job_id()
-        if request.idempotency_key and not self.store.claim_idempotency(
-                request.user_id, request.idempotency_key, job_id, request_digest(request)):
-            return self._idempotent_original(request), False
-        job = new_job(request, job_id, self.settings.default_pool, self.store.clock())
-        stored = False
+        first job with created=False. Two round trips: the refusable decisions (idempotency key, quota
+        slots) with the index heads, then the record, the index slots and the wake-up together. Any
+        failure gives back what was taken."""
+        job = new_job(request, job_id or new_job_id(), self.settings.default_pool, now or self.store.clock())
+        scopes = [keys.ALL] + ([keys.scope(job.user_id)] if job.user_id is not None else [])
+        owned, slots, hints = self._decide_admission(request, job, scopes)
+        if not owned:
+            self._give_back(job.model_copy(update={"active_slots": slots}), request, idempotency=False)
+            original = self.store.idempotency.original(request.user_id, request.idempotency_key or "",
+                                                       request_digest(request))
+            return (original, False) if original is not None else self.create(request, payload, job.id, now)
+        job.active_slots = slots
         try:
-            job.active_slots = self._acquire_quota(job_id, request.user_id)
-            self.store.put_new(job, payload)
-            stored = True
-            self.store.add_to_index(job)
-            self.store.enqueue(job)
+            self._admit(job, payload, dict(zip(scopes, hints, strict=True)))
         except BaseException:
-            self._undo_create(job, request, stored)
+            self._give_back(job, request, idempotency=True, stored=True)
             raise
+        self._count(None, job)
         return job, True
 
-    def _undo_create(self, job: Job, request: JobRequest, stored: bool) -> None:
-        # Nothing half-stored: an index slot may remain, pointing at nothing, and listing skips it.
-        if stored:
-            self.store.forget_new(job)
-        self.store.release_active(job)
+    def _decide_admission(self, request: JobRequest, job: Job, scopes: list[str]
+                          ) -> tuple[bool, dict[str, int], list[int]]:
+        """(idempotency key owned, quota slots taken, index head hints), decided in one round trip."""
+        caps = [(s, c) for s, c in self._caps(job.user_id) if c > 0]
+        calls: list[Callable[[], Any]] = [lambda s=s: self.store.index.head_hint(s) for s in scopes]
+        calls += [lambda s=s, c=c: self.store.quotas.acquire(s, c, job.id) for s, c in caps]
         if request.idempotency_key:
-            self.store.forget_idempotency(request.user_id, request.idempotency_key)
+            calls.append(lambda: self.store.idempotency.claim(request.user_id, request.idempotency_key or "",
+                                                              job.id, request_digest(request)))
+        results = run_all(calls)
+        hints, taken = results[:len(scopes)], results[len(scopes):len(scopes) + len(caps)]
+        slots = {s: n for (s, _), n in zip(caps, taken, strict=True) if n is not None}
+        owned = results[-1] if request.idempotency_key else True
+        if owned and len(slots) < len(caps):
+            full = next(s for (s, _), n in zip(caps, taken, strict=True) if n is None)
+            self._give_back(job.model_copy(update={"active_slots": slots}), request, idempotency=True)
+            who = "this user" if full != keys.ALL else "the service"
+            raise Overloaded(f"{who} already has {dict(caps)[full]} active jobs; retry when some finish",
+                             retry_after_s=10)
+        return owned, slots, hints
 
-    def _acquire_quota(self, job_id: str, user_id: str | None) -> dict[str, int]:
+    def _caps(self, user_id: str | None) -> list[tuple[str, int]]:
         caps = [(keys.ALL, self.settings.max_active_jobs)]
         if user_id is not None:
             caps.append((keys.scope(user_id), self.settings.max_active_jobs_per_user))
-        taken: dict[str, int] = {}
-        for scope, cap in caps:
-            if cap <= 0:
-                continue
-            n = self.store.acquire_active(scope, cap, job_id)
-            if n is None:
-                self.store.release_active(Job.model_construct(id=job_id, active_slots=taken))
-                who = "this user" if scope != keys.ALL else "the service"
-                raise Overloaded(f"{who} already has {cap} active jobs; retry when some finish", retry_after_s=10)
-            taken[scope] = n
-        return taken
+        return caps
 
-    def _idempotent_original(self, request: JobRequest, wait_s: float = 5.0) -> Job:
-        entry = self.store.idempotency_entry(request.user_id, request.idempotency_key or "") or {}
-        if entry.get("digest") != request_digest(request):
-            raise Conflict("idempotency_key was already used with a different request")
-        deadline = time.monotonic() + wait_s
-        while (job := self.store.get(entry["job_id"])) is None:  # the winner may not have written it yet
-            if time.monotonic() > deadline:
-                raise Overloaded("the original request with this idempotency_key did not complete; retry")
-            time.sleep(0.01)
-        return job
+    def _admit(self, job: Job, payload: dict[str, Any], hints: dict[str, int]) -> None:
+        heads = {keys.index_head(s): h + 1 for s, h in hints.items()}  # the hint may lag; readers probe on
+        run_all([lambda: self.store.put_new(job, payload, heads), lambda: self.store.enqueue(job, payload),
+                 *(lambda s=s, h=h: self.store.index.claim(s, job.id, h) for s, h in hints.items())])
+
+    def _give_back(self, job: Job, request: JobRequest, idempotency: bool, stored: bool = False) -> None:
+        """Undo a submission: quota slots, the idempotency key, the record; and claim its first move so a
+        wake-up that went out anyway can never start it. An index slot may remain, pointing at nothing."""
+        calls: list[Callable[[], Any]] = [lambda: self.store.quotas.release_all(job)]
+        if idempotency and request.idempotency_key:
+            calls.append(lambda: self.store.idempotency.forget(request.user_id, request.idempotency_key or ""))
+        if stored:
+            calls += [lambda: self.store.forget_new(job), lambda: self.store.refuse_start(job)]
+        run_all(calls)
 
     # --- the owner's moves -----------------------------------------------------------------------
 
@@ -201,8 +214,22 @@ class Lifecycle:
             self._maybe_repair(job, lost, owner)
             logs.event(log, "job.move_lost", job_id=job.id, worker_id=owner, status=target.value, error=str(lost))
             return None
+        self._count(job.status, moved)
         self._consequences(moved, owner)
         return moved
+
+    def _count(self, source: Status | None, moved: Job) -> None:
+        self.counters.moved(source, moved.status, moved.pool)
+        if moved.terminal:
+            self.counters.finished(moved)
+        self.flush_counters()
+
+    def flush_counters(self, wait: bool = False) -> None:
+        """Write this process's counts when due (in the background unless `wait`)."""
+        if wait:
+            self.store.save_counters(self.counters)
+        elif self.counters.due():
+            submit(lambda: self.store.save_counters(self.counters))
 
     def _maybe_repair(self, job: Job, lost: Decided, owner: str) -> None:
         """The winner of the move we lost has had ample time to write its record: if the record we acted
@@ -222,14 +249,15 @@ class Lifecycle:
             self.store.enqueue(job)
 
     def _after_terminal(self, job: Job, owner: str) -> None:
-        """Side effects of a terminal outcome; each is idempotent, so a repair may run them again."""
-        self.store.release_active(job)
+        """Side effects of a terminal outcome, in one round trip; each is idempotent, so a repair may run
+        them again. Pending deliveries are found by the sweeper, which sees every finished job."""
+        calls: list[Callable[[], Any]] = [lambda: self.store.quotas.release_all(job)]
         if job.webhook_url:
-            self.store.register_webhook(new_delivery(job, self.store.clock()))
-            self.store.index_webhook(job.id)
-            if self.on_delivery is not None:
-                # Sent off the caller's path: a slow receiver never holds up a worker or a request.
-                threading.Thread(target=self.on_delivery, args=(job.id, owner), daemon=True).start()
+            calls.append(lambda: self.store.register_webhook(new_delivery(job, self.store.clock())))
+        run_all(calls)
+        if job.webhook_url and self.on_delivery is not None:
+            # Sent off the caller's path: a slow receiver never holds up a worker or a request.
+            threading.Thread(target=self.on_delivery, args=(job.id, owner), daemon=True).start()
 
 
 def request_digest(request: JobRequest) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from comfy_saas import logs
 from comfy_saas.backends import safe_fetch
 from comfy_saas.errors import BodyTooLarge, InvalidInput, MediaError, NotFound, PreflightFailed
-from comfy_saas.jobs.model import Job, Status
+from comfy_saas.jobs import keys, payloads
+from comfy_saas.jobs.model import Job, Status, new_job_id
 from comfy_saas.jobs.request import JobRequest, parse_submission
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.views import job_view
@@ -68,13 +70,33 @@ def submit_job(svc: Services, caller: Caller, body: bytes | str | dict[str, Any]
     preflight_check(svc, request)
     if caller.user_id is not None:
         request = request.model_copy(update={"user_id": caller.user_id})
-    payload = request.model_dump(mode="json", include={"workflow", "media", "overrides"})
-    job, created = svc.lifecycle.create(request, payload)
+    job, created = _store_job(svc, request)
     logs.event(log, "job.submitted" if created else "job.submit_repeated", job_id=job.id, phase="submit",
                pool=job.pool)
     if created:
         wake(svc, job.pool)
     return job_view(svc, job), created
+
+
+def _store_job(svc: Services, request: JobRequest) -> tuple[Job, bool]:
+    """Upload the request's large parts, then create the job; uploads are removed again if it is not made."""
+    job_id, now = new_job_id(), svc.store.clock()
+    payload = payloads.pack(svc.objects, job_id, now, request)
+    try:
+        job, created = svc.lifecycle.create(request, payload, job_id, now)
+    except BaseException:
+        _drop_uploads(svc, job_id, now)
+        raise
+    if job.id != job_id:  # an idempotent repeat: the original has its own copy
+        _drop_uploads(svc, job_id, now)
+    return job, created
+
+
+def _drop_uploads(svc: Services, job_id: str, now: datetime) -> None:
+    try:
+        svc.objects.delete_prefix(keys.object_prefix(job_id, now))
+    except Exception as exc:  # the day's prefix deletion removes them later anyway
+        logs.event(log, "job.uploads_left", logging.WARNING, job_id=job_id, error=str(exc))
 
 
 def wake(svc: Services, pool: str) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from comfy_saas.backends.guarded import Guarded
 from comfy_saas.backends.objects import ObjectStore, object_store
 from comfy_saas.config import Settings
 from comfy_saas.jobs import webhooks
@@ -42,13 +43,17 @@ class Services:
     @classmethod
     def over(cls, jobs: Any, work: Any, settings: Settings, objects: ObjectStore | None = None,
              wake: Callable[[str], None] | None = None, clock: Callable[[], datetime] = utcnow) -> Services:
-        """Services over a Dict/Queue pair; object storage as the settings name it unless given."""
-        return cls(settings, JobStore(jobs, work, settings, clock), objects or object_store(settings), wake)
+        """Services over a Dict/Queue pair (behind the retry-and-map guard); object storage as the settings
+        name it unless given."""
+        store = JobStore(Guarded(jobs, "job store"), Guarded(work, "work queue"), settings, clock)
+        return cls(settings, store, objects or object_store(settings), wake)
 
 
 def local_services(settings: Settings) -> Services:
-    """Store, queue and object storage under settings.data_dir (the twins in the configured profile)."""
-    from comfy_saas.backends.twins import LocalDict, LocalQueue
+    """Store, queue and object storage under settings.data_dir (the twins in the configured profile:
+    COMFY_TWIN_PROFILE=modal adds Modal's latency, expiry and limits)."""
+    from comfy_saas.backends.twins import LocalDict, LocalQueue, profile_for
 
-    db = settings.data_dir / "state.sqlite3"
-    return Services.over(LocalDict(db, "jobs"), LocalQueue(db, "work"), settings)
+    db, profile = settings.data_dir / "state.sqlite3", profile_for(settings)
+    settings.check_retention(entries_expire=profile.entry_ttl_s is not None)
+    return Services.over(LocalDict(db, "jobs", profile), LocalQueue(db, "work", profile=profile), settings)

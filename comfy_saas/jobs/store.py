@@ -8,13 +8,15 @@ n wins `claim:{id}:{n+1}` with its outcome inside, then writes the record, so tw
 win and a crashed writer's decision can be finished by whoever finds it. A running attempt's heartbeat and
 progress live under their own key, written only by the attempt's owner, so they never write back a
 record read earlier.
+
+Every call is a network round trip on Modal (~25 ms); docstrings count the sequential ones.
 """
 
 from __future__ import annotations
 
 import queue
-import random
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -25,8 +27,11 @@ from comfy_saas.backends.parallel import run_all, submit
 from comfy_saas.config import Settings
 from comfy_saas.errors import InvalidInput, NotFound, NotOwner, QueueFull
 from comfy_saas.jobs import keys
+from comfy_saas.jobs.counters import Counters
+from comfy_saas.jobs.idempotency import IdempotencyKeys
 from comfy_saas.jobs.index import DictLike, SlotIndex
 from comfy_saas.jobs.model import Job, Progress, Status, check_transition, utcnow
+from comfy_saas.jobs.quotas import ActiveSlots
 
 MAX_PAGE = 100
 PROGRESS_EVENTS_KEPT = 300
@@ -51,6 +56,17 @@ class Decided(NotOwner):
         self.at = at
 
 
+@dataclass(frozen=True)
+class Wakeup:
+    """A queue item: the job as it was queued (so a worker can start it without reading it first) and
+    when the wake-up was sent."""
+
+    job_id: str
+    job: Job | None
+    sent_at: float
+    payload: dict[str, Any] | None = None
+
+
 @dataclass
 class Page:
     jobs: list[Job]
@@ -67,6 +83,8 @@ class JobStore:
         self.settings = settings
         self.clock = clock
         self.index = SlotIndex(jobs)
+        self.quotas = ActiveSlots(jobs, self.get, clock)
+        self.idempotency = IdempotencyKeys(jobs, self.get, clock)
         self._pending: dict[str, Future] = {}
         self._pending_lock = threading.Lock()
 
@@ -77,14 +95,24 @@ class JobStore:
         record, live = run_all([lambda: self.d.get(keys.job(job_id)), lambda: self.d.get(keys.progress(job_id))])
         return _merge(record, live)
 
-    def get_many(self, job_ids: list[str | None]) -> list[Job | None]:
-        """Several jobs in one round trip; None for missing ids and records."""
-        calls = []
+    def get_many(self, job_ids: list[str | None], live: bool = True) -> list[Job | None]:
+        """Several jobs in one round trip; None for missing ids and records. Without `live` the running
+        attempts' heartbeats are left out (half the calls)."""
+        calls: list[Callable[[], Any]] = []
         for job_id in job_ids:
-            calls += [lambda j=job_id: self.d.get(keys.job(j)) if j else None,
-                      lambda j=job_id: self.d.get(keys.progress(j)) if j else None]
+            calls.append(lambda j=job_id: self.d.get(keys.job(j)) if j else None)
+            if live:
+                calls.append(lambda j=job_id: self.d.get(keys.progress(j)) if j else None)
         got = run_all(calls)
+        if not live:
+            return [_merge(record, None) for record in got]
         return [_merge(got[i], got[i + 1]) for i in range(0, len(got), 2)]
+
+    def live_of(self, jobs: list[Job]) -> list[Job]:
+        """The running ones among `jobs` with their heartbeats merged in (one round trip)."""
+        running = [j for j in jobs if j.status is Status.RUNNING]
+        lives = run_all([lambda j=j: self.d.get(keys.progress(j.id)) for j in running])
+        return [_merge(j.to_record(), live) for j, live in zip(running, lives, strict=True)]
 
     def require(self, job_id: str, user_id: str | None = None) -> Job:
         """The job, or NotFound (also when it belongs to another user than `user_id`)."""
@@ -94,66 +122,19 @@ class JobStore:
         return job
 
     def payload(self, job_id: str) -> dict[str, Any]:
-        """The workflow, media and overrides of a job."""
+        """The workflow, media and overrides of a job (large parts are references into object storage)."""
         body = self.d.get(keys.payload(job_id))
         if body is None:
             raise NotFound(f"no workflow stored for job {job_id!r}")
         return body
 
-    def put_new(self, job: Job, payload: dict[str, Any]) -> None:
-        """Store a new job's record and payload in one call."""
-        self.d.update({keys.payload(job.id): payload, keys.job(job.id): job.to_record()})
+    def put_new(self, job: Job, payload: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        """Store a new job's record and payload (and any `extra` keys) in one call."""
+        self.d.update({keys.payload(job.id): payload, keys.job(job.id): job.to_record(), **(extra or {})})
 
     def forget_new(self, job: Job) -> None:
-        """Undo put_new for a submission that could not be completed."""
+        """Undo put_new for a submission that could not be completed (one round trip)."""
         run_all([lambda: self.d.pop(keys.job(job.id), None), lambda: self.d.pop(keys.payload(job.id), None)])
-
-    def add_to_index(self, job: Job) -> None:
-        scopes = [keys.ALL] + ([keys.scope(job.user_id)] if job.user_id is not None else [])
-        run_all([lambda s=s: self.index.append(s, job.id) for s in scopes])
-
-    # --- idempotency keys --------------------------------------------------------------------
-
-    def claim_idempotency(self, user_id: str | None, key: str, job_id: str, digest: str) -> bool:
-        return self.d.put(keys.idempotency(user_id, key), {"job_id": job_id, "digest": digest}, skip_if_exists=True)
-
-    def idempotency_entry(self, user_id: str | None, key: str) -> dict[str, Any] | None:
-        return self.d.get(keys.idempotency(user_id, key))
-
-    def forget_idempotency(self, user_id: str | None, key: str) -> None:
-        self.d.pop(keys.idempotency(user_id, key), None)
-
-    # --- active-job quotas: numbered slots claimed with skip_if_exists ---------------------------
-
-    def acquire_active(self, scope: str, capacity: int, job_id: str, probes: int = 32) -> int | None:
-        """Take one of `capacity` active slots for job_id; None when all probed slots are busy. A slot
-        whose job has finished (its release was lost) is taken over."""
-        start = random.randrange(capacity)
-        for i in range(min(capacity, probes)):
-            n = (start + i) % capacity
-            key = keys.active_slot(scope, n)
-            if self.d.put(key, job_id, skip_if_exists=True):
-                return n
-            holder = self.d.get(key)
-            held = self.get(holder) if holder else None
-            # A holder with no record yet is a submit in flight, not a leak.
-            if held is not None and held.terminal and self._pop_if(key, holder) \
-                    and self.d.put(key, job_id, skip_if_exists=True):
-                return n
-        return None
-
-    def release_active(self, job: Job) -> None:
-        """Give back the job's quota slots; idempotent."""
-        run_all([lambda s=s, n=n: self._pop_if(keys.active_slot(s, n), job.id)
-                 for s, n in (job.active_slots or {}).items()])
-
-    def _pop_if(self, key: str, holder: str) -> bool:
-        """Pop key if it still holds `holder`; a slot meanwhile taken by another job is put back."""
-        popped = self.d.pop(key, None)
-        if popped is not None and popped != holder:
-            self.d.put(key, popped, skip_if_exists=True)
-            return False
-        return popped is not None
 
     # --- decisions and status -------------------------------------------------------------------
 
@@ -162,32 +143,35 @@ class JobStore:
 
         The move wins claim `claim_seq + 1` with its outcome in one `put(skip_if_exists)`, so every decision
         about a job's next step has exactly one winner and survives a crash of its writer; then the record
-        is written. IllegalTransition for moves the lifecycle forbids, Decided when another actor's move won.
-        With defer_write the record is written in the background (later writes of it wait for it)."""
+        is written. Two round trips, or one with defer_write (the record then lands in the background and
+        later writes of it wait for it). IllegalTransition for moves the lifecycle forbids, Decided when
+        another actor's move won."""
         check_transition(job.status, target)
         now = self.clock()
         n = job.claim_seq + 1
         updated = job.model_copy(update={"status": target, "claim_seq": n, "updated_at": now,
                                          **_stamps(job, target, now), **changes})
         updated = Job.model_validate(updated.model_dump())  # validate the changes, not just copy them
-        entry = {"owner": owner, "at": now.isoformat(), "outcome": updated.to_record()}
+        nonce = uuid.uuid4().hex
+        entry = {"owner": owner, "at": now.isoformat(), "nonce": nonce, "outcome": updated.to_record()}
         if not self.d.put(keys.claim(job.id, n), entry, skip_if_exists=True):
-            raise self._decided(job, n)
+            lost = self._decided(job, n, nonce)
+            if lost is not None:
+                raise lost
         self.write_record(updated, wait=not defer_write)
         return updated
 
-    def _decided(self, job: Job, n: int) -> Decided:
+    def _decided(self, job: Job, n: int, nonce: str) -> Decided | None:
         entry = self.d.get(keys.claim(job.id, n)) or {}
+        if entry.get("nonce") == nonce:
+            return None  # our own write, reported lost by a retried call
         winner = Job.model_validate(entry["outcome"]) if entry.get("outcome") else None
         at = datetime.fromisoformat(entry["at"]) if entry.get("at") else None
         return Decided(f"claim {n} of job {job.id} was won by {entry.get('owner', 'someone else')}", winner, at)
 
     def write_record(self, job: Job, wait: bool = True) -> None:
         """Write a job's record; writes of one job from this process land in the order they were made."""
-        with self._pending_lock:
-            before = self._pending.pop(job.id, None)
-        if before is not None:
-            before.result()
+        self.settle(job.id)
         if wait:
             self.d.put(keys.job(job.id), job.to_record())
             return
@@ -195,12 +179,20 @@ class JobStore:
         with self._pending_lock:
             self._pending[job.id] = future
 
-    def settle(self, job_id: str) -> None:
-        """Wait for a deferred record write of this job, if one is in flight."""
+    def settle(self, job_id: str | None = None) -> None:
+        """Wait for deferred record writes (of one job, or all of this process's)."""
         with self._pending_lock:
-            future = self._pending.pop(job_id, None)
-        if future is not None:
-            future.result()
+            futures = [self._pending.pop(job_id, None)] if job_id else list(self._pending.values())
+            if job_id is None:
+                self._pending.clear()
+        for future in futures:
+            if future is not None:
+                future.result()
+
+    def refuse_start(self, job: Job) -> None:
+        """Take the job's next move with no outcome, so nobody can make it (a submission being undone)."""
+        entry = {"owner": "undo", "at": self.clock().isoformat(), "nonce": uuid.uuid4().hex, "outcome": None}
+        self.d.put(keys.claim(job.id, job.claim_seq + 1), entry, skip_if_exists=True)
 
     def claim_entry(self, job_id: str, n: int) -> dict[str, Any] | None:
         return self.d.get(keys.claim(job_id, n))
@@ -209,7 +201,7 @@ class JobStore:
 
     def write_progress(self, job: Job, progress: Progress | None, events: list[dict[str, Any]]) -> Job | None:
         """The running attempt's heartbeat (and progress), keyed by its claim; returns the record as it
-        stands, so the owner sees if the job moved on."""
+        stands, so the owner sees if the job moved on. One round trip."""
         live = {"claim": job.claim_seq, "heartbeat_at": self.clock().isoformat(),
                 "progress": progress.model_dump(mode="json") if progress is not None else None,
                 "events": events[-PROGRESS_EVENTS_KEPT:]}
@@ -231,38 +223,28 @@ class JobStore:
         """Ask whoever runs the job to stop it (a live worker polls this flag)."""
         self.d.put(keys.cancel(job_id), self.clock().isoformat())
 
-    # --- webhook deliveries (one per terminal event; the state machine is in webhooks.py) ---------
+    # --- webhook deliveries (one per terminal event; states in deliveries.py, sending in webhooks.py) ---
 
     def register_webhook(self, delivery: dict[str, Any]) -> bool:
         """Store a new delivery once; True if this call created it."""
         return self.d.put(keys.webhook(delivery["job_id"]), delivery, skip_if_exists=True)
 
-    def index_webhook(self, job_id: str) -> None:
-        """Put a delivery where the dispatcher looks, once (a repeat after a crash finds it indexed)."""
-        if self.d.contains(keys.webhook_indexed(job_id)):
-            return
-        slot = self.index.append(keys.WEBHOOKS, job_id)
-        self.d.put(keys.webhook_indexed(job_id), slot)
-
-    def pending_webhooks(self, max_slots: int) -> list[tuple[int, dict[str, Any] | None]]:
-        """Deliveries from the webhook low-water mark towards the newest, oldest first."""
-        low = self.state("webhooks_low", 1)
-        head = self.index.head(keys.WEBHOOKS)
-        numbers = list(range(low, min(head, low + max_slots - 1) + 1))
-        ids = self.index.slots(keys.WEBHOOKS, numbers)
-        deliveries = run_all([lambda j=j: self.webhook(j) if j else None for j in ids])
-        return list(zip(numbers, deliveries, strict=True))
-
     def webhook(self, job_id: str) -> dict[str, Any] | None:
         return self.d.get(keys.webhook(job_id))
+
+    def webhooks(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
+        return run_all([lambda j=j: self.d.get(keys.webhook(j)) for j in job_ids])
 
     def save_webhook(self, delivery: dict[str, Any]) -> None:
         self.d.put(keys.webhook(delivery["job_id"]), delivery)
 
     def claim_webhook_attempt(self, job_id: str, n: int, owner: str) -> bool:
         """Exactly one sender makes attempt n of a job's delivery."""
-        return self.d.put(keys.webhook_attempt(job_id, n), {"owner": owner, "at": self.clock().isoformat()},
-                          skip_if_exists=True)
+        nonce = uuid.uuid4().hex
+        entry = {"owner": owner, "at": self.clock().isoformat(), "nonce": nonce}
+        if self.d.put(keys.webhook_attempt(job_id, n), entry, skip_if_exists=True):
+            return True
+        return (self.webhook_attempt_claim(job_id, n) or {}).get("nonce") == nonce
 
     def webhook_attempt_claim(self, job_id: str, n: int) -> dict[str, Any] | None:
         return self.d.get(keys.webhook_attempt(job_id, n))
@@ -277,24 +259,64 @@ class JobStore:
 
     # --- the work queue ------------------------------------------------------------------------
 
-    def enqueue(self, job: Job) -> None:
-        """Wake a worker of the job's pool; never blocks (a full partition is QueueFull)."""
+    def enqueue(self, job: Job, payload: dict[str, Any] | None = None) -> None:
+        """Wake a worker of the job's pool with the job as it stands (and, for a new job, its payload, so the
+        worker needs no read that could race the record's first write); never blocks (a full partition is
+        QueueFull). One round trip."""
+        item = {"id": job.id, "job": job.to_record(), "at": self.clock().timestamp()}
+        if payload is not None:
+            item["payload"] = payload
         try:
-            self._q.put(job.id, block=False, partition=keys.partition(job.pool))
+            self._q.put(item, block=False, partition=keys.partition(job.pool))
         except queue.Full:
             raise QueueFull(f"the {job.pool!r} work queue is full; retry later", retry_after_s=10) from None
 
-    def next_job_id(self, pool: str, timeout_s: float) -> str | None:
-        """The next job id from a pool's queue, or None after timeout_s."""
+    def next_wakeup(self, pool: str, timeout_s: float) -> Wakeup | None:
+        """The next wake-up from a pool's queue, or None after timeout_s."""
         try:
-            return self._q.get(timeout=timeout_s, partition=keys.partition(pool))
+            item = self._q.get(timeout=timeout_s, partition=keys.partition(pool))
         except queue.Empty:
             return None
+        if isinstance(item, str):  # a wake-up written before they carried the job
+            return Wakeup(item, None, 0.0)
+        return Wakeup(item["id"], Job.model_validate(item["job"]), float(item.get("at", 0.0)), item.get("payload"))
+
+    def next_job_id(self, pool: str, timeout_s: float) -> str | None:
+        """The next woken job's id, or None after timeout_s."""
+        wakeup = self.next_wakeup(pool, timeout_s)
+        return None if wakeup is None else wakeup.job_id
 
     def queue_depth(self, pool: str | None = None) -> int:
         if pool is None:
             return self._q.len(total=True)
         return self._q.len(partition=keys.partition(pool))
+
+    # --- counters (one shard per process; see counters.py) -----------------------------------------
+
+    def save_counters(self, counters: Counters) -> None:
+        """Write this process's counter shard (registering it once); skipped while another write of it runs."""
+        if not counters.flushing.acquire(blocking=False):
+            return
+        try:
+            version, shard = counters.snapshot()
+            if not counters.registered:
+                self.index.append(keys.METRICS, counters.shard)
+                counters.registered = True
+            self.d.put(keys.metrics_shard(counters.shard), shard)
+            counters.flushed(version)
+        finally:
+            counters.flushing.release()
+
+    def counter_shards(self) -> tuple[dict[str, Any], list[tuple[int, str, dict[str, Any] | None]]]:
+        """(the rolled-up totals, [(registry slot, shard name, shard)]) for every live shard. Three round trips."""
+        low = self.state("metrics_low", 1)
+        head = self.index.head(keys.METRICS)
+        numbers = list(range(low, head + 1))
+        names = self.index.slots(keys.METRICS, numbers)
+        found = [(n, name) for n, name in zip(numbers, names, strict=True) if name]
+        got = run_all([lambda: self.state("metrics_rollup", {}),
+                       *(lambda name=name: self.d.get(keys.metrics_shard(name)) for _, name in found)])
+        return got[0] or {}, [(n, name, shard) for (n, name), shard in zip(found, got[1:], strict=True)]
 
     # --- maintenance state and deletion --------------------------------------------------------
 
@@ -305,22 +327,21 @@ class JobStore:
         self.d.put(keys.maintenance(name), value)
 
     def delete_job(self, job: Job) -> None:
-        """Remove a job and everything kept for it from the Dict; idempotent."""
-        doomed = [keys.job(job.id), keys.payload(job.id), keys.cancel(job.id),
-                  keys.progress(job.id), keys.webhook(job.id), keys.webhook_indexed(job.id),
-                  *(keys.claim(job.id, n) for n in range(1, job.claim_seq + 2))]
+        """Remove a job and everything kept for it from the Dict; idempotent (one or two round trips)."""
+        doomed = [keys.job(job.id), keys.payload(job.id), keys.cancel(job.id), keys.progress(job.id),
+                  keys.webhook(job.id), *(keys.claim(job.id, n) for n in range(1, job.claim_seq + 2))]
         if job.idempotency_key:
             doomed.append(keys.idempotency(job.user_id, job.idempotency_key))
-        delivery = self.webhook(job.id)
-        if delivery is not None:
-            doomed += [keys.webhook_attempt(job.id, n) for n in range(1, len(delivery["attempts"]) + 2)]
+        if job.webhook_url:
+            doomed += [keys.webhook_attempt(job.id, n) for n in range(1, self.settings.webhook_max_attempts + 2)]
         run_all([lambda k=k: self.d.pop(k, None) for k in doomed])
 
     # --- listing -------------------------------------------------------------------------------
 
     def list_jobs(self, *, user_id: str | None = None, status: Status | None = None,
                   cursor: str | None = None, limit: int = 20) -> Page:
-        """Newest first, `limit` per page; `cursor` comes from the previous page's next_cursor."""
+        """Newest first, `limit` per page; `cursor` comes from the previous page's next_cursor. The first
+        page costs four round trips (head hint, probe, slots, jobs), later ones two."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", field="limit")
         scope = keys.scope(user_id)

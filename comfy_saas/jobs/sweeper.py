@@ -1,26 +1,36 @@
 """The sweeper: finds jobs whose worker vanished, that ran or waited too long, or whose wake-up was lost,
 and decides them through the lifecycle, so a sweeper racing a worker (or another sweeper) never produces
-two outcomes. It reads only the window of the index where unfinished jobs can be.
+two outcomes. It also keeps finished jobs with a pending webhook where the dispatcher finds them.
+
+One run, all in parallel batches, with a time budget (unexamined jobs simply wait for the next run):
+    load the watch list -> ingest jobs created since -> load the watched jobs (records; heartbeats of the
+    running ones) -> decide each (pure) -> act -> save the list
+Its cost grows with active jobs and new submissions, not with stored ones.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from comfy_saas import logs
+from comfy_saas.backends.parallel import run_all
 from comfy_saas.config import Settings
-from comfy_saas.jobs import keys
-from comfy_saas.jobs.index import past_finished_prefix
+from comfy_saas.jobs import watchlist
+from comfy_saas.jobs.deliveries import settled
 from comfy_saas.jobs.model import Job, JobError, Status
 from comfy_saas.jobs.services import Services
+from comfy_saas.jobs.watchlist import Entry
 
 log = logging.getLogger(__name__)
 
-SWEEP_MAX_SLOTS = 5_000
-LOST_WAKEUP_AFTER_S = 60.0
+LOST_WAKEUP_AFTER_S = 60.0  # a queued job whose wake-up is this old with an empty queue lost it
+FIFO_GRACE_S = 10.0  # clocks of different senders differ a little
+BATCH = 2_000
+BUDGET_S = 45.0  # Modal runs the sweep every minute with a 55 s timeout
 OWNER = "sweeper"
 
 
@@ -32,7 +42,7 @@ class Action(StrEnum):
     REENQUEUE = "reenqueue"
 
 
-def decide(job: Job, now: datetime, settings: Settings, queue_idle: bool) -> Action | None:
+def decide(job: Job, now: datetime, settings: Settings, wakeup_lost: bool) -> Action | None:
     """What the sweeper should do about one job (pure)."""
     if job.queue_timed_out(now, settings.queue_timeout_s):
         return Action.FAIL_QUEUE_TIMEOUT
@@ -40,10 +50,17 @@ def decide(job: Job, now: datetime, settings: Settings, queue_idle: bool) -> Act
         return Action.FAIL_RUN_TIMEOUT
     if job.heartbeat_stale(now, settings.heartbeat_stale_s):
         return Action.REQUEUE if job.retryable(settings.max_attempts) else Action.FAIL_WORKER_LOST
-    waited = now - job.updated_at > timedelta(seconds=LOST_WAKEUP_AFTER_S)
-    if job.status is Status.QUEUED and queue_idle and waited:
+    if job.status is Status.QUEUED and wakeup_lost:
         return Action.REENQUEUE
     return None
+
+
+def wakeup_lost(sent_at: float, now: float, queue_empty: bool, taken_up_to: float) -> bool:
+    """Whether a queued job's wake-up, sent at `sent_at`, is gone (pure): the pool's queue is empty and it
+    has waited a while, or the queue (FIFO) already handed out a wake-up sent well after it."""
+    if queue_empty and now - sent_at > LOST_WAKEUP_AFTER_S:
+        return True
+    return taken_up_to - sent_at > FIFO_GRACE_S
 
 
 _ERRORS = {
@@ -64,41 +81,88 @@ def act(svc: Services, job: Job, action: Action, owner: str = OWNER) -> bool:
     return svc.lifecycle.take_over(job, _TARGETS[action], _ERRORS[action], owner) is not None
 
 
-def active_window(svc: Services, max_slots: int) -> tuple[bool, list[tuple[int, Job | None]]]:
-    """Up to max_slots index slots between the low-water mark and the head, where every unfinished job
-    lives; consecutive calls rotate through a window wider than max_slots. (starts at low, slots)"""
-    store = svc.store
-    low = store.state("sweep_low", 1)
-    head = store.index.head(keys.ALL)
-    start = max(low, store.state("sweep_cursor", low))
-    if start > head:
-        start = low
-    end = min(head, start + max_slots - 1)
-    store.save_state("sweep_cursor", end + 1)
-    numbers = list(range(start, end + 1))
-    jobs = store.get_many(store.index.slots(keys.ALL, numbers))
-    return start == low, list(zip(numbers, jobs, strict=True))
-
-
-def sweep(svc: Services, now: datetime | None = None, owner: str = OWNER) -> Counter:
-    """One pass over the active window; counts of what was done."""
+def sweep(svc: Services, now: datetime | None = None, owner: str = OWNER, budget_s: float = BUDGET_S) -> Counter:
+    """One run over the watch list; counts of what was done (and `waiting:{pool}` for pools with queued
+    jobs, so the caller can wake them)."""
     now = now or svc.store.clock()
-    from_low, window = active_window(svc, SWEEP_MAX_SLOTS)
-    done: Counter = Counter()
-    idle: dict[str, bool] = {}
-    for _, job in window:
-        if job is None or job.terminal:
+    deadline = time.monotonic() + budget_s
+    watch = watchlist.load(svc.store)
+    done: Counter = Counter(ingested=watchlist.ingest(svc.store, watch))
+    kept: list[Entry] = []
+    for start in range(0, len(watch.entries), BATCH):
+        batch = watch.entries[start:start + BATCH]
+        if time.monotonic() > deadline:
+            kept += batch  # out of time: examined next run
             continue
-        if job.pool not in idle:
-            idle[job.pool] = svc.store.queue_depth(job.pool) == 0
-        action = decide(job, now, svc.settings, idle[job.pool])
-        if action is not None and act(svc, job, action, owner):
-            done[action.value] += 1
-            logs.event(log, f"sweeper.{action.value}", job_id=job.id, attempt=job.attempts, worker_id=owner,
-                       phase="sweep", status=job.status.value)
-    new_low = past_finished_prefix(window, lambda j: j is None or j.terminal) if from_low else None
-    if new_low is not None:
-        svc.store.save_state("sweep_low", new_low)
-    if done:
+        kept += _sweep_batch(svc, batch, now, owner, done)
+    watch.entries = kept
+    watchlist.save(svc.store, watch)
+    if sum(v for k, v in done.items() if k != "ingested"):
         log.info("sweep: %s", dict(done))
     return done
+
+
+def _sweep_batch(svc: Services, batch: list[Entry], now: datetime, owner: str, done: Counter) -> list[Entry]:
+    """Examine and act on one batch; the entries still to watch."""
+    jobs = _load(svc, batch)
+    pools = _pool_state(svc, {j.pool for j in jobs.values() if j.status is Status.QUEUED})
+    kept, moves = [], []
+    for entry in batch:
+        job = jobs.get(entry.job_id)
+        if job is None:
+            continue  # deleted or expired: nothing left to watch
+        if job.terminal:
+            if job.webhook_url:
+                kept.append(Entry(entry.job_id, hook_only=True))  # the delivery is checked below
+            continue
+        done[f"waiting:{job.pool}"] += job.status is Status.QUEUED
+        action = decide(job, now, svc.settings, _lost(entry, job, now, pools))
+        if action is not None:
+            moves.append((entry, job, action))
+        kept.append(entry)
+    _act_all(svc, moves, now, owner, done)
+    return _drop_settled_hooks(svc, kept)
+
+
+def _load(svc: Services, batch: list[Entry]) -> dict[str, Job]:
+    """The batch's jobs; the running ones with their heartbeats (two round trips)."""
+    records = svc.store.get_many([e.job_id for e in batch], live=False)
+    jobs = {j.id: j for j in records if j is not None}
+    jobs.update({j.id: j for j in svc.store.live_of(list(jobs.values()))})
+    return jobs
+
+
+def _pool_state(svc: Services, pools: set[str]) -> dict[str, tuple[bool, float]]:
+    """Per pool with queued jobs: (queue empty, the send time of the newest wake-up a worker took)."""
+    names = sorted(pools)
+    got = run_all([lambda p=p: svc.store.queue_depth(p) for p in names] +
+                  [lambda p=p: svc.store.state(f"taken:{p}", 0.0) for p in names])
+    return {p: (got[i] == 0, float(got[len(names) + i] or 0.0)) for i, p in enumerate(names)}
+
+
+def _lost(entry: Entry, job: Job, now: datetime, pools: dict[str, tuple[bool, float]]) -> bool:
+    if job.status is not Status.QUEUED:
+        return False
+    empty, taken = pools.get(job.pool, (False, 0.0))
+    sent = max(job.updated_at.timestamp(), entry.resent_at)
+    return wakeup_lost(sent, now.timestamp(), empty, taken)
+
+
+def _act_all(svc: Services, moves: list[tuple[Entry, Job, Action]], now: datetime, owner: str,
+             done: Counter) -> None:
+    results = run_all([lambda j=j, a=a: act(svc, j, a, owner) for _, j, a in moves])
+    for (entry, job, action), acted in zip(moves, results, strict=True):
+        if not acted:
+            continue
+        done[action.value] += 1
+        if action is Action.REENQUEUE:
+            entry.resent_at = now.timestamp()
+        logs.event(log, f"sweeper.{action.value}", job_id=job.id, attempt=job.attempts, worker_id=owner,
+                   phase="sweep", status=job.status.value)
+
+
+def _drop_settled_hooks(svc: Services, kept: list[Entry]) -> list[Entry]:
+    hooks = [e for e in kept if e.hook_only]
+    deliveries = svc.store.webhooks([e.job_id for e in hooks])
+    done_ids = {e.job_id for e, d in zip(hooks, deliveries, strict=True) if settled(d)}
+    return [e for e in kept if e.job_id not in done_ids]

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from comfy_saas import logs, signing
 from comfy_saas.backends import safe_fetch
 from comfy_saas.errors import MediaError
-from comfy_saas.jobs.deliveries import due, record_attempt, settled
-from comfy_saas.jobs.index import past_finished_prefix
+from comfy_saas.jobs import watchlist
+from comfy_saas.jobs.deliveries import due, record_attempt
 from comfy_saas.jobs.model import Job, utcnow
 from comfy_saas.jobs.views import job_view
 
@@ -80,6 +80,8 @@ def attempt(svc: Services, delivery: dict[str, Any], owner: str, now: datetime |
 def _record(svc: Services, delivery: dict[str, Any], entry: dict[str, Any], now: datetime) -> None:
     record_attempt(delivery, entry, svc.settings.webhook_max_attempts, svc.settings.webhook_backoff_s, now)
     svc.store.save_webhook(delivery)
+    ok = entry["status_code"] is not None and 200 <= entry["status_code"] < 300
+    svc.lifecycle.counters.delivery(delivery["state"], ok)
 
 
 def _recover_lost_attempt(svc: Services, delivery: dict[str, Any], n: int, now: datetime) -> bool:
@@ -91,17 +93,13 @@ def _recover_lost_attempt(svc: Services, delivery: dict[str, Any], n: int, now: 
     return True
 
 
-def dispatch(svc: Services, owner: str = "dispatcher", now: datetime | None = None, max_slots: int = 2000,
+def dispatch(svc: Services, owner: str = "dispatcher", now: datetime | None = None,
              send: Sender | None = None) -> Counter:
-    """Attempt every due delivery; advance the low-water mark past finished ones."""
+    """Attempt every due delivery the sweeper keeps watching (it adds pending ones and drops settled ones)."""
     done: Counter = Counter()
-    slots = svc.store.pending_webhooks(max_slots)
-    new_low = past_finished_prefix(slots, settled)  # before attempts: newly settled ones go next time
-    for _, delivery in slots:
-        if not settled(delivery) and attempt(svc, delivery, owner, now, send):
+    for delivery in watchlist.pending_deliveries(svc.store):
+        if attempt(svc, delivery, owner, now, send):
             done[delivery["state"]] += 1  # attempt() records into this same dict
-    if new_low is not None:
-        svc.store.save_state("webhooks_low", new_low)
     return done
 
 

@@ -24,14 +24,15 @@ from typing import Any
 
 from comfy_saas import logs
 from comfy_saas.backends import safe_fetch
-from comfy_saas.errors import ComfyUnavailable, MediaError, PromptRejected
-from comfy_saas.jobs import keys, webhooks
-from comfy_saas.jobs.lifecycle import AttemptMoved
+from comfy_saas.backends.parallel import run_all
+from comfy_saas.errors import BackendError, ComfyUnavailable, MediaError, NotFound, PromptRejected
+from comfy_saas.jobs import keys, payloads, webhooks
+from comfy_saas.jobs.lifecycle import CANCELLED_QUEUED, AttemptMoved
 from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, Timings, utcnow
-from comfy_saas.jobs.request import MediaInput
 from comfy_saas.jobs.services import Services
-from comfy_saas.jobs.store import PROGRESS_EVENTS_KEPT
+from comfy_saas.jobs.store import PROGRESS_EVENTS_KEPT, Wakeup
 from comfy_saas.runner.comfy_client import ComfyClient, Event, EventStream
+from comfy_saas.runner.monitor import PROGRESS_WRITE_S, AttemptMonitor
 from comfy_saas.runner.outputs import OutputItem, collect
 from comfy_saas.runner.progress import ProgressTracker
 from comfy_saas.workflows import preflight
@@ -39,7 +40,6 @@ from comfy_saas.workflows.edits import apply_overrides, rewrite_media
 
 log = logging.getLogger(__name__)
 
-_PROGRESS_WRITE_S = 0.5  # at most two progress writes a second per job
 _HISTORY_POLL_S = 2.0  # when the socket is quiet, ask /history this often
 _INTERRUPT_GRACE_S = 15.0  # how long to wait for ComfyUI to confirm an interrupt
 
@@ -62,6 +62,8 @@ class Run:
     prompt_id: str
     deadline: float
     start_kind: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    monitor: Any = None  # the AttemptMonitor watching this attempt
     workflow: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
     nodes: dict[str, Any] = field(default_factory=dict)
@@ -123,8 +125,8 @@ class Worker:
         self.prepare()
         try:
             while not stop.is_set():
-                job_id = self.store.next_job_id(self.pool, timeout_s=poll_s)
-                if job_id is not None and not self.process(job_id):
+                wakeup = self.store.next_wakeup(self.pool, timeout_s=poll_s)
+                if wakeup is not None and not self.process(wakeup):
                     log.error("worker %s: ComfyUI unhealthy, leaving the pool", self.worker_id)
                     return
         finally:
@@ -173,40 +175,59 @@ class Worker:
         self.prepare()
         wait_s = first_wait_s
         try:
-            while (job_id := self.store.next_job_id(self.pool, timeout_s=wait_s)) is not None:
+            while (wakeup := self.store.next_wakeup(self.pool, timeout_s=wait_s)) is not None:
                 handled, wait_s = handled + 1, idle_s
-                if not self.process(job_id):
+                if not self.process(wakeup):
                     break
         finally:
             self.events.close()
+            self.store.settle()
+            self.lifecycle.flush_counters(wait=True)
         return handled
 
-    def process(self, job_id: str) -> bool:
-        """Handle one wake-up; False when this worker should stop taking jobs."""
-        job = self.store.get(job_id)
+    def process(self, wakeup: Wakeup | str) -> bool:
+        """Handle one wake-up; False when this worker should stop taking jobs. The wake-up carries the job
+        as it was queued, so starting it is one round trip: the attempt's claim, the cancel flag and the
+        payload together."""
+        if isinstance(wakeup, str):
+            wakeup = Wakeup(wakeup, None, 0.0)
+        job = wakeup.job or self.store.get(wakeup.job_id)  # a wake-up from before they carried the job
         if job is None or job.status is not Status.QUEUED:
             return True  # a stale or duplicate wake-up
-        if self.store.cancel_requested(job_id):
-            self.lifecycle.cancel(job_id)
-            return True
         if not self.comfy.healthy():
             self.store.enqueue(job)  # hand the wake-up back before anything is claimed
             return self.on_unhealthy()
-        started = self.lifecycle.start(job, self.worker_id)
-        if started is not None:  # else another worker or a cancel won the attempt
-            self.run_job(started)
+        started, cancelled, payload, _ = run_all([
+            lambda: self.lifecycle.start(job, self.worker_id), lambda: self.store.cancel_requested(job.id),
+            lambda: wakeup.payload or self._payload(job.id),
+            lambda: self.store.save_state(f"taken:{job.pool}", wakeup.sent_at)])
+        if started is None:
+            return True  # another worker or a cancel won the attempt
+        if cancelled or payload is None:
+            error = CANCELLED_QUEUED if cancelled else JobError(type="internal_error", message="no payload stored")
+            self.lifecycle.finish(started, Status.CANCELLED if cancelled else Status.FAILED, error=error)
+            return True
+        self.run_job(started, payload)
         return True
+
+    def _payload(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            return self.store.payload(job_id)
+        except NotFound:
+            return None
 
     # --- running one job ---------------------------------------------------------------------
 
-    def run_job(self, job: Job) -> None:
+    def run_job(self, job: Job, payload: dict[str, Any]) -> None:
         """Run one started attempt to an outcome; never raises for the job's own failures."""
         job_id = job.id
         logs.event(log, "job.started", job_id=job_id, attempt=job.attempts, worker_id=self.worker_id,
                    phase="prepare", pool=job.pool)
         limit = job.timeout_s or self.settings.job_timeout_s
         run = Run(job, prompt_id=f"{job_id}-{job.claim_seq}", deadline=time.monotonic() + limit,
-                  start_kind=self.start_kind)
+                  start_kind=self.start_kind, payload=payload)
+        run.monitor = AttemptMonitor(self.lifecycle, job, self.settings.cancel_poll_s,
+                                     self.settings.heartbeat_interval_s)
         if not self._warmup_reported:
             run.warmup_ms, self._warmup_reported = self.warmup_ms, True
         self.start_kind = "warm"
@@ -222,11 +243,17 @@ class Worker:
             logs.event(log, "job.taken_over", job_id=job_id, attempt=job.attempts, worker_id=self.worker_id,
                        error=str(exc))
             self._stop_prompt_quietly(run)
+        except BackendError as exc:  # the store or object storage is away: another attempt may have better luck
+            logs.event(log, "job.storage_lost", logging.WARNING, job_id=job_id, attempt=job.attempts,
+                       worker_id=self.worker_id, error=str(exc))
+            self._stop_prompt_quietly(run)
+            self._release_quietly(run, JobError(type="storage_unavailable", message=exc.message))
         except Exception as exc:  # a bug must fail one job, never the worker
             log.exception("internal error", extra={"event": "job.internal_error", "job_id": job_id,
                                                    "worker_id": self.worker_id})
             self.finish(run, Outcome(Status.FAILED, error=JobError(type="internal_error", message=str(exc))))
         finally:
+            run.monitor.close()
             self.current_job = None
 
     def _run_steps(self, run: Run) -> None:
@@ -250,22 +277,22 @@ class Worker:
 
     def prepare_inputs(self, run: Run) -> dict[str, Any]:
         """Fetch media, upload them to ComfyUI under collision-free names, apply overrides."""
-        payload = self.store.payload(run.job.id)
         names = {}
-        for i, raw in enumerate(payload.get("media", [])):
-            media = MediaInput.model_validate(raw)
-            data = self._media_bytes(i, media)
-            names[media.name] = self.comfy.upload_image(f"{run.job.id}-{media.name}", data)
-        return rewrite_media(apply_overrides(payload["workflow"], payload.get("overrides", [])), names)
+        for i, item in enumerate(run.payload.get("media", [])):
+            data = self._media_bytes(i, item)
+            names[item["name"]] = self.comfy.upload_image(f"{run.job.id}-{item['name']}", data)
+        graph = payloads.graph(self.objects, run.payload)
+        return rewrite_media(apply_overrides(graph["workflow"], graph.get("overrides", [])), names)
 
-    def _media_bytes(self, index: int, media: MediaInput) -> bytes:
-        if media.base64 is not None:
-            return media.decoded()
+    def _media_bytes(self, index: int, item: dict[str, Any]) -> bytes:
+        data = payloads.media_bytes(self.objects, item)
+        if data is not None:
+            return data
         try:
-            return safe_fetch.fetch(media.url or "", self.settings.limits.max_media_bytes,
+            return safe_fetch.fetch(item.get("url") or "", self.settings.limits.max_media_bytes,
                                     self.settings.media_fetch_timeout_s, self.allowlist)
         except MediaError as exc:
-            raise MediaError(f"media[{index}] ({media.name}): {exc.message}") from None
+            raise MediaError(f"media[{index}] ({item['name']}): {exc.message}") from None
 
     def submit(self, run: Run) -> None:
         """Open the socket first so no event is missed, then queue the prompt."""
@@ -322,7 +349,13 @@ class Worker:
 
     def release(self, run: Run, reason: str) -> None:
         """ComfyUI went away mid-job: requeue the job while attempts remain, else fail it."""
-        self.lifecycle.release(run.job, JobError(type="comfyui_unavailable", message=reason))
+        self._release_quietly(run, JobError(type="comfyui_unavailable", message=reason))
+
+    def _release_quietly(self, run: Run, error: JobError) -> None:
+        try:
+            self.lifecycle.release(run.job, error)
+        except BackendError as exc:  # the sweeper will find the silent attempt and requeue it
+            logs.event(log, "job.release_failed", logging.WARNING, job_id=run.job.id, error=exc.message)
 
     # --- stopping a prompt -------------------------------------------------------------------
 
@@ -350,10 +383,7 @@ class _Watch:
         self.run = run
         self.tracker = ProgressTracker(run.workflow)
         now = time.monotonic()
-        self.next_cancel_check = now
-        self.next_heartbeat = now + worker.settings.heartbeat_interval_s
-        # The first progress write waits a moment: a job that finishes within it needs none.
-        self.next_progress_write = now + _PROGRESS_WRITE_S
+        self.next_progress = now
         self.next_history_poll = now + _HISTORY_POLL_S
         self.stopping: Outcome | None = None  # set once we asked ComfyUI to stop our prompt
         self.stop_sent_at = 0.0
@@ -363,10 +393,10 @@ class _Watch:
 
     def tick(self) -> Outcome | None:
         now = time.monotonic()
-        if self.stopping is None and now >= self.next_cancel_check:
-            self.next_cancel_check = now + self.w.settings.cancel_poll_s
-            if (decided := self._check_cancel_and_deadline(now)) is not None:
-                return decided
+        if self.run.monitor.moved is not None:
+            raise self.run.monitor.moved
+        if self.stopping is None and (decided := self._check_cancel_and_deadline(now)) is not None:
+            return decided
         if self.stopping is not None and now - self.stop_sent_at > _INTERRUPT_GRACE_S:
             return self.stopping  # ComfyUI never confirmed; the job's fate is ours to write
         event = self.w.events.next(timeout_s=0.2)
@@ -377,7 +407,7 @@ class _Watch:
         return outcome
 
     def _check_cancel_and_deadline(self, now: float) -> Outcome | None:
-        if self.w.store.cancel_requested(self.run.job.id):
+        if self.run.monitor.cancel_requested():
             wanted = Outcome(Status.CANCELLED, error=JobError(type="cancelled", message="cancelled by request"))
         elif now > self.run.deadline:
             wanted = Outcome(Status.FAILED, error=JobError(type="timeout", message="job exceeded its run time"))
@@ -428,23 +458,20 @@ class _Watch:
         return outcome_from_history(entry, self.stopping)
 
     def _write_progress(self, now: float) -> None:
-        due_progress = self.dirty and now >= self.next_progress_write
-        if not due_progress and now < self.next_heartbeat:
+        """Hand the newest progress to the monitor (which writes it), at most twice a second."""
+        if not self.dirty or now < self.next_progress:
             return
-        if due_progress:
-            self.progress = self.tracker.snapshot()
-            seq = self.events[-1]["seq"] + 1 if self.events else 1
-            shown = self.progress.model_dump(mode="json")
-            self.events = [*self.events[-(PROGRESS_EVENTS_KEPT - 1):], {"seq": seq, "at": utcnow().isoformat(),
-                                                                        "progress": shown}]
-        self.w.lifecycle.heartbeat(self.run.job, self.progress, self.events)
+        self.dirty, self.next_progress = False, now + PROGRESS_WRITE_S
+        self.progress = self.tracker.snapshot()
+        seq = self.events[-1]["seq"] + 1 if self.events else 1
+        shown = self.progress.model_dump(mode="json")
+        self.events = [*self.events[-(PROGRESS_EVENTS_KEPT - 1):], {"seq": seq, "at": utcnow().isoformat(),
+                                                                    "progress": shown}]
+        self.run.monitor.report(self.progress, self.events)
         job = self.run.job
-        if due_progress and job.webhook_url and job.webhook_progress:
+        if job.webhook_url and job.webhook_progress:
             shown = job.model_copy(update={"progress": self.progress})
             threading.Thread(target=webhooks.send_progress, args=(self.w.services, shown), daemon=True).start()
-        self.dirty = self.dirty and not due_progress
-        self.next_progress_write = now + _PROGRESS_WRITE_S
-        self.next_heartbeat = now + self.w.settings.heartbeat_interval_s
 
 
 def outcome_from_history(entry: dict[str, Any], stopping: Outcome | None = None) -> Outcome:

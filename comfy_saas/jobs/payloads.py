@@ -1,0 +1,55 @@
+"""What a job runs, kept small in the Dict: large parts (base64 media, big workflows) go to object storage
+under the job's own prefix, and the Dict keeps references. They are deleted with the job's outputs, by
+the day prefix (see keys.object_day), without reading any record.
+
+A job's Dict footprint stays under about 64 KB whatever it carries (media up to the per-job limit).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from comfy_saas.backends.objects import ObjectStore
+from comfy_saas.jobs import keys
+from comfy_saas.jobs.request import JobRequest, MediaInput
+
+INLINE_MAX_BYTES = 32 * 1024  # the workflow and overrides stay in the Dict up to this size as JSON
+
+
+def pack(objects: ObjectStore, job_id: str, created: datetime, request: JobRequest) -> dict[str, Any]:
+    """The payload to store for a request, uploading its large parts first."""
+    media = [_media_ref(objects, job_id, created, i, m) for i, m in enumerate(request.media)]
+    graph = {"workflow": request.workflow, "overrides": [o.model_dump(mode="json") for o in request.overrides]}
+    raw = json.dumps(graph, separators=(",", ":")).encode()
+    if len(raw) <= INLINE_MAX_BYTES:
+        return {**graph, "media": media}
+    key = keys.input_object(job_id, created, "workflow.json")
+    objects.put_bytes(key, raw, "application/json")
+    return {"graph_ref": key, "media": media}
+
+
+def _media_ref(objects: ObjectStore, job_id: str, created: datetime, i: int, media: MediaInput) -> dict[str, Any]:
+    if media.base64 is None:
+        return {"name": media.name, "url": media.url}
+    data = media.decoded()
+    key = keys.input_object(job_id, created, f"media-{i}")
+    objects.put_bytes(key, data, "application/octet-stream")
+    return {"name": media.name, "ref": key, "size": len(data)}
+
+
+def graph(objects: ObjectStore, payload: dict[str, Any]) -> dict[str, Any]:
+    """{"workflow", "overrides"} of a stored payload, fetched from object storage when it was too large."""
+    if "graph_ref" in payload:
+        return json.loads(objects.read(payload["graph_ref"]))
+    return {"workflow": payload["workflow"], "overrides": payload.get("overrides", [])}
+
+
+def media_bytes(objects: ObjectStore, item: dict[str, Any]) -> bytes | None:
+    """The bytes of a submitted media item kept in object storage; None for one given by URL."""
+    if "ref" in item:
+        return objects.read(item["ref"])
+    if item.get("base64") is not None:  # a payload stored before media moved out of the Dict
+        return MediaInput.model_validate(item).decoded()
+    return None
