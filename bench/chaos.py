@@ -1,6 +1,7 @@
 """Chaos run: N jobs through the local stack while workers are killed, ComfyUI crashes and sockets drop.
 
     python bench/chaos.py --jobs 1000 --seed 7 --out chaos.json
+    python bench/chaos.py --jobs 1000 --seed 7 --rpc-ms 25 --out chaos.json   # on the twins' Modal profile
 
 Worker processes (`comfy-saas worker`) each drive their own ComfyUI double; a supervisor restarts
 whatever dies. At the end it counts jobs lost (no record), stuck (not finished by the deadline),
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from comfy_saas import signing
 from comfy_saas.config import Settings
-from comfy_saas.jobs import sweeper, webhooks
+from comfy_saas.jobs import ops, sweeper, webhooks
 from comfy_saas.jobs.request import JobRequest
 from comfy_saas.jobs.services import local_services
 from comfy_saas.local import free_port
@@ -86,6 +87,8 @@ class Chaos:
                     "COMFY_WEBHOOK_SECRET": SECRET, "COMFY_WEBHOOK_BACKOFF_S": "0.2",
                     "COMFY_PRIVATE_URL_ALLOWLIST": "127.0.0.1/32", "COMFY_URL_SIGNING_SECRET": "chaos",
                     "COMFY_WEBHOOK_TIMEOUT_S": "30"}
+        if args.rpc_ms:
+            self.env.update({"COMFY_TWIN_PROFILE": "modal", "COMFY_TWIN_RPC_MS": str(args.rpc_ms)})
         self.settings = Settings.from_env(self.env)
         self.svc = local_services(self.settings)
         self.slots: list[Slot] = []
@@ -125,11 +128,17 @@ class Chaos:
 
     def sweep(self) -> None:
         while not self.stop.wait(0.5):
-            sweeper.sweep(self.svc, owner="chaos-sweeper")
+            try:
+                sweeper.sweep(self.svc, owner="chaos-sweeper")
+            except Exception as exc:  # a failed pass is retried on the next tick, as on Modal
+                print(f"sweep failed: {exc!r}", file=sys.stderr)
 
     def dispatch(self) -> None:
         while not self.stop.wait(0.2):
-            webhooks.dispatch(self.svc, owner="chaos-dispatcher")
+            try:
+                webhooks.dispatch(self.svc, owner="chaos-dispatcher")
+            except Exception as exc:
+                print(f"dispatch failed: {exc!r}", file=sys.stderr)
 
     def inject(self) -> None:
         while not self.stop.wait(self.rng.expovariate(1 / self.args.fault_interval)):
@@ -185,6 +194,7 @@ def run(args: argparse.Namespace) -> dict:
         _observe(chaos, ids, first_final, changed, every=True)
         chaos.shutdown()
         records = {i: chaos.svc.store.get(i) for i in ids}
+        stuck_details = [ops.inspect(chaos.svc, i) for i, j in records.items() if j is not None and not j.terminal]
         deliveries = {i: chaos.svc.store.webhook(i) or {"attempts": []} for i in ids}
     receiver.shutdown()
     # A retry after a recorded failed attempt (the receiver was too slow to answer) is the receiver's
@@ -206,6 +216,8 @@ def run(args: argparse.Namespace) -> dict:
         "failure_reasons": dict(Counter(f"{j.error.type}: {j.error.message[:80]}" for j in records.values()
                                         if j is not None and j.status.value == "failed" and j.error)),
         "seconds": round(time.monotonic() - started, 1),
+        "rpc_ms": args.rpc_ms,
+        "stuck_jobs": stuck_details,
     }
 
 
@@ -232,10 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--fault-interval", type=float, default=0.5, help="mean seconds between faults")
     parser.add_argument("--deadline-s", type=float, default=600)
+    parser.add_argument("--rpc-ms", type=float, default=0.0,
+                        help="run the twins in their Modal profile with this latency per Dict/Queue call")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     result = run(args)
-    args.out.write_text(json.dumps(result, indent=2))
+    args.out.write_text(json.dumps(result, indent=2, default=str))
     for key in ("jobs", "lost", "stuck", "duplicate_terminal", "duplicate_webhooks", "faults_injected", "seconds"):
         print(f"{key:>20}: {result[key]}")
     ok = not (result["lost"] or result["stuck"] or result["duplicate_terminal"] or result["duplicate_webhooks"])

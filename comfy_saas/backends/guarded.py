@@ -28,7 +28,7 @@ _PASS_THROUGH = (KeyError, queue.Empty, queue.Full, TypeError, ValueError, Attri
 class Guarded:
     """Wraps a modal.Dict / modal.Queue (or a twin) with retries and the project's errors."""
 
-    def __init__(self, target: Any, what: str, delays: tuple[float, ...] = RETRY_DELAYS_S) -> None:
+    def __init__(self, target: Any, what: str, delays: tuple[float, ...] | None = None) -> None:
         self._target = target
         self._what = what
         self._delays = delays
@@ -43,7 +43,7 @@ class Guarded:
         return self._call("contains", self._target.contains, (key,), {})
 
     def _call(self, name: str, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        for delay in (*self._delays, None):
+        for delay in (*(RETRY_DELAYS_S if self._delays is None else self._delays), None):
             try:
                 return method(*args, **kwargs)
             except _PASS_THROUGH:

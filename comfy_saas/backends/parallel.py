@@ -57,3 +57,14 @@ def map_all(fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
 def submit(call: Callable[[], T]) -> Future:
     """Run one call in the background; its Future."""
     return _executor().submit(call)
+
+
+def settle_all(calls: Sequence[Callable[[], T]]) -> list[T | BaseException]:
+    """Like run_all, but every call's error is returned in its place instead of raised, so a caller can
+    undo what the other calls did."""
+    def capture(call: Callable[[], T]) -> T | BaseException:
+        try:
+            return call()
+        except Exception as exc:
+            return exc
+    return run_all([lambda call=call: capture(call) for call in calls])

@@ -1,7 +1,9 @@
 """Numbered index slots per scope (all jobs, each user), newest first, without ever scanning the Dict.
 
-A writer claims `idx:{scope}:{n}` with skip_if_exists, so concurrent writers get distinct slots. The head
-hint may lag behind racing writers; readers correct it by probing forward in parallel batches.
+A writer claims `idx:{scope}:{n}` with skip_if_exists, so concurrent writers get distinct slots; threads of one
+process draw distinct numbers, and a submission tries its guess while reading the head hint, so a slot costs
+no round trip of its own. The head hint may lag behind racing writers; readers correct it by probing
+forward in parallel batches. Slots are never reused: a job is only kept in a slot above the head hint.
 """
 
 from __future__ import annotations
@@ -46,6 +48,24 @@ class SlotIndex:
         while not self._d.put(keys.index_slot(scope, n), job_id, skip_if_exists=True):
             n = self._next(scope, n)
         return n
+
+    def guess(self, scope: str) -> int:
+        """A slot number to try without reading the head: the one after the last this process handed out.
+        Only kept if it lands above the head hint read alongside (see `settle_guess`)."""
+        return self._next(scope, 0)
+
+    def try_slot(self, scope: str, n: int, job_id: str) -> bool:
+        return self._d.put(keys.index_slot(scope, n), job_id, skip_if_exists=True)
+
+    def settle_guess(self, scope: str, job_id: str, guessed: int, won: bool, hint: int) -> int:
+        """The slot job_id ends up in after trying `guessed` while the head hint read `hint`: kept when won
+        above the hint; a slot won at or below it may be a hole left by cleanup (below where the sweeper has
+        read), so it is given back and a slot after the hint claimed instead."""
+        if won and guessed > hint:
+            return guessed
+        if won:
+            self.remove(scope, guessed)
+        return self.claim(scope, job_id, hint)
 
     def _next(self, scope: str, after: int) -> int:
         # Threads of one process never race each other for a slot: they draw distinct numbers here.

@@ -23,11 +23,12 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from comfy_saas import logs
-from comfy_saas.backends.parallel import run_all, submit
+from comfy_saas.backends.parallel import run_all, settle_all, submit
 from comfy_saas.config import Settings
 from comfy_saas.errors import ComfySaasError, Conflict, Overloaded
 from comfy_saas.jobs import keys
@@ -50,6 +51,17 @@ class AttemptMoved(ComfySaasError):
     type = "attempt_moved"
 
 
+@dataclass
+class _Reserved:
+    """What round trip one of a submission got: the idempotency key (owned), quota slots, index slots, and
+    the quota scope that was full, if one was."""
+
+    owned: bool
+    quota: dict[str, int]
+    slots: dict[str, int]
+    full: tuple[str, int] | None
+
+
 class Lifecycle:
     """The named moves over one store. `on_delivery(job_id, owner)` starts a webhook's first attempt."""
 
@@ -65,46 +77,54 @@ class Lifecycle:
     def create(self, request: JobRequest, payload: dict[str, Any], job_id: str | None = None,
                now: datetime | None = None) -> tuple[Job, bool]:
         """Store and enqueue a validated request; (job, created). A repeated idempotency key returns the
-        first job with created=False. Two round trips: the refusable decisions (idempotency key, quota
-        slots) with the index heads, then the record, the index slots and the wake-up together. Any
-        failure gives back what was taken."""
+        first job with created=False. Two round trips: first everything that may refuse or must exist
+        before the job does (idempotency key, quota slots, index slots, payload), then the record with the
+        wake-up. Whatever fails, what is left is nothing visible or a whole job the sweeper finishes."""
         job = new_job(request, job_id or new_job_id(), self.settings.default_pool, now or self.store.clock())
-        scopes = [keys.ALL] + ([keys.scope(job.user_id)] if job.user_id is not None else [])
-        owned, slots, hints = self._decide_admission(request, job, scopes)
-        if not owned:
-            self._give_back(job.model_copy(update={"active_slots": slots}), request, idempotency=False)
+        reserved = self._reserve(request, job, payload)
+        if not reserved.owned:
+            self._give_back(job, request, reserved, owned_key=False)
             original = self.store.idempotency.original(request.user_id, request.idempotency_key or "",
                                                        request_digest(request))
             return (original, False) if original is not None else self.create(request, payload, job.id, now)
-        job.active_slots = slots
-        try:
-            self._admit(job, payload, dict(zip(scopes, hints, strict=True)))
-        except BaseException:
-            self._give_back(job, request, idempotency=True, stored=True)
-            raise
+        job.active_slots = reserved.quota
+        if reserved.full is not None:
+            self._give_back(job, request, reserved, owned_key=True)
+            who = "this user" if reserved.full[0] != keys.ALL else "the service"
+            raise Overloaded(f"{who} already has {reserved.full[1]} active jobs; retry when some finish",
+                             retry_after_s=10)
+        self._commit(job, request, payload, reserved)
         self._count(None, job)
         return job, True
 
-    def _decide_admission(self, request: JobRequest, job: Job, scopes: list[str]
-                          ) -> tuple[bool, dict[str, int], list[int]]:
-        """(idempotency key owned, quota slots taken, index head hints), decided in one round trip."""
+    def _reserve(self, request: JobRequest, job: Job, payload: dict[str, Any]) -> _Reserved:
+        """Round trip one: idempotency key, quota slots, payload, and a guessed index slot per scope next to
+        that scope's head hint. A guess that missed costs one more round trip."""
+        scopes = [keys.ALL] + ([keys.scope(job.user_id)] if job.user_id is not None else [])
         caps = [(s, c) for s, c in self._caps(job.user_id) if c > 0]
-        calls: list[Callable[[], Any]] = [lambda s=s: self.store.index.head_hint(s) for s in scopes]
+        guesses = {s: self.store.index.guess(s) for s in scopes}
+        calls: list[Callable[[], Any]] = [lambda: self.store.put_payload(job.id, payload)]
+        calls += [lambda s=s: self.store.index.head_hint(s) for s in scopes]
+        calls += [lambda s=s: self.store.index.try_slot(s, guesses[s], job.id) for s in scopes]
         calls += [lambda s=s, c=c: self.store.quotas.acquire(s, c, job.id) for s, c in caps]
         if request.idempotency_key:
             calls.append(lambda: self.store.idempotency.claim(request.user_id, request.idempotency_key or "",
                                                               job.id, request_digest(request)))
-        results = run_all(calls)
-        hints, taken = results[:len(scopes)], results[len(scopes):len(scopes) + len(caps)]
-        slots = {s: n for (s, _), n in zip(caps, taken, strict=True) if n is not None}
-        owned = results[-1] if request.idempotency_key else True
-        if owned and len(slots) < len(caps):
-            full = next(s for (s, _), n in zip(caps, taken, strict=True) if n is None)
-            self._give_back(job.model_copy(update={"active_slots": slots}), request, idempotency=True)
-            who = "this user" if full != keys.ALL else "the service"
-            raise Overloaded(f"{who} already has {dict(caps)[full]} active jobs; retry when some finish",
-                             retry_after_s=10)
-        return owned, slots, hints
+        results = settle_all(calls)
+        got = iter(results[1:])
+        hints = {s: next(got) for s in scopes}
+        won = {s: next(got) for s in scopes}
+        taken = {s: next(got) for s, _ in caps}
+        owned = next(got) if request.idempotency_key else True
+        quota = {s: n for s, n in taken.items() if isinstance(n, int)}
+        if failed := next((r for r in results if isinstance(r, BaseException)), None):
+            self._give_back(job.model_copy(update={"active_slots": quota}), request,
+                            _Reserved(owned is True, quota, {}, None), owned_key=owned is True)
+            raise failed
+        slots = run_all([lambda s=s: self.store.index.settle_guess(s, job.id, guesses[s], won[s], hints[s])
+                         for s in scopes])
+        full = next(((s, c) for s, c in caps if taken[s] is None), None)
+        return _Reserved(owned, quota, dict(zip(scopes, slots, strict=True)), full)
 
     def _caps(self, user_id: str | None) -> list[tuple[str, int]]:
         caps = [(keys.ALL, self.settings.max_active_jobs)]
@@ -112,20 +132,33 @@ class Lifecycle:
             caps.append((keys.scope(user_id), self.settings.max_active_jobs_per_user))
         return caps
 
-    def _admit(self, job: Job, payload: dict[str, Any], hints: dict[str, int]) -> None:
-        heads = {keys.index_head(s): h + 1 for s, h in hints.items()}  # the hint may lag; readers probe on
-        run_all([lambda: self.store.put_new(job, payload, heads), lambda: self.store.enqueue(job, payload),
-                 *(lambda s=s, h=h: self.store.index.claim(s, job.id, h) for s, h in hints.items())])
+    def _commit(self, job: Job, request: JobRequest, payload: dict[str, Any], reserved: _Reserved) -> None:
+        """Round trip two: the record (with the index head hints) and the wake-up. Past this point a failure
+        leaves at most a whole job: a record whose wake-up the sweeper re-sends, or a wake-up that writes the
+        record when a worker starts it. A failure the store can hear of is undone."""
+        heads = {keys.index_head(s): n for s, n in reserved.slots.items()}
+        try:
+            run_all([lambda: self.store.put_record(job, heads), lambda: self.store.enqueue(job, payload)])
+        except BaseException:
+            self._give_back(job, request, reserved, owned_key=True, committed=True)
+            raise
 
-    def _give_back(self, job: Job, request: JobRequest, idempotency: bool, stored: bool = False) -> None:
-        """Undo a submission: quota slots, the idempotency key, the record; and claim its first move so a
-        wake-up that went out anyway can never start it. An index slot may remain, pointing at nothing."""
+    def _give_back(self, job: Job, request: JobRequest, reserved: _Reserved, owned_key: bool,
+                   committed: bool = False) -> None:
+        """Undo a submission: quota slots, the idempotency key, the payload; after a commit also the record,
+        and its first move is claimed so a wake-up that went out anyway can never start it. Index slots stay,
+        pointing at nothing (listing skips them): a slot is never handed out twice."""
         calls: list[Callable[[], Any]] = [lambda: self.store.quotas.release_all(job)]
-        if idempotency and request.idempotency_key:
+        if owned_key and request.idempotency_key:
             calls.append(lambda: self.store.idempotency.forget(request.user_id, request.idempotency_key or ""))
-        if stored:
+        if committed:
             calls += [lambda: self.store.forget_new(job), lambda: self.store.refuse_start(job)]
-        run_all(calls)
+        else:
+            calls.append(lambda: self.store.forget_new(job))
+        try:
+            run_all(calls)
+        except ComfySaasError as exc:  # the store is away: the leftovers are invisible or a whole job
+            logs.event(log, "job.give_back_failed", logging.WARNING, job_id=job.id, error=str(exc))
 
     # --- the owner's moves -----------------------------------------------------------------------
 
@@ -197,6 +230,11 @@ class Lifecycle:
         if moved is None:
             raise Conflict("another actor took the job meanwhile; inspect it again")
         return moved
+
+    def redo_consequences(self, job: Job, owner: str = "repair") -> None:
+        """Run a recorded move's consequences again (they are idempotent): for a job whose record landed but
+        whose mover died before its side effects."""
+        self._consequences(job, owner)
 
     def repair(self, decided: Job, owner: str = "repair") -> None:
         """Finish a move whose winner decided it but did not live to write it: the record, then the move's

@@ -114,6 +114,9 @@ class JobStore:
         lives = run_all([lambda j=j: self.d.get(keys.progress(j.id)) for j in running])
         return [_merge(j.to_record(), live) for j, live in zip(running, lives, strict=True)]
 
+    def exists(self, job_id: str) -> bool:
+        return self.d.contains(keys.job(job_id))
+
     def require(self, job_id: str, user_id: str | None = None) -> Job:
         """The job, or NotFound (also when it belongs to another user than `user_id`)."""
         job = self.get(job_id)
@@ -128,9 +131,12 @@ class JobStore:
             raise NotFound(f"no workflow stored for job {job_id!r}")
         return body
 
-    def put_new(self, job: Job, payload: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-        """Store a new job's record and payload (and any `extra` keys) in one call."""
-        self.d.update({keys.payload(job.id): payload, keys.job(job.id): job.to_record(), **(extra or {})})
+    def put_payload(self, job_id: str, payload: dict[str, Any]) -> None:
+        self.d.put(keys.payload(job_id), payload)
+
+    def put_record(self, job: Job, extra: dict[str, Any] | None = None) -> None:
+        """Store a new job's record (and any `extra` keys) in one call."""
+        self.d.update({keys.job(job.id): job.to_record(), **(extra or {})})
 
     def forget_new(self, job: Job) -> None:
         """Undo put_new for a submission that could not be completed (one round trip)."""

@@ -27,7 +27,7 @@ from comfy_saas.jobs.watchlist import Entry
 
 log = logging.getLogger(__name__)
 
-LOST_WAKEUP_AFTER_S = 60.0  # a queued job whose wake-up is this old with an empty queue lost it
+LOST_WAKEUP_AFTER_S = 15.0  # a queued job waiting this long in an empty queue lost its wake-up (a duplicate is harmless)
 FIFO_GRACE_S = 10.0  # clocks of different senders differ a little
 BATCH = 2_000
 BUDGET_S = 45.0  # Modal runs the sweep every minute with a 55 s timeout
@@ -106,7 +106,7 @@ def _sweep_batch(svc: Services, batch: list[Entry], now: datetime, owner: str, d
     """Examine and act on one batch; the entries still to watch."""
     jobs = _load(svc, batch)
     pools = _pool_state(svc, {j.pool for j in jobs.values() if j.status is Status.QUEUED})
-    kept, moves = [], []
+    kept, moves, finished = [], [], {}
     for entry in batch:
         job = jobs.get(entry.job_id)
         if job is None:
@@ -114,6 +114,7 @@ def _sweep_batch(svc: Services, batch: list[Entry], now: datetime, owner: str, d
         if job.terminal:
             if job.webhook_url:
                 kept.append(Entry(entry.job_id, hook_only=True))  # the delivery is checked below
+                finished[job.id] = job
             continue
         done[f"waiting:{job.pool}"] += job.status is Status.QUEUED
         action = decide(job, now, svc.settings, _lost(entry, job, now, pools))
@@ -121,7 +122,7 @@ def _sweep_batch(svc: Services, batch: list[Entry], now: datetime, owner: str, d
             moves.append((entry, job, action))
         kept.append(entry)
     _act_all(svc, moves, now, owner, done)
-    return _drop_settled_hooks(svc, kept)
+    return _drop_settled_hooks(svc, kept, finished, done)
 
 
 def _load(svc: Services, batch: list[Entry]) -> dict[str, Job]:
@@ -161,8 +162,13 @@ def _act_all(svc: Services, moves: list[tuple[Entry, Job, Action]], now: datetim
                    phase="sweep", status=job.status.value)
 
 
-def _drop_settled_hooks(svc: Services, kept: list[Entry]) -> list[Entry]:
+def _drop_settled_hooks(svc: Services, kept: list[Entry], finished: dict[str, Job], done: Counter) -> list[Entry]:
+    """Stop watching delivered (or given up) webhooks. A finished job with no delivery at all lost its
+    finisher between its record and its side effects: those are run again here (they are idempotent)."""
     hooks = [e for e in kept if e.hook_only]
     deliveries = svc.store.webhooks([e.job_id for e in hooks])
-    done_ids = {e.job_id for e, d in zip(hooks, deliveries, strict=True) if settled(d)}
-    return [e for e in kept if e.job_id not in done_ids]
+    lost = [finished[e.job_id] for e, d in zip(hooks, deliveries, strict=True) if d is None and e.job_id in finished]
+    run_all([lambda j=j: svc.lifecycle.redo_consequences(j, OWNER) for j in lost])
+    done["side_effects_redone"] += len(lost)
+    settled_ids = {e.job_id for e, d in zip(hooks, deliveries, strict=True) if d is not None and settled(d)}
+    return [e for e in kept if e.job_id not in settled_ids]

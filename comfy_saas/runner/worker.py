@@ -202,7 +202,7 @@ class Worker:
             lambda: wakeup.payload or self._payload(job.id),
             lambda: self.store.save_state(f"taken:{job.pool}", wakeup.sent_at)])
         if started is None:
-            return True  # another worker or a cancel won the attempt
+            return True  # another worker, a cancel, or an undone submission won the attempt
         if cancelled or payload is None:
             error = CANCELLED_QUEUED if cancelled else JobError(type="internal_error", message="no payload stored")
             self.lifecycle.finish(started, Status.CANCELLED if cancelled else Status.FAILED, error=error)

@@ -20,6 +20,8 @@ from comfy_saas.errors import (
     Unauthorized,
 )
 
+BACKEND_RETRY_AFTER_S = 5  # a store outage: the guard already retried for about a second
+
 _STATUS = [(MalformedBody, 400), (BodyTooLarge, 413), (InvalidInput, 422), (Unauthorized, 401), (NotFound, 404),
            (Conflict, 409), (Overloaded, 429), (BackendError, 503), (ComfySaasError, 500)]
 
@@ -32,6 +34,8 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, s
     headers = {}
     if isinstance(exc, Overloaded):
         headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, BackendError):
+        headers["Retry-After"] = str(BACKEND_RETRY_AFTER_S)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     return status, {"error": exc.to_dict()}, headers
