@@ -27,7 +27,7 @@ from comfy_saas.jobs.watchlist import Entry
 
 log = logging.getLogger(__name__)
 
-LOST_WAKEUP_AFTER_S = 15.0  # a queued job waiting this long in an empty queue lost its wake-up (a duplicate is harmless)
+LOST_WAKEUP_AFTER_S = 15.0  # waiting this long in an empty queue means the wake-up is gone (a duplicate is harmless)
 FIFO_GRACE_S = 10.0  # clocks of different senders differ a little
 BATCH = 2_000
 BUDGET_S = 45.0  # Modal runs the sweep every minute with a 55 s timeout
