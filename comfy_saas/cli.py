@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_api_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("submit", help="submit a workflow (API-format JSON file)")
+    p = sub.add_parser("submit", help="submit a workflow (JSON file, API or UI format)")
     p.add_argument("workflow", type=Path)
     p.add_argument("--media", action="append", default=[], metavar="NAME=PATH|URL")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
