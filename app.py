@@ -99,6 +99,42 @@ async def health():
     return await http.handle_health(_services())
 
 
+# --- workflow templates: names travel as query parameters -----------------------------------------
+@endpoint("PUT")
+async def put_workflow(request: Request, name: str = ""):
+    from comfy_saas.web import http
+
+    return await http.handle_template_put(_services(), request, name)
+
+
+@endpoint("GET")
+async def workflow(request: Request, name: str = ""):
+    from comfy_saas.web import http
+
+    return await http.handle_template_get(_services(), request, name)
+
+
+@endpoint("GET")
+async def workflows(request: Request):
+    from comfy_saas.web import http
+
+    return await http.handle_template_list(_services(), request)
+
+
+@endpoint("DELETE")
+async def delete_workflow(request: Request, name: str = ""):
+    from comfy_saas.web import http
+
+    return await http.handle_template_delete(_services(), request, name)
+
+
+@endpoint("POST")
+async def workflow_jobs(request: Request, name: str = ""):
+    from comfy_saas.web import http
+
+    return await http.handle_template_run(_services(), request, name)
+
+
 # --- remote-callable functions for other Modal apps (modal.Function.from_name) -------------------
 def remote():
     return app.function(image=api_image, secrets=storage.SECRETS, timeout=TIMEOUTS_S["remote"])
@@ -131,6 +167,41 @@ def cancel_job(job_id: str, user_id: str | None = None) -> dict:
     from comfy_saas.web import remote as calls
 
     return calls.cancel_job(_services(), job_id, user_id)
+
+
+@remote()
+def put_template(name: str, template: dict, user_id: str | None = None) -> dict:
+    from comfy_saas.web import remote as calls
+
+    return calls.put_template(_services(), name, template, user_id)
+
+
+@remote()
+def get_template(name: str, user_id: str | None = None) -> dict:
+    from comfy_saas.web import remote as calls
+
+    return calls.get_template(_services(), name, user_id)
+
+
+@remote()
+def list_templates(user_id: str | None = None) -> dict:
+    from comfy_saas.web import remote as calls
+
+    return calls.list_templates(_services(), user_id)
+
+
+@remote()
+def delete_template(name: str, user_id: str | None = None) -> dict:
+    from comfy_saas.web import remote as calls
+
+    return calls.delete_template(_services(), name, user_id)
+
+
+@remote()
+def submit_template_job(name: str, request: dict, user_id: str | None = None) -> dict:
+    from comfy_saas.web import remote as calls
+
+    return calls.submit_template_job(_services(), name, request, user_id)
 
 
 # --- schedules ------------------------------------------------------------------------------------

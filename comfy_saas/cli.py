@@ -183,6 +183,80 @@ def _finished(c: Any, job: dict[str, Any], out: Path | None) -> int:
     return EXIT_OK
 
 
+# --- run a workflow template ---------------------------------------------------------------------------
+
+
+def _truth(raw: str) -> bool:
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"{raw!r} is not true or false")
+
+
+def _seed(raw: str) -> int | str:
+    if raw.lower() == "random":
+        return "random"
+    try:
+        return int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not an integer or 'random'") from None
+
+
+def _flag_spec(prop: dict[str, Any]) -> tuple[Any, list[str] | None, str]:
+    """(argparse type, choices, help) for one property of a template's input schema."""
+    value = prop["anyOf"][0] if "anyOf" in prop else prop
+    kind = {"integer": int, "number": float, "boolean": _truth}.get(value.get("type"), str)
+    bounds = [f"{k} {value[k]}" for k in ("minimum", "maximum") if k in value]
+    notes = [prop.get("description") or "", ", ".join(bounds), f"default {prop['default']!r}" if "default" in prop
+             else "required", '-1 or "random" draws a seed' if prop.get("x-seed") else "",
+             "a file, URL or media name" if value.get("x-media") else ""]
+    return (_seed if prop.get("x-seed") else kind), value.get("enum"), "; ".join(n for n in notes if n)
+
+
+def input_parser(name: str, schema: dict[str, Any]) -> argparse.ArgumentParser:
+    """The flags of a template's inputs, built from its JSON Schema."""
+    parser = argparse.ArgumentParser(prog=f"comfy-saas run {name}", add_help=False,
+                                     description=f"inputs of the workflow template {name!r}")
+    for key, prop in (schema.get("properties") or {}).items():
+        kind, choices, help_text = _flag_spec(prop)
+        flags = [f"--{key}"] + ([f"--{key.replace('_', '-')}"] if "_" in key else [])
+        parser.add_argument(*flags, dest=key, type=kind, choices=choices, default=None, help=help_text)
+    return parser
+
+
+def _input_values(schema: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
+    from comfy_saas.client import data_url
+
+    values = {k: v for k, v in parsed.items() if v is not None}
+    for key, value in values.items():
+        media = (schema["properties"][key].get("x-media") or "") if isinstance(value, str) else ""
+        if media and Path(value).is_file():
+            values[key] = data_url(value)  # a local file travels as a data: URL
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    """Submit a job from a template with --<input> flags built from its schema."""
+    c = _client(args)
+    template = c.get_template(args.name)
+    parser = input_parser(args.name, template["schema"])
+    if args.help:
+        parser.print_help()
+        return EXIT_OK
+    values = _input_values(template["schema"], vars(parser.parse_args(args.rest)))
+    output = {"format": args.output_format, **({"quality": args.quality} if args.quality else {})} \
+        if args.output_format else None
+    options = {k: v for k, v in {"output": output, "webhook_url": args.webhook}.items() if v is not None}
+    job = c.start(args.name, values, **options)
+    print(job["id"])
+    if not args.wait:
+        return EXIT_OK
+    done = _follow(c, job)
+    print(file=sys.stderr)
+    return _finished(c, done, args.out)
+
+
 def status(args: argparse.Namespace) -> int:
     job = _client(args).get(args.job_id)
     print(json.dumps(job, indent=2) if args.json else progress_line(job))
@@ -300,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_api_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("submit", help="submit a workflow (API-format JSON file)")
+    p = sub.add_parser("submit", help="submit a workflow (JSON file, API or UI format)")
     p.add_argument("workflow", type=Path)
     p.add_argument("--media", action="append", default=[], metavar="NAME=PATH|URL")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
@@ -310,6 +384,17 @@ def _add_api_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="with --wait: download outputs here")
     _api_options(p)
     p.set_defaults(run=submit)
+
+    p = sub.add_parser("run", add_help=False, help="submit a job from a workflow template: run NAME --INPUT VALUE ...")
+    p.add_argument("name")
+    p.add_argument("-h", "--help", action="store_true", help="the template's input flags")
+    p.add_argument("--wait", action="store_true", help="show progress until the job finishes")
+    p.add_argument("--out", type=Path, help="with --wait: download outputs here")
+    p.add_argument("--output-format", choices=["original", "png", "webp", "jpeg"], help="convert still images")
+    p.add_argument("--quality", type=int, help="webp/jpeg quality 1-100")
+    p.add_argument("--webhook")
+    _api_options(p)
+    p.set_defaults(run=run)
 
     p = sub.add_parser("status", help="a job's status and progress")
     p.add_argument("job_id")
@@ -348,7 +433,11 @@ def _add_ops(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest  # `run`: the template's --INPUT flags, parsed once its schema is known
     from comfy_saas import logs
 
     logs.configure(logging.INFO if args.command in {"serve", "worker"} else logging.WARNING)

@@ -47,26 +47,44 @@ class Routes:
     """Where each operation lives: `local(base)` for the local server, `modal(workspace)` for Modal."""
 
     def __init__(self, submit: str, job: str, jobs: str, cancel: str, health: str, events: str,
-                 by_path: bool) -> None:
+                 by_path: bool, templates: dict[str, str] | None = None) -> None:
         self.submit, self.job, self.jobs, self.cancel, self.health = submit, job, jobs, cancel, health
         self.events = events
         self.by_path = by_path  # local: ids in the path; Modal: ids as ?id=
+        # Workflow templates: put, get, list, delete, jobs (one base locally, one endpoint each on Modal).
+        self.templates = templates or {}
 
     @classmethod
     def local(cls, base_url: str) -> Routes:
         b = base_url.rstrip("/")
         return cls(f"{b}/v1/jobs", f"{b}/v1/jobs", f"{b}/v1/jobs", f"{b}/v1/jobs", f"{b}/health", f"{b}/v1/jobs",
-                   True)
+                   True, dict.fromkeys(("put", "get", "list", "delete", "jobs"), f"{b}/v1/workflows"))
 
     @classmethod
     def modal(cls, workspace: str, app: str = "comfy-saas", suffix: str = "") -> Routes:
         url = lambda name: f"https://{workspace}--{app}-{name}{suffix}.modal.run"  # noqa: E731
-        return cls(url("submit"), url("job"), url("jobs"), url("cancel"), url("health"), url("events"), False)
+        templates = {"put": url("put-workflow"), "get": url("workflow"), "list": url("workflows"),
+                     "delete": url("delete-workflow"), "jobs": url("workflow-jobs")}
+        return cls(url("submit"), url("job"), url("jobs"), url("cancel"), url("health"), url("events"), False,
+                   templates)
 
     def one(self, base: str, job_id: str, action: str = "") -> str:
         if self.by_path:
             return f"{base}/{urllib.parse.quote(job_id)}{action}"
         return f"{base}?{urllib.parse.urlencode({'id': job_id})}"
+
+    def template(self, operation: str, name: str) -> str:
+        """The URL of a template operation on `name`."""
+        base = self.templates[operation]
+        if self.by_path:
+            return f"{base}/{urllib.parse.quote(name)}" + ("/jobs" if operation == "jobs" else "")
+        return f"{base}?{urllib.parse.urlencode({'name': name})}"
+
+
+def with_query(url: str, **params: Any) -> str:
+    """url with these query parameters added (None values left out)."""
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    return f"{url}{'&' if '?' in url else '?'}{query}" if query else url
 
 
 def _overrides(overrides: Mapping[str, Any] | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
@@ -82,6 +100,18 @@ def _overrides(overrides: Mapping[str, Any] | list[dict[str, Any]] | None) -> li
             raise ValueError(f"override {path!r} must look like NODE.INPUT")
         out.append({"node": node, "input": field, "value": value})
     return out
+
+
+def data_url(path: str | Path) -> str:
+    """A local file as a data: URL (what a template's media input accepts besides http(s) URLs)."""
+    import mimetypes
+
+    kind = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+    return f"data:{kind};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
+
+
+def _input_value(value: Any) -> Any:
+    return data_url(value) if isinstance(value, Path) else value
 
 
 def _media(media: Mapping[str, str | Path] | None) -> list[dict[str, str]]:
@@ -125,8 +155,9 @@ class Client:
 
     def submit(self, workflow: dict[str, Any] | str | Path, media: Mapping[str, str | Path] | None = None,
                overrides: Mapping[str, Any] | list[dict[str, Any]] | None = None, webhook_url: str | None = None,
-               idempotency_key: str | None = None, **extra: Any) -> dict[str, Any]:
-        """Submit a workflow (a dict or an API-format JSON file); the queued job."""
+               idempotency_key: str | None = None, wait_s: float | None = None, **extra: Any) -> dict[str, Any]:
+        """Submit a workflow (a dict, or a JSON file in API or UI format); the queued job. With wait_s the
+        server answers when the job ends or after wait_s seconds, whichever is first."""
         if not isinstance(workflow, dict):
             workflow = json.loads(Path(workflow).read_text())
         body = {"workflow": workflow, "media": _media(media), "overrides": _overrides(overrides), **extra}
@@ -134,10 +165,47 @@ class Client:
             body["webhook_url"] = webhook_url
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
-        return self._call("POST", self.routes.submit, body)
+        return self._call("POST", with_query(self.routes.submit, wait=wait_s), body)
 
-    def get(self, job_id: str) -> dict[str, Any]:
-        return self._call("GET", self.routes.one(self.routes.job, job_id))
+    def get(self, job_id: str, wait_s: float | None = None, include_workflow: bool = False) -> dict[str, Any]:
+        """The job; wait_s long-polls until it ends; include_workflow adds the API-format workflow it ran."""
+        url = self.routes.one(self.routes.job, job_id)
+        return self._call("GET", with_query(url, wait=wait_s, include="workflow" if include_workflow else None))
+
+    # --- workflow templates ----------------------------------------------------------------------------
+
+    def put_template(self, name: str, workflow: dict[str, Any] | str | Path, inputs: dict[str, Any] | None = None,
+                     description: str | None = None, pool: str | None = None) -> dict[str, Any]:
+        """Store a template (workflow dict or JSON file, either format); it comes back with its input schema."""
+        if not isinstance(workflow, dict):
+            workflow = json.loads(Path(workflow).read_text())
+        body = {k: v for k, v in {"workflow": workflow, "inputs": inputs, "description": description,
+                                  "pool": pool}.items() if v is not None}
+        return self._call("PUT", self.routes.template("put", name), body)
+
+    def get_template(self, name: str) -> dict[str, Any]:
+        """The template and the JSON Schema of its inputs (`schema`)."""
+        return self._call("GET", self.routes.template("get", name))
+
+    def list_templates(self) -> list[dict[str, Any]]:
+        return self._call("GET", self.routes.templates["list"])["templates"]
+
+    def delete_template(self, name: str) -> dict[str, Any]:
+        return self._call("DELETE", self.routes.template("delete", name))
+
+    def start(self, name: str, inputs: Mapping[str, Any] | None = None, wait_s: float | None = None,
+              **options: Any) -> dict[str, Any]:
+        """Submit a job from a template: inputs by name (a Path for a media input is sent as base64) and job
+        options (media, output, webhook_url, ...); the job, finished if it ended within wait_s."""
+        body = {**options, "inputs": {k: _input_value(v) for k, v in (inputs or {}).items()}}
+        if "media" in body and not isinstance(body["media"], list):
+            body["media"] = _media(body["media"])
+        return self._call("POST", with_query(self.routes.template("jobs", name), wait=wait_s), body)
+
+    def run(self, name: str, /, **inputs: Any) -> dict[str, Any]:
+        """Run a template with these inputs and return the finished job (see `start` for job options)."""
+        job = self.start(name, inputs)
+        return job if job["status"] in TERMINAL else self.wait(job["id"])
 
     def list(self, status: str | None = None, user_id: str | None = None, page_size: int = 50
              ) -> Iterator[dict[str, Any]]:

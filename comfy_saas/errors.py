@@ -4,6 +4,7 @@
     ├── InvalidInput            bad submission or parameter; names the field        (HTTP 422)
     │   ├── MalformedBody       the body is not JSON at all                         (HTTP 400)
     │   ├── PreflightFailed     the workflow cannot run on this deployment; lists every problem
+    │   ├── UnconvertibleWorkflow  a UI-format graph that cannot become an API workflow; lists the nodes
     │   └── BodyTooLarge        the body is over the size limit                     (HTTP 413)
     ├── NotFound                no such job, or not visible to this caller          (HTTP 404)
     ├── Unauthorized            missing or wrong API key                            (HTTP 401)
@@ -13,6 +14,7 @@
     ├── Overloaded              try again later; carries retry_after_s              (HTTP 429)
     │   └── QueueFull           the work queue partition is at capacity
     ├── BackendError            Dict, Queue or object storage failed                (HTTP 503)
+    │   └── CatalogueUnavailable  no worker has published the node catalogue yet; carries retry_after_s
     ├── MediaError              a media input could not be fetched or was refused   (job fails)
     └── ComfyUIError            ComfyUI said no, or is not there
         ├── ComfyUnavailable    the process died or stopped answering               (attempt requeued)
@@ -54,6 +56,17 @@ class InvalidInput(ComfySaasError):
 
 class PreflightFailed(InvalidInput):
     type = "preflight_failed"
+
+    def __init__(self, message: str, problems: list[dict]) -> None:
+        super().__init__(message, field="workflow")
+        self.problems = problems
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "details": self.problems}
+
+
+class UnconvertibleWorkflow(InvalidInput):
+    type = "unconvertible_workflow"
 
     def __init__(self, message: str, problems: list[dict]) -> None:
         super().__init__(message, field="workflow")
@@ -105,6 +118,14 @@ class QueueFull(Overloaded):
 
 class BackendError(ComfySaasError):
     type = "backend_error"
+
+
+class CatalogueUnavailable(BackendError):
+    type = "catalogue_unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 30) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class MediaError(ComfySaasError):

@@ -56,14 +56,24 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_every_operation_is_registered(report: dict):
     expected = {"submit", "job", "jobs", "cancel", "health", "metrics", "events", "submit_job", "get_job", "list_jobs",
-                "cancel_job", "ComfyWorker", "sweep", "cleanup_expired", "verify_setup"}
+                "cancel_job", "ComfyWorker", "sweep", "cleanup_expired", "verify_setup", "put_workflow", "workflow",
+                "workflows", "delete_workflow", "workflow_jobs", "put_template", "get_template", "list_templates",
+                "delete_template", "submit_template_job"}
     assert expected <= set(report["functions"])
 
 
 def test_web_endpoints_have_one_method_each(report: dict):
     web = {name: f["web"] for name, f in report["functions"].items() if f.get("web")}
     assert web == {"submit": "POST", "job": "GET", "jobs": "GET", "cancel": "POST", "health": "GET",
-                   "metrics": "GET", "events": "GET"}
+                   "metrics": "GET", "events": "GET", "put_workflow": "PUT", "workflow": "GET", "workflows": "GET",
+                   "delete_workflow": "DELETE", "workflow_jobs": "POST"}
+
+
+def test_wait_mode_is_capped_below_the_endpoint_timeout(report: dict):
+    from comfy_saas.config import Settings
+
+    cap = Settings().max_wait_s
+    assert all(report["functions"][name]["timeout"] > cap for name in ("submit", "job", "workflow_jobs"))
 
 
 def test_gpus_come_from_deploy_config_in_fallback_order(report: dict):

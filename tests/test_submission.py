@@ -15,7 +15,7 @@ WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}},
 }
-UI_EXPORT = {"last_node_id": 2, "nodes": [{"id": 1, "type": "EmptyImage"}], "links": [], "version": 0.4}
+UI_EXPORT = {"last_node_id": 0, "nodes": [], "links": [], "version": 0.4}  # UI format, nothing to convert
 SMALL = Limits(max_media_bytes=1_000, max_media_total_bytes=1_500, max_media_items=3)
 
 

@@ -96,6 +96,17 @@ def empty_image(ctx: Context, width: int, height: int, batch_size: int, color: i
     return ([Image.new("RGB", (width, height), rgb) for _ in range(batch_size)],), None
 
 
+@node("NoiseImage", {"width": ("INT", {"default": 64, "min": 1, "max": 4096, "step": 1}),
+                     "height": ("INT", {"default": 64, "min": 1, "max": 4096, "step": 1}),
+                     "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                      "control_after_generate": True})},
+      ("IMAGE",))
+def noise_image(ctx: Context, width: int, height: int, seed: int) -> tuple:
+    """Random pixels from the seed: the same seed gives the same image (a stand-in for sampling)."""
+    data = random.Random(seed).randbytes(width * height * 3)
+    return ([Image.frombytes("RGB", (width, height), data)],), None
+
+
 @node("LoadImage", {"image": ([], {"image_upload": True})}, ("IMAGE", "MASK"))
 def load_image(ctx: Context, image: str) -> tuple:
     path = ctx.dirs["input"] / image.removesuffix(" [input]")

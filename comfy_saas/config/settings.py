@@ -115,6 +115,8 @@ class Settings:
     warmup_workflow: str = opt("", "workflow file each worker runs once before its first job")
     max_active_jobs: int = opt(0, "queued + running jobs allowed at once (0: no cap)")
     max_active_jobs_per_user: int = opt(0, "the same per user (0: no cap)")
+    max_wait_s: float = opt(50.0, "longest ?wait=N a request may ask for; keep it below the endpoint timeout (60 s)")
+    max_templates: int = opt(200, "workflow templates per owner (each user, and the shared set)")
     gpu_config: str = opt("", "at deploy time: GPU types in fallback order, comma-separated, instead of deploy.toml's")
     limits: Limits = section(Limits, "COMFY_LIMIT_*")
     r2: R2Config = section(R2Config, "COMFY_R2_*")

@@ -79,6 +79,22 @@ def object_info(pool: str) -> str:
     return f"object_info:{pool}"
 
 
+def template_scope(user_id: str | None) -> str:
+    """Whose workflow templates: one user's, or the shared set (managed by keys not bound to a user). Also the
+    index scope listing them (distinct from job scopes)."""
+    return "tpl-shared" if user_id is None else f"tpl-user:{user_id}"
+
+
+def template(scope_name: str, name: str) -> str:
+    """A template's small record: description, inputs, format, times."""
+    return f"tpl:{scope_name}:{name}"
+
+
+def template_workflow(scope_name: str, name: str) -> str:
+    """A template's workflow as it was stored (either format), kept apart from the record listing reads."""
+    return f"tplwf:{scope_name}:{name}"
+
+
 def partition(pool: str) -> str:
     return pool
 

@@ -53,10 +53,8 @@ class AttemptMoved(ComfySaasError):
 
 @dataclass
 class _Reserved:
-    """What round trip one of a submission got: the idempotency key (owned), quota slots, index slots, and
-    the quota scope that was full, if one was."""
+    """What a submission reserved: quota slots, index slots, and the quota scope that was full, if one was."""
 
-    owned: bool
     quota: dict[str, int]
     slots: dict[str, int]
     full: tuple[str, int] | None
@@ -77,19 +75,21 @@ class Lifecycle:
     def create(self, request: JobRequest, payload: dict[str, Any], job_id: str | None = None,
                now: datetime | None = None) -> tuple[Job, bool]:
         """Store and enqueue a validated request; (job, created). A repeated idempotency key returns the
-        first job with created=False. Two round trips: first everything that may refuse or must exist
-        before the job does (idempotency key, quota slots, index slots, payload), then the record with the
-        wake-up. Whatever fails, what is left is nothing visible or a whole job the sweeper finishes."""
+        first job with created=False. Two round trips (three with an idempotency key, which is decided
+        first): everything that may refuse or must exist before the job does (quota slots, index slots,
+        payload), then the record with the wake-up. Whatever fails, what is left is nothing visible or a
+        whole job the sweeper finishes."""
         job = new_job(request, job_id or new_job_id(), self.settings.default_pool, now or self.store.clock())
-        reserved = self._reserve(request, job, payload)
-        if not reserved.owned:
-            self._give_back(job, request, reserved, owned_key=False)
-            original = self.store.idempotency.original(request.user_id, request.idempotency_key or "",
+        if request.idempotency_key and not self.store.idempotency.claim(
+                request.user_id, request.idempotency_key, job.id, request_digest(request)):
+            # Decided before anything else is taken, so a burst of repeats leaves no trace in the index.
+            original = self.store.idempotency.original(request.user_id, request.idempotency_key,
                                                        request_digest(request))
             return (original, False) if original is not None else self.create(request, payload, job.id, now)
+        reserved = self._reserve(request, job, payload)
         job.active_slots = reserved.quota
         if reserved.full is not None:
-            self._give_back(job, request, reserved, owned_key=True)
+            self._give_back(job, request, reserved)
             who = "this user" if reserved.full[0] != keys.ALL else "the service"
             raise Overloaded(f"{who} already has {reserved.full[1]} active jobs; retry when some finish",
                              retry_after_s=10)
@@ -98,8 +98,8 @@ class Lifecycle:
         return job, True
 
     def _reserve(self, request: JobRequest, job: Job, payload: dict[str, Any]) -> _Reserved:
-        """Round trip one: idempotency key, quota slots, payload, and a guessed index slot per scope next to
-        that scope's head hint. A guess that missed costs one more round trip."""
+        """One round trip: quota slots, payload, and a guessed index slot per scope next to that scope's head
+        hint. A guess that missed costs one more round trip."""
         scopes = [keys.ALL] + ([keys.scope(job.user_id)] if job.user_id is not None else [])
         caps = [(s, c) for s, c in self._caps(job.user_id) if c > 0]
         guesses = {s: self.store.index.guess(s) for s in scopes}
@@ -107,24 +107,19 @@ class Lifecycle:
         calls += [lambda s=s: self.store.index.head_hint(s) for s in scopes]
         calls += [lambda s=s: self.store.index.try_slot(s, guesses[s], job.id) for s in scopes]
         calls += [lambda s=s, c=c: self.store.quotas.acquire(s, c, job.id) for s, c in caps]
-        if request.idempotency_key:
-            calls.append(lambda: self.store.idempotency.claim(request.user_id, request.idempotency_key or "",
-                                                              job.id, request_digest(request)))
         results = settle_all(calls)
         got = iter(results[1:])
         hints = {s: next(got) for s in scopes}
         won = {s: next(got) for s in scopes}
         taken = {s: next(got) for s, _ in caps}
-        owned = next(got) if request.idempotency_key else True
         quota = {s: n for s, n in taken.items() if isinstance(n, int)}
         if failed := next((r for r in results if isinstance(r, BaseException)), None):
-            self._give_back(job.model_copy(update={"active_slots": quota}), request,
-                            _Reserved(owned is True, quota, {}, None), owned_key=owned is True)
+            self._give_back(job.model_copy(update={"active_slots": quota}), request, _Reserved(quota, {}, None))
             raise failed
         slots = run_all([lambda s=s: self.store.index.settle_guess(s, job.id, guesses[s], won[s], hints[s])
                          for s in scopes])
         full = next(((s, c) for s, c in caps if taken[s] is None), None)
-        return _Reserved(owned, quota, dict(zip(scopes, slots, strict=True)), full)
+        return _Reserved(quota, dict(zip(scopes, slots, strict=True)), full)
 
     def _caps(self, user_id: str | None) -> list[tuple[str, int]]:
         caps = [(keys.ALL, self.settings.max_active_jobs)]
@@ -140,16 +135,15 @@ class Lifecycle:
         try:
             run_all([lambda: self.store.put_record(job, heads), lambda: self.store.enqueue(job, payload)])
         except BaseException:
-            self._give_back(job, request, reserved, owned_key=True, committed=True)
+            self._give_back(job, request, reserved, committed=True)
             raise
 
-    def _give_back(self, job: Job, request: JobRequest, reserved: _Reserved, owned_key: bool,
-                   committed: bool = False) -> None:
+    def _give_back(self, job: Job, request: JobRequest, reserved: _Reserved, committed: bool = False) -> None:
         """Undo a submission: quota slots, the idempotency key, the payload; after a commit also the record,
         and its first move is claimed so a wake-up that went out anyway can never start it. Index slots stay,
         pointing at nothing (listing skips them): a slot is never handed out twice."""
         calls: list[Callable[[], Any]] = [lambda: self.store.quotas.release_all(job)]
-        if owned_key and request.idempotency_key:
+        if request.idempotency_key:
             calls.append(lambda: self.store.idempotency.forget(request.user_id, request.idempotency_key or ""))
         if committed:
             calls += [lambda: self.store.forget_new(job), lambda: self.store.refuse_start(job)]

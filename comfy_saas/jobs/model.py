@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from comfy_saas.errors import IllegalTransition
 
@@ -101,6 +101,24 @@ class JobError(BaseModel):
     details: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class OutputOptions(BaseModel):
+    """How still images are stored: converted to png, webp or jpeg, or kept as ComfyUI wrote them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["original", "png", "webp", "jpeg"] = "original"
+    quality: int | None = Field(default=None, ge=1, le=100, description="webp/jpeg quality (default 80 / 90)")
+
+
+class SeedDrawn(BaseModel):
+    """A seed drawn at submit for an input given -1 or "random"."""
+
+    node: str
+    input: str
+    value: int
+    name: str | None = Field(default=None, description="the template input it was given for")
+
+
 # Fields that drive the store's bookkeeping and are not part of the public view.
 _PRIVATE_FIELDS = {"claim_seq", "active_slots"}
 
@@ -131,6 +149,11 @@ class Job(BaseModel):
     webhook_progress: bool = False
     timings: Timings | None = None
     active_slots: dict[str, int] = Field(default_factory=dict)
+    workflow_format: str = Field(default="api", description="the format submitted: api, or ui (converted at submit)")
+    template: str | None = Field(default=None, description="the workflow template the job was made from")
+    seeds: list[SeedDrawn] = Field(default_factory=list, description="seeds drawn at submit")
+    output: OutputOptions | None = None
+    workflow_warnings: list[str] = Field(default_factory=list, description="what UI-format conversion noticed")
 
     @property
     def terminal(self) -> bool:

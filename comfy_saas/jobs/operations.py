@@ -15,14 +15,23 @@ from typing import Any
 
 from comfy_saas import logs
 from comfy_saas.backends import safe_fetch
-from comfy_saas.errors import BodyTooLarge, InvalidInput, MediaError, NotFound, PreflightFailed
+from comfy_saas.errors import (
+    BodyTooLarge,
+    CatalogueUnavailable,
+    InvalidInput,
+    MediaError,
+    NotFound,
+    PreflightFailed,
+)
 from comfy_saas.jobs import keys, payloads
 from comfy_saas.jobs.model import Job, Status, new_job_id
+from comfy_saas.jobs.prepare import Prepared, prepare
 from comfy_saas.jobs.request import JobRequest, parse_submission
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.views import job_view
 from comfy_saas.workflows import preflight
 from comfy_saas.workflows.edits import apply_overrides
+from comfy_saas.workflows.ui_graph import is_ui_format
 
 log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}\Z")
@@ -36,16 +45,30 @@ class Caller:
     user_id: str | None = None
 
 
-def preflight_check(svc: Services, request: JobRequest) -> None:
+def preflight_check(svc: Services, request: JobRequest, schema: dict[str, Any] | None = None,
+                    workflow: dict[str, Any] | None = None, overrides: list[dict[str, Any]] | None = None) -> None:
     """Refuse, before anything is queued, a workflow the deployed ComfyUI would reject."""
-    schema = svc.store.object_info(request.pool)
+    schema = svc.store.object_info(request.pool) if schema is None else schema
     if schema is None:
         return  # no capture yet: ComfyUI validates at run time
-    workflow = apply_overrides(request.workflow, [o.model_dump() for o in request.overrides])
+    if overrides is None:
+        overrides = [o.model_dump() for o in request.overrides]
+    workflow = apply_overrides(request.workflow if workflow is None else workflow, overrides)
     problems = preflight.validate(workflow, schema)
     if problems:
         summary = "; ".join(f"node {p['node_id']} ({p['class_type']}): {p['message']}" for p in problems[:5])
         raise PreflightFailed(f"workflow: {len(problems)} problem(s): {summary}", problems)
+
+
+def catalogue(svc: Services, pool: str | None, needed: bool) -> dict[str, Any] | None:
+    """The pool's node catalogue. When `needed` and no worker has published one yet, wake the pool (its
+    worker publishes on start) and refuse with CatalogueUnavailable, which carries a Retry-After."""
+    nodes = svc.store.object_info(pool)
+    if nodes is None and needed:
+        wake(svc, pool or svc.settings.default_pool)
+        raise CatalogueUnavailable("no worker has published this deployment's node catalogue yet, which converting "
+                                   "a UI-format workflow needs; a worker is starting, retry shortly")
+    return nodes
 
 
 def check_urls(svc: Services, request: JobRequest) -> None:
@@ -61,16 +84,20 @@ def check_urls(svc: Services, request: JobRequest) -> None:
                 raise InvalidInput(f"{field}: {exc.message}", field=field) from None
 
 
-def submit_job(svc: Services, caller: Caller, body: bytes | str | dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Validate and enqueue; (job view, created). A user-bound key always submits as its user."""
+def submit_job(svc: Services, caller: Caller, body: bytes | str | dict[str, Any],
+               recorded: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+    """Validate and enqueue; (job view, created). A user-bound key always submits as its user. `recorded` are
+    fields for the job record from the caller (the template it came from, seeds it drew)."""
     if isinstance(body, bytes | str) and len(body) > svc.settings.limits.max_body_bytes:
         raise BodyTooLarge(f"the body is larger than {svc.settings.limits.max_body_bytes} bytes", field="body")
     request = parse_submission(body, svc.settings.limits)
-    check_urls(svc, request)
-    preflight_check(svc, request)
     if caller.user_id is not None:
         request = request.model_copy(update={"user_id": caller.user_id})
-    job, created = _store_job(svc, request)
+    check_urls(svc, request)
+    nodes = catalogue(svc, request.pool, needed=is_ui_format(request.workflow))
+    prepared = prepare(request, nodes, svc.settings.limits, recorded)
+    preflight_check(svc, request, nodes, prepared.workflow, prepared.overrides)
+    job, created = _store_job(svc, prepared)
     logs.event(log, "job.submitted" if created else "job.submit_repeated", job_id=job.id, phase="submit",
                pool=job.pool)
     if created:
@@ -78,12 +105,12 @@ def submit_job(svc: Services, caller: Caller, body: bytes | str | dict[str, Any]
     return job_view(svc, job), created
 
 
-def _store_job(svc: Services, request: JobRequest) -> tuple[Job, bool]:
-    """Upload the request's large parts, then create the job; uploads are removed again if it is not made."""
+def _store_job(svc: Services, prepared: Prepared) -> tuple[Job, bool]:
+    """Upload the job's large parts, then create it; the uploads are removed again if it is not made."""
     job_id, now = new_job_id(), svc.store.clock()
-    payload = payloads.pack(svc.objects, job_id, now, request)
+    payload = payloads.pack(svc.objects, job_id, now, prepared.workflow, prepared.overrides, prepared.request.media)
     try:
-        job, created = svc.lifecycle.create(request, payload, job_id, now)
+        job, created = svc.lifecycle.create(prepared.request, payload, job_id, now)
     except BaseException:
         _drop_uploads(svc, job_id, now)
         raise
@@ -116,8 +143,19 @@ def visible_job(svc: Services, caller: Caller, job_id: str) -> Job:
     return svc.store.require(job_id, caller.user_id)
 
 
-def get_job(svc: Services, caller: Caller, job_id: str) -> dict[str, Any]:
-    return job_view(svc, visible_job(svc, caller, job_id))
+def get_job(svc: Services, caller: Caller, job_id: str, include_workflow: bool = False) -> dict[str, Any]:
+    """The job; with include_workflow also the API-format workflow it ran (overrides and seeds applied), which
+    resubmitted as it is reproduces the job."""
+    view = job_view(svc, visible_job(svc, caller, job_id))
+    if include_workflow:
+        view["workflow"] = job_workflow(svc, job_id)
+    return view
+
+
+def job_workflow(svc: Services, job_id: str) -> dict[str, Any]:
+    """The API-format workflow a job runs, overrides and drawn seeds applied (call after a visibility check)."""
+    graph = payloads.graph(svc.objects, svc.store.payload(job_id))
+    return apply_overrides(graph["workflow"], graph.get("overrides", []))
 
 
 def list_jobs(svc: Services, caller: Caller, *, status: str | None = None, cursor: str | None = None,

@@ -13,21 +13,23 @@ from typing import Any
 
 from comfy_saas.backends.objects import ObjectStore
 from comfy_saas.jobs import keys
-from comfy_saas.jobs.request import JobRequest, MediaInput
+from comfy_saas.jobs.request import MediaInput
 
 INLINE_MAX_BYTES = 32 * 1024  # the workflow and overrides stay in the Dict up to this size as JSON
 
 
-def pack(objects: ObjectStore, job_id: str, created: datetime, request: JobRequest) -> dict[str, Any]:
-    """The payload to store for a request, uploading its large parts first."""
-    media = [_media_ref(objects, job_id, created, i, m) for i, m in enumerate(request.media)]
-    graph = {"workflow": request.workflow, "overrides": [o.model_dump(mode="json") for o in request.overrides]}
+def pack(objects: ObjectStore, job_id: str, created: datetime, workflow: dict[str, Any],
+         overrides: list[dict[str, Any]], media: list[MediaInput]) -> dict[str, Any]:
+    """The payload to store for a job (the API-format workflow that runs, its overrides and media),
+    uploading its large parts first."""
+    refs = [_media_ref(objects, job_id, created, i, m) for i, m in enumerate(media)]
+    graph = {"workflow": workflow, "overrides": overrides}
     raw = json.dumps(graph, separators=(",", ":")).encode()
     if len(raw) <= INLINE_MAX_BYTES:
-        return {**graph, "media": media}
+        return {**graph, "media": refs}
     key = keys.input_object(job_id, created, "workflow.json")
     objects.put_bytes(key, raw, "application/json")
-    return {"graph_ref": key, "media": media}
+    return {"graph_ref": key, "media": refs}
 
 
 def _media_ref(objects: ObjectStore, job_id: str, created: datetime, i: int, media: MediaInput) -> dict[str, Any]:

@@ -10,11 +10,21 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from comfy_saas.config import Limits
 from comfy_saas.errors import InvalidInput, MalformedBody
-from comfy_saas.jobs.model import Job
+from comfy_saas.jobs.model import Job, OutputOptions
+from comfy_saas.workflows.ui_graph import count_nodes, is_ui_format
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()\-]{0,254}$")
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
@@ -100,11 +110,11 @@ class Override(BaseModel):
 
 
 def _check_workflow(wf: dict[str, Any], limits: Limits) -> None:
+    if is_ui_format(wf):
+        return _check_ui_workflow(wf, limits)
     if not wf:
-        raise ValueError("is empty; send a ComfyUI API-format graph {node_id: {class_type, inputs}}")
-    if isinstance(wf.get("nodes"), list) and "links" in wf:
-        raise ValueError("looks like a UI-format export (has 'nodes' and 'links'); in ComfyUI use "
-                         "'Export (API)' and send that file")
+        raise ValueError("is empty; send a ComfyUI API-format graph {node_id: {class_type, inputs}} or a UI-format "
+                         "workflow as ComfyUI saves it")
     if "prompt" in wf and len(wf) <= 3 and isinstance(wf["prompt"], dict):
         raise ValueError("looks like a /prompt request body; send the graph inside 'prompt' as the workflow")
     if len(wf) > limits.max_workflow_nodes:
@@ -114,9 +124,31 @@ def _check_workflow(wf: dict[str, Any], limits: Limits) -> None:
             raise ValueError(f"node {node_id!r} needs a non-empty string 'class_type' (API format)")
         if not isinstance(node.get("inputs", {}), dict):
             raise ValueError(f"node {node_id!r}: 'inputs' must be an object")
+    _check_size(wf, limits)
+
+
+def _check_ui_workflow(wf: dict[str, Any], limits: Limits) -> None:
+    """A UI-format graph (converted at submit): nodes to convert, within the node and size limits."""
+    if not wf["nodes"]:
+        raise ValueError("is a UI-format workflow with no nodes")
+    count = count_nodes(wf)
+    if count > limits.max_workflow_nodes:
+        raise ValueError(f"has {count} nodes (subgraphs included); the limit is {limits.max_workflow_nodes}")
+    _check_size(wf, limits)
+
+
+def _check_size(wf: dict[str, Any], limits: Limits) -> None:
     size = len(json.dumps(wf, separators=(",", ":")))
     if size > limits.max_workflow_bytes:
         raise ValueError(f"is {size} bytes; the limit is {limits.max_workflow_bytes}")
+
+
+def check_workflow(wf: dict[str, Any], limits: Limits) -> None:
+    """The edge checks of a workflow in either format; InvalidInput naming `workflow`."""
+    try:
+        _check_workflow(wf, limits)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidInput(f"workflow: {exc}", field="workflow") from None
 
 
 class JobRequest(BaseModel):
@@ -124,7 +156,8 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    workflow: dict[str, Any] = Field(description="ComfyUI API-format graph")
+    workflow: dict[str, Any] = Field(description="ComfyUI API-format graph, or a UI-format workflow as ComfyUI "
+                                                 "saves it (converted at submit)")
     media: list[MediaInput] = Field(default_factory=list)
     overrides: list[Override] = Field(default_factory=list)
     webhook_url: str | None = None
@@ -135,6 +168,15 @@ class JobRequest(BaseModel):
     timeout_s: int | None = Field(default=None, ge=1)
     include_previews: bool = False
     webhook_progress: bool = Field(default=False, description="also POST job.progress events (best effort)")
+    output: OutputOptions | None = Field(default=None, description="convert still images to png, webp or jpeg")
+    # What submit worked out for the job record (format, seeds drawn, template); never sent by clients.
+    _recorded: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def with_recorded(self, **fields: Any) -> JobRequest:
+        """A copy carrying fields for the job record that submit worked out (see new_job)."""
+        copy = self.model_copy()
+        copy._recorded = {**self._recorded, **fields}
+        return copy
 
     @field_validator("workflow")
     @classmethod
@@ -200,6 +242,8 @@ class JobRequest(BaseModel):
 
     @model_validator(mode="after")
     def _overrides_name_nodes(self) -> JobRequest:
+        if is_ui_format(self.workflow):
+            return self  # node ids are those of the converted workflow: checked after conversion
         for i, o in enumerate(self.overrides):
             if o.node not in self.workflow:
                 raise ValueError(f"overrides[{i}].node: no node {o.node!r} in the workflow")
@@ -241,4 +285,5 @@ def new_job(request: JobRequest, job_id: str, default_pool: str, now: datetime) 
         updated_at=now, webhook_url=request.webhook_url, metadata=request.metadata,
         idempotency_key=request.idempotency_key, timeout_s=request.timeout_s,
         include_previews=request.include_previews, webhook_progress=request.webhook_progress,
+        output=request.output, **request._recorded,
     )

@@ -32,6 +32,7 @@ from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, Timin
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.store import PROGRESS_EVENTS_KEPT, Wakeup
 from comfy_saas.runner.comfy_client import ComfyClient, Event, EventStream
+from comfy_saas.runner.convert_outputs import convert_file
 from comfy_saas.runner.monitor import PROGRESS_WRITE_S, AttemptMonitor
 from comfy_saas.runner.outputs import OutputItem, collect
 from comfy_saas.runner.progress import ProgressTracker
@@ -317,19 +318,21 @@ class Worker:
         """Copy every output from ComfyUI to object storage under {job}/{node}/{stable name}."""
         uploaded = []
         for item in items:
-            key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
             if item.text is not None:
+                key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
                 size = self.objects.put_bytes(key, item.text.encode(), item.content_type)
             else:
-                size = self._copy_file(item, key)
+                item, key, size = self._copy_file(run, item)
             uploaded.append(Output(node_id=item.node_id, kind=item.kind, filename=item.name, key=key,
                                    content_type=item.content_type, size_bytes=size))
         return uploaded
 
-    def _copy_file(self, item: OutputItem, key: str) -> int:
+    def _copy_file(self, run: Run, item: OutputItem) -> tuple[OutputItem, str, int]:
         with tempfile.NamedTemporaryFile(dir=self.scratch, prefix="out-", delete=True) as tmp:
             self.comfy.download(item.ref or {}, Path(tmp.name))
-            return self.objects.put_file(key, tmp.name, item.content_type)
+            item = convert_file(Path(tmp.name), item, run.job.output)  # the job's output format, if any
+            key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
+            return item, key, self.objects.put_file(key, tmp.name, item.content_type)
 
     def finish(self, run: Run, outcome: Outcome, outputs: list[Output] | None = None) -> None:
         """The terminal transition; losing it to another decider is fine."""

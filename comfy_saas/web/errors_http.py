@@ -11,6 +11,7 @@ from typing import Any
 from comfy_saas.errors import (
     BackendError,
     BodyTooLarge,
+    CatalogueUnavailable,
     ComfySaasError,
     Conflict,
     InvalidInput,
@@ -32,7 +33,7 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, s
         return 500, {"error": {"type": "internal_error", "message": "internal error"}}, {}
     status = next(code for cls, code in _STATUS if isinstance(exc, cls))
     headers = {}
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | CatalogueUnavailable):
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, BackendError):
         headers["Retry-After"] = str(BACKEND_RETRY_AFTER_S)

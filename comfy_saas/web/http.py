@@ -21,9 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from comfy_saas.backends.objects import LocalStore
 from comfy_saas.errors import BodyTooLarge, ComfySaasError, InvalidInput, NotFound
 from comfy_saas.jobs import operations as api
+from comfy_saas.jobs import templates
+from comfy_saas.jobs.model import TERMINAL_STATUSES
 from comfy_saas.jobs.request import JobRequest
 from comfy_saas.jobs.services import Services
+from comfy_saas.jobs.templates import TemplateRequest
 from comfy_saas.jobs.views import job_view
+from comfy_saas.web import waiting
 from comfy_saas.web.auth import authenticate
 from comfy_saas.web.errors_http import error_response
 
@@ -34,15 +38,33 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return JSONResponse(body, status_code=status, headers=headers or {})
 
 
+def _error(exc: Exception) -> JSONResponse:
+    if not isinstance(exc, ComfySaasError):
+        log.exception("unhandled error")
+    return _json(*error_response(exc))
+
+
 async def respond(call: Callable[[], tuple[int, dict[str, Any]]]) -> JSONResponse:
     """Run a blocking operation in the threadpool; any error becomes the one error shape."""
     try:
         status, body = await run_in_threadpool(call)
     except Exception as exc:
-        if not isinstance(exc, ComfySaasError):
-            log.exception("unhandled error")
-        return _json(*error_response(exc))
+        return _error(exc)
     return _json(status, body)
+
+
+async def respond_waiting(svc: Services, request: Request, call: Callable[[], tuple[int, dict[str, Any]]]
+                          ) -> JSONResponse:
+    """A submission; with ?wait=N the answer waits for the job: 200 when it ended within N s, else 202."""
+    try:
+        wait_s = waiting.parse_wait(request.query_params.get("wait"), svc.settings.max_wait_s)
+        status, view = await run_in_threadpool(call)
+    except Exception as exc:
+        return _error(exc)
+    if wait_s is None:
+        return _json(status, view)
+    waited, finished = await waiting.until_finished(svc, view["id"], wait_s)
+    return _json(200 if finished else 202, waited or view)
 
 
 def _caller(svc: Services, request: Request) -> api.Caller:
@@ -81,11 +103,30 @@ async def handle_submit(svc: Services, request: Request) -> JSONResponse:
         view, created = api.submit_job(svc, _caller(svc, request), body)
         return (201 if created else 200), view
 
-    return await respond(call)
+    return await respond_waiting(svc, request, call)
+
+
+def _include_workflow(raw: str | None) -> bool:
+    parts = {p.strip() for p in (raw or "").split(",") if p.strip()}
+    if parts - {"workflow"}:
+        raise InvalidInput("include: the only value is 'workflow'", field="include")
+    return "workflow" in parts
 
 
 async def handle_get(svc: Services, request: Request, job_id: str | None) -> JSONResponse:
-    return await respond(lambda: (200, api.get_job(svc, _caller(svc, request), job_id or "")))
+    """The job; ?wait=N long-polls until it ends (at most N s); ?include=workflow adds the workflow it ran."""
+    q, job_id = request.query_params, job_id or ""
+    try:
+        wait_s = waiting.parse_wait(q.get("wait"), svc.settings.max_wait_s)
+        with_workflow = _include_workflow(q.get("include"))
+        view = await run_in_threadpool(api.get_job, svc, _caller(svc, request), job_id)
+        if wait_s and view["status"] not in TERMINAL_STATUSES:
+            view = (await waiting.until_finished(svc, job_id, wait_s))[0] or view
+        if with_workflow:
+            view["workflow"] = await run_in_threadpool(api.job_workflow, svc, job_id)
+    except Exception as exc:
+        return _error(exc)
+    return _json(200, view)
 
 
 async def handle_list(svc: Services, request: Request) -> JSONResponse:
@@ -97,6 +138,49 @@ async def handle_list(svc: Services, request: Request) -> JSONResponse:
 
 async def handle_cancel(svc: Services, request: Request, job_id: str | None) -> JSONResponse:
     return await respond(lambda: (200, api.cancel_job(svc, _caller(svc, request), job_id or "")))
+
+
+# --- workflow templates -----------------------------------------------------------------------------------
+
+
+async def _with_body(svc: Services, request: Request, call: Callable[[bytes], tuple[int, dict[str, Any]]],
+                     wait: bool = False) -> JSONResponse:
+    try:
+        body = await _body(svc, request)
+    except BodyTooLarge as exc:
+        return _json(*error_response(exc))
+    if wait:
+        return await respond_waiting(svc, request, lambda: call(body))
+    return await respond(lambda: call(body))
+
+
+async def handle_template_put(svc: Services, request: Request, name: str | None) -> JSONResponse:
+    def call(body: bytes) -> tuple[int, dict]:
+        view, created = templates.put_template(svc, _caller(svc, request), name or "", body)
+        return (201 if created else 200), view
+
+    return await _with_body(svc, request, call)
+
+
+async def handle_template_get(svc: Services, request: Request, name: str | None) -> JSONResponse:
+    return await respond(lambda: (200, templates.get_template(svc, _caller(svc, request), name or "")))
+
+
+async def handle_template_list(svc: Services, request: Request) -> JSONResponse:
+    return await respond(lambda: (200, templates.list_templates(svc, _caller(svc, request))))
+
+
+async def handle_template_delete(svc: Services, request: Request, name: str | None) -> JSONResponse:
+    return await respond(lambda: (200, templates.delete_template(svc, _caller(svc, request), name or "")))
+
+
+async def handle_template_run(svc: Services, request: Request, name: str | None) -> JSONResponse:
+    """A job from a template; ?wait=N as for POST /v1/jobs."""
+    def call(body: bytes) -> tuple[int, dict]:
+        view, created = templates.submit_from_template(svc, _caller(svc, request), name or "", body)
+        return (201 if created else 200), view
+
+    return await _with_body(svc, request, call, wait=True)
 
 
 async def handle_metrics(svc: Services, request: Request) -> Response:
@@ -174,8 +258,9 @@ def create_app(svc: Services) -> FastAPI:
     body_doc = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/JobRequest"}}}}}
 
-    @app.post("/v1/jobs", status_code=201, openapi_extra=body_doc, summary="Submit a job")
-    async def submit(request: Request) -> JSONResponse:
+    @app.post("/v1/jobs", status_code=201, openapi_extra=body_doc, summary="Submit a job (?wait=N: answer when it "
+              "ends, 200, or after N s, 202)")
+    async def submit(request: Request, wait: float | None = None) -> JSONResponse:
         return await handle_submit(svc, request)
 
     @app.get("/v1/jobs", summary="List jobs, newest first")
@@ -183,8 +268,10 @@ def create_app(svc: Services) -> FastAPI:
                     limit: str | None = None, user_id: str | None = None) -> JSONResponse:
         return await handle_list(svc, request)
 
-    @app.get("/v1/jobs/{job_id}", summary="Get a job with fresh output URLs")
-    async def get(request: Request, job_id: str) -> JSONResponse:
+    @app.get("/v1/jobs/{job_id}", summary="Get a job with fresh output URLs (?wait=N long-polls; "
+             "?include=workflow adds the workflow it ran)")
+    async def get(request: Request, job_id: str, wait: float | None = None, include: str | None = None
+                  ) -> JSONResponse:
         return await handle_get(svc, request, job_id)
 
     @app.get("/v1/jobs/{job_id}/events", summary="Stream progress as Server-Sent Events")
@@ -198,6 +285,8 @@ def create_app(svc: Services) -> FastAPI:
     @app.delete("/v1/jobs/{job_id}", summary="Cancel a job")
     async def delete(request: Request, job_id: str) -> JSONResponse:
         return await handle_cancel(svc, request, job_id)
+
+    _template_routes(app, svc)
 
     @app.get("/health", summary="Store and queue reachability, queue depth")
     async def health() -> JSONResponse:
@@ -217,6 +306,35 @@ def create_app(svc: Services) -> FastAPI:
     _install_error_shape(app)
     _install_schema(app)
     return app
+
+
+def _template_routes(app: FastAPI, svc: Services) -> None:
+    """/v1/workflows: templates with named, typed inputs, and jobs from them."""
+    put_doc = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/TemplateRequest"}}}}}
+    run_doc = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/TemplateJobRequest"}}}}}
+
+    @app.put("/v1/workflows/{name}", openapi_extra=put_doc, summary="Store a workflow template")
+    async def put_template(request: Request, name: str) -> JSONResponse:
+        return await handle_template_put(svc, request, name)
+
+    @app.get("/v1/workflows", summary="List workflow templates")
+    async def list_templates(request: Request) -> JSONResponse:
+        return await handle_template_list(svc, request)
+
+    @app.get("/v1/workflows/{name}", summary="A workflow template and the JSON Schema of its inputs")
+    async def get_template(request: Request, name: str) -> JSONResponse:
+        return await handle_template_get(svc, request, name)
+
+    @app.delete("/v1/workflows/{name}", summary="Delete a workflow template")
+    async def delete_template(request: Request, name: str) -> JSONResponse:
+        return await handle_template_delete(svc, request, name)
+
+    @app.post("/v1/workflows/{name}/jobs", status_code=201, openapi_extra=run_doc,
+              summary="Submit a job from a template (?wait=N as for POST /v1/jobs)")
+    async def run_template(request: Request, name: str, wait: float | None = None) -> JSONResponse:
+        return await handle_template_run(svc, request, name)
 
 
 def _install_error_shape(app: FastAPI) -> None:
@@ -244,7 +362,16 @@ def _install_schema(app: FastAPI) -> None:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(request.pop("$defs", {}))
         components["JobRequest"] = request
+        components["TemplateRequest"] = TemplateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components["TemplateJobRequest"] = _template_job_schema(request)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _template_job_schema(job_request: dict[str, Any]) -> dict[str, Any]:
+    """A job from a template takes the job options of JobRequest, with `inputs` instead of `workflow`."""
+    props = {k: v for k, v in job_request["properties"].items() if k != "workflow"}
+    props["inputs"] = {"type": "object", "description": "values by input name (see the template's schema)"}
+    return {"title": "TemplateJobRequest", "type": "object", "properties": props, "additionalProperties": False}

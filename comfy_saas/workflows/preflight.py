@@ -9,40 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from comfy_saas.workflows import catalogue
+
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx", ".pt2")
-_UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "upload")
-
-
-def _choices(spec: list[Any]) -> list[str] | None:
-    kind = spec[0] if spec else None
-    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if any(opts.get(flag) for flag in _UPLOAD_FLAGS):
-        return None  # the list is the input folder; submitted media land there at run time
-    if isinstance(kind, list):
-        return [str(c) for c in kind]
-    if kind == "COMBO":
-        return [str(c) for c in opts.get("options", [])]
-    return None
 
 
 def compact(object_info: dict[str, Any]) -> dict[str, Any]:
-    """What validation needs from /object_info: per class, required inputs (type or choices), optional
-    input names and output types. Small enough to keep in one Dict value."""
-    out = {}
-    for name, info in object_info.items():
-        inputs = info.get("input") or {}
-        required = {}
-        for field, spec in (inputs.get("required") or {}).items():
-            spec = spec if isinstance(spec, list) else [spec]
-            choices = _choices(spec)
-            required[field] = {"choices": choices} if choices is not None else {"type": str(spec[0])}
-        optional = {}
-        for field, spec in (inputs.get("optional") or {}).items():
-            spec = spec if isinstance(spec, list) else [spec]
-            choices = _choices(spec)
-            optional[field] = {"choices": choices} if choices is not None else {"type": str(spec[0])}
-        out[name] = {"required": required, "optional": optional, "outputs": [str(o) for o in info.get("output", [])]}
-    return out
+    """What validation, UI-format conversion and template inputs need from /object_info (see catalogue.py):
+    per class, inputs with their type or choices, bounds and flags, and output types. Small enough to keep
+    in one Dict value."""
+    return {name: catalogue.compact_class(name, info) for name, info in object_info.items() if isinstance(info, dict)}
 
 
 def _problem(node_id: str, class_type: str | None, kind: str, message: str, details: str = "") -> dict[str, Any]:
