@@ -14,6 +14,7 @@
     │   └── QueueFull           the work queue partition is at capacity
     ├── BackendError            Dict, Queue or object storage failed                (HTTP 503)
     ├── MediaError              a media input could not be fetched or was refused   (job fails)
+    ├── ModelError              a model file could not be downloaded or verified    (job fails)
     └── ComfyUIError            ComfyUI said no, or is not there
         ├── ComfyUnavailable    the process died or stopped answering               (attempt requeued)
         └── PromptRejected      /prompt answered 400; carries node_errors           (job fails)
@@ -109,6 +110,16 @@ class BackendError(ComfySaasError):
 
 class MediaError(ComfySaasError):
     type = "media_error"
+
+
+class ModelError(ComfySaasError):
+    """A model file a job names by URL could not be fetched, was too large or failed its sha256 check."""
+
+    type = "model_error"
+
+    def __init__(self, message: str, details: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
 
 
 class ComfyUIError(ComfySaasError):

@@ -63,7 +63,7 @@ def test_every_operation_is_registered(report: dict):
 def test_web_endpoints_have_one_method_each(report: dict):
     web = {name: f["web"] for name, f in report["functions"].items() if f.get("web")}
     assert web == {"submit": "POST", "job": "GET", "jobs": "GET", "cancel": "POST", "health": "GET",
-                   "metrics": "GET", "events": "GET"}
+                   "metrics": "GET", "events": "GET", "models": "GET", "delete_model": "DELETE"}
 
 
 def test_gpus_come_from_deploy_config_in_fallback_order(report: dict):

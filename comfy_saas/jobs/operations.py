@@ -16,6 +16,7 @@ from comfy_saas import logs
 from comfy_saas.backends import safe_fetch
 from comfy_saas.errors import BodyTooLarge, InvalidInput, MediaError, NotFound, PreflightFailed
 from comfy_saas.jobs.model import Job, Status
+from comfy_saas.jobs.model_cache import ModelCache
 from comfy_saas.jobs.request import JobRequest, parse_submission
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.views import job_view
@@ -40,17 +41,18 @@ def preflight_check(svc: Services, request: JobRequest) -> None:
     if schema is None:
         return  # no capture yet: ComfyUI validates at run time
     workflow = apply_overrides(request.workflow, [o.model_dump() for o in request.overrides])
-    problems = preflight.validate(workflow, schema)
+    problems = preflight.validate(workflow, schema, {m.name for m in request.models if m.name})
     if problems:
         summary = "; ".join(f"node {p['node_id']} ({p['class_type']}): {p['message']}" for p in problems[:5])
         raise PreflightFailed(f"workflow: {len(problems)} problem(s): {summary}", problems)
 
 
 def check_urls(svc: Services, request: JobRequest) -> None:
-    """Refuse media and webhook URLs whose host resolves into our own network (SSRF), naming the field."""
+    """Refuse media, model and webhook URLs whose host resolves into our own network (SSRF), naming the field."""
     allowlist = safe_fetch.parse_allowlist(svc.settings.private_url_allowlist)
     targets = [("webhook_url", request.webhook_url)] + [(f"media[{i}].url", m.url) for i, m in
                                                           enumerate(request.media)]
+    targets += [(f"models[{i}].url", m.url) for i, m in enumerate(request.models)]
     for field, url in targets:
         if url:
             try:
@@ -68,7 +70,7 @@ def submit_job(svc: Services, caller: Caller, body: bytes | str | dict[str, Any]
     preflight_check(svc, request)
     if caller.user_id is not None:
         request = request.model_copy(update={"user_id": caller.user_id})
-    payload = request.model_dump(mode="json", include={"workflow", "media", "overrides"})
+    payload = request.model_dump(mode="json", include={"workflow", "media", "overrides", "models"})
     job, created = svc.lifecycle.create(request, payload)
     logs.event(log, "job.submitted" if created else "job.submit_repeated", job_id=job.id, phase="submit",
                pool=job.pool)
@@ -130,3 +132,20 @@ def health(svc: Services) -> dict[str, Any]:
         checks["queue"] = f"error: {exc}"
     checks["status"] = "ok" if checks["store"] == "ok" and checks["queue"] == "ok" else "degraded"
     return checks
+
+
+def _operators_only(caller: Caller) -> None:
+    if caller.user_id is not None:
+        raise NotFound("no such page")  # as for /metrics: a key bound to a user does not see it exists
+
+
+def list_models(svc: Services, caller: Caller) -> dict[str, Any]:
+    """The cached model files, most recently used first (keys not bound to a user only)."""
+    _operators_only(caller)
+    return {"models": ModelCache(svc).listing()}
+
+
+def delete_model(svc: Services, caller: Caller, sha256: str) -> dict[str, Any]:
+    """Remove one cached model file; 409 while a running job uses it (keys not bound to a user only)."""
+    _operators_only(caller)
+    return ModelCache(svc).delete(sha256 or "")

@@ -24,7 +24,7 @@ from typing import Any
 
 from comfy_saas import logs
 from comfy_saas.backends import safe_fetch
-from comfy_saas.errors import ComfyUnavailable, MediaError, PromptRejected
+from comfy_saas.errors import ComfyUnavailable, MediaError, ModelError, PromptRejected
 from comfy_saas.jobs import keys, webhooks
 from comfy_saas.jobs.lifecycle import AttemptMoved
 from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, Timings, utcnow
@@ -32,6 +32,8 @@ from comfy_saas.jobs.request import MediaInput
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.store import PROGRESS_EVENTS_KEPT
 from comfy_saas.runner.comfy_client import ComfyClient, Event, EventStream
+from comfy_saas.runner.model_links import ModelLinks
+from comfy_saas.runner.models import JobModels, Stopped
 from comfy_saas.runner.outputs import OutputItem, collect
 from comfy_saas.runner.progress import ProgressTracker
 from comfy_saas.workflows import preflight
@@ -65,6 +67,11 @@ class Run:
     workflow: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
     nodes: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] | None = None  # read once, by the download step
+    renames: dict[str, str] = field(default_factory=dict)  # workflow names -> names ComfyUI knows them by
+    events: list[dict[str, Any]] = field(default_factory=list)  # progress events so far (SSE replays them)
+    leases: dict[str, Any] = field(default_factory=dict)  # model files this attempt uses, by sha256
+    download_bytes: int | None = None
     _mark: float = 0.0
 
     def lap(self, phase: str) -> None:
@@ -82,7 +89,9 @@ class Run:
         return Timings(start_kind=self.start_kind, queue_wait_ms=ms(started - created),
                        prepare_ms=ms(self.phases.get("prepare", 0.0)), execute_ms=ms(self.phases.get("execute", 0.0)),
                        upload_ms=ms(self.phases.get("upload", 0.0)), finish_ms=ms(rest),
-                       total_ms=ms(finished.timestamp() - created), nodes=self.nodes, warmup_ms=self.warmup_ms)
+                       total_ms=ms(finished.timestamp() - created), nodes=self.nodes, warmup_ms=self.warmup_ms,
+                       download_ms=ms(self.phases["download"]) if "download" in self.phases else None,
+                       download_bytes=self.download_bytes)
 
 
 def new_worker_id() -> str:
@@ -96,7 +105,8 @@ class Worker:
     def __init__(self, services: Services, comfy: ComfyClient, worker_id: str | None = None,
                  pool: str | None = None, on_unhealthy: Callable[[], bool] | None = None,
                  scratch_dir: str | Path | None = None, start_kind: str = "launched",
-                 warmup_workflow: str | None = None) -> None:
+                 warmup_workflow: str | None = None, models_dir: str | Path | None = None,
+                 model_shadows: list[str | Path] | None = None) -> None:
         self.services = services
         self.store = services.store
         self.lifecycle = services.lifecycle
@@ -115,6 +125,9 @@ class Worker:
         self._captured = False
         self.warmup_ms: float | None = None
         self._warmup_reported = False
+        # Job models are linked under models_dir, a folder tree this worker's ComfyUI reads (None: it has none).
+        links = ModelLinks(models_dir, model_shadows or []) if models_dir else None
+        self.job_models = JobModels(services, links, self.worker_id)
 
     # --- the pool loop -----------------------------------------------------------------------
 
@@ -227,15 +240,22 @@ class Worker:
                                                    "worker_id": self.worker_id})
             self.finish(run, Outcome(Status.FAILED, error=JobError(type="internal_error", message=str(exc))))
         finally:
+            self.job_models.release(run)
             self.current_job = None
 
     def _run_steps(self, run: Run) -> None:
         try:
+            self.job_models.prepare(run)
             run.workflow = self.prepare_inputs(run)
             run.lap("prepare")
             self.submit(run)
         except MediaError as exc:
             return self.finish(run, Outcome(Status.FAILED, error=JobError(type="media_error", message=exc.message)))
+        except ModelError as exc:
+            return self.finish(run, Outcome(Status.FAILED, error=JobError(type="model_error", message=exc.message,
+                                                                          details=exc.details)))
+        except Stopped as exc:
+            return self.finish(run, Outcome(exc.status, error=exc.error))
         except PromptRejected as exc:
             return self.finish(run, Outcome(Status.FAILED, error=rejection_error(exc)))
         outcome = self.await_completion(run)
@@ -250,8 +270,8 @@ class Worker:
 
     def prepare_inputs(self, run: Run) -> dict[str, Any]:
         """Fetch media, upload them to ComfyUI under collision-free names, apply overrides."""
-        payload = self.store.payload(run.job.id)
-        names = {}
+        payload = run.payload if run.payload is not None else self.store.payload(run.job.id)
+        names = dict(run.renames)
         for i, raw in enumerate(payload.get("media", [])):
             media = MediaInput.model_validate(raw)
             data = self._media_bytes(i, media)
@@ -359,7 +379,7 @@ class _Watch:
         self.stop_sent_at = 0.0
         self.dirty = False
         self.progress: Progress | None = None
-        self.events: list[dict[str, Any]] = []  # what an SSE watcher replays; kept with the heartbeat
+        self.events: list[dict[str, Any]] = list(run.events)  # what an SSE watcher replays; kept with the heartbeat
 
     def tick(self) -> Outcome | None:
         now = time.monotonic()

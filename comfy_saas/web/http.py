@@ -99,6 +99,16 @@ async def handle_cancel(svc: Services, request: Request, job_id: str | None) -> 
     return await respond(lambda: (200, api.cancel_job(svc, _caller(svc, request), job_id or "")))
 
 
+async def handle_models(svc: Services, request: Request) -> JSONResponse:
+    """The cached model files (operators only)."""
+    return await respond(lambda: (200, api.list_models(svc, _caller(svc, request))))
+
+
+async def handle_model_delete(svc: Services, request: Request, sha256: str | None) -> JSONResponse:
+    """Remove one cached model file; 409 while a running job uses it (operators only)."""
+    return await respond(lambda: (200, api.delete_model(svc, _caller(svc, request), sha256 or "")))
+
+
 async def handle_metrics(svc: Services, request: Request) -> Response:
     """Prometheus text; only an API key that is not bound to a user may read it."""
     from comfy_saas.web import metrics
@@ -198,6 +208,14 @@ def create_app(svc: Services) -> FastAPI:
     @app.delete("/v1/jobs/{job_id}", summary="Cancel a job")
     async def delete(request: Request, job_id: str) -> JSONResponse:
         return await handle_cancel(svc, request, job_id)
+
+    @app.get("/v1/models", summary="List cached model files (keys not bound to a user)")
+    async def models(request: Request) -> JSONResponse:
+        return await handle_models(svc, request)
+
+    @app.delete("/v1/models/{sha256}", summary="Remove a cached model file that no running job uses")
+    async def delete_model(request: Request, sha256: str) -> JSONResponse:
+        return await handle_model_delete(svc, request, sha256)
 
     @app.get("/health", summary="Store and queue reachability, queue depth")
     async def health() -> JSONResponse:
