@@ -128,9 +128,10 @@ def progress_line(job: dict[str, Any], width: int = 24) -> str:
     percent = float(p.get("percent") or (100.0 if job["status"] == "completed" else 0.0))
     filled = int(width * percent / 100)
     parts = [f"[{'#' * filled}{'.' * (width - filled)}] {percent:5.1f}%", job["status"]]
-    if p.get("phase") == "download":
+    if p.get("phase") in {"download", "download_wait"}:
         total = f"/{p['bytes_total'] / 1e6:.1f}" if p.get("bytes_total") else ""
-        parts.append(f"downloading {p.get('file')} {(p.get('bytes_done') or 0) / 1e6:.1f}{total} MB")
+        verb = "downloading" if p["phase"] == "download" else "waiting for another job's download of"
+        parts.append(f"{verb} {p.get('file')} {(p.get('bytes_done') or 0) / 1e6:.1f}{total} MB")
     if p.get("node_id"):
         parts.append(f"node {p['node_id']} ({p.get('node_class') or '?'})")
     if p.get("step") and p.get("steps"):

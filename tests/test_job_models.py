@@ -81,13 +81,14 @@ def test_concurrent_jobs_download_a_file_once_and_later_jobs_not_at_all(stack: S
 
     def both_on_the_lora() -> list[dict] | None:
         progress = [job(stack, j).get("progress") or {} for j in (first, second)]
-        on_lora = all(p.get("phase") == "download" and p.get("file") == "loras/style.safetensors" for p in progress)
+        on_lora = all(p.get("file") == "loras/style.safetensors" for p in progress)
         return progress if on_lora and any(p["bytes_done"] == len(LORA) // 2 for p in progress) else None
 
     # One job streams it (half of it so far, as the server holds the rest); the other waits on its claim.
     downloading = wait_until(both_on_the_lora, 20, "both jobs in the download phase of the LoRA")
-    assert max(p["percent"] for p in downloading) == 50.0  # the waiter shows the claim's progress as last renewed
-    assert all(p["bytes_total"] in (len(LORA), None) for p in downloading)
+    streaming = next(p for p in downloading if p["phase"] == "download")
+    assert streaming["percent"] == 50.0 and streaming["bytes_total"] == len(LORA)
+    assert {p["phase"] for p in downloading} == {"download", "download_wait"}
     held.set()
     done = [stack.done(j) for j in (first, second)]
     assert [d["status"] for d in done] == ["completed", "completed"], done
@@ -105,6 +106,29 @@ def test_concurrent_jobs_download_a_file_once_and_later_jobs_not_at_all(stack: S
     assert listed[sha(LORA)]["size_bytes"] == len(LORA) and listed[sha(CKPT)]["size_bytes"] == len(CKPT)
     assert listed[sha(LORA)]["folder"] == "loras" and listed[sha(LORA)]["name"] == "style.safetensors"
     assert listed[sha(LORA)]["url"] == files.url("/lora/style.safetensors") and listed[sha(LORA)]["last_used_at"]
+
+
+def test_a_cancelled_download_keeps_nothing_and_a_waiting_job_takes_it_over(stack: Server, files: FileServer):
+    path = "/lora/cancelled.safetensors"
+    files.files[path] = blob("cancelled")
+    held = files.hold(path)
+    jobs = [submit(stack, lora_workflow("cancelled.safetensors"), models(files, path)) for _ in range(2)]
+
+    def downloader() -> str | None:
+        progress = {j: job(stack, j).get("progress") or {} for j in jobs}
+        if all(p.get("file") == "loras/cancelled.safetensors" for p in progress.values()):
+            return next((j for j, p in progress.items() if p["phase"] == "download"
+                         and p["bytes_done"] == len(files.files[path]) // 2), None)
+        return None
+
+    streaming = wait_until(downloader, 20, "one job streaming the file, the other waiting")
+    stack.call("POST", f"/v1/jobs/{streaming}/cancel")
+    assert stack.done(streaming)["status"] == "cancelled"  # at once, although its read was stalled
+    held.set()
+    [waiting] = [j for j in jobs if j != streaming]
+    assert stack.done(waiting)["status"] == "completed"
+    assert files.gets[path] == 2
+    assert cache_files(stack.stack.settings.model_cache_dir() / "tmp") == []
 
 
 def test_the_lora_changes_the_output_and_a_taken_name_gets_an_alias(stack: Server, files: FileServer):

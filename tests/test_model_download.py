@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from modelfiles import blob, file_server, sha
 
 from comfy_saas.backends import model_sources
-from comfy_saas.backends.safe_fetch import download, parse_allowlist
+from comfy_saas.backends.safe_fetch import Interrupt, download, parse_allowlist
 from comfy_saas.errors import MediaError
 
 LOOPBACK = parse_allowlist("127.0.0.1/32")
@@ -81,3 +83,25 @@ def test_urls_are_shown_without_credentials():
     shown = model_sources.public_url("https://user:pw@civitai.com/api/download/models/1?type=Model&token=abc"
                                      "&X-Amz-Signature=s&format=SafeTensor")
     assert shown == "https://civitai.com/api/download/models/1?type=Model&format=SafeTensor"
+
+
+def test_an_interrupt_ends_a_download_stalled_in_a_read(tmp_path: Path):
+    data = blob("stalled", 64 * 1024)
+    with file_server({"/s.safetensors": data}) as files:
+        files.hold("/s.safetensors")
+        interrupt, seen = Interrupt(), []
+        worker = threading.Thread(target=lambda: seen.append(_attempt(files.url("/s.safetensors"), tmp_path,
+                                                                      interrupt)))
+        worker.start()
+        wait_until(lambda: files.gets["/s.safetensors"] == 1 and list(tmp_path.iterdir()), 10, "the download")
+        interrupt.fire()
+        worker.join(10)
+    assert seen == ["interrupted"] and list(tmp_path.iterdir()) == []
+
+
+def _attempt(url: str, folder: Path, interrupt: Interrupt) -> str:
+    try:
+        download(url, folder / "s.part", 10**6, 30, LOOPBACK, interrupt=interrupt)
+        return "finished"
+    except MediaError as exc:
+        return "interrupted" if "interrupted" in exc.message else exc.message

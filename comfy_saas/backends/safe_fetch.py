@@ -6,12 +6,14 @@ public, and the connection goes to that vetted address, so DNS rebinding cannot 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,7 +81,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         self._ip = ip
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock = self.opened = socket.create_connection((self._ip, self.port), self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
@@ -89,7 +91,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         sock = socket.create_connection((self._ip, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self.opened = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 def fetch(url: str, max_bytes: int, timeout_s: float, allowlist: list[_Network]) -> bytes:
@@ -182,6 +184,31 @@ class _Dropped(Exception):
     """The connection broke off: retry, resuming with Range where the server allows it."""
 
 
+class Interrupt:
+    """Lets another thread break off a download, even one blocked reading a stalled connection."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    def attach(self, conn: http.client.HTTPConnection | None) -> None:
+        with self._lock:
+            self._conn = conn
+        if conn is not None and self.fired:
+            self.fire()
+
+    def fire(self) -> None:
+        """Stop the download: its read fails now, and it ends with MediaError('interrupted')."""
+        with self._lock:
+            self.fired = True
+            # The socket as opened: http.client hands it to the response and forgets it on `Connection: close`.
+            sock = getattr(self._conn, "opened", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 class _Sink:
     """The file being written, its running hash, and what the server said about resuming."""
 
@@ -242,19 +269,23 @@ def _range_total(content_range: str) -> int | None:
 
 def download(url: str, dest: Path, max_bytes: int, timeout_s: float, allowlist: list[_Network],
              headers_for: Callable[[str], dict[str, str]] | None = None,
-             on_progress: Callable[[int, int | None], None] | None = None, retries: int = 3) -> Downloaded:
+             on_progress: Callable[[int, int | None], None] | None = None, retries: int = 3,
+             interrupt: Interrupt | None = None) -> Downloaded:
     """GET url into dest (never whole in memory), every hop vetted like `fetch`; `headers_for(hop_url)` adds
     headers per hop, so a credential only reaches the hosts it names, redirects included. A dropped
-    connection is resumed with Range when the server supports it (else fetched again). On any failure dest is
-    removed."""
+    connection is resumed with Range when the server supports it (else fetched again). `interrupt.fire()`
+    from another thread ends it. On any failure dest is removed."""
     deadline = time.monotonic() + timeout_s
     sink = _Sink(dest, max_bytes, url, on_progress)
+    interrupt = interrupt or Interrupt()
     try:
         for attempt in range(retries + 1):
             try:
-                _stream(url, sink, deadline, allowlist, headers_for)
+                _stream(url, sink, deadline, allowlist, headers_for, interrupt)
                 return Downloaded(sink.size, sink.hash.hexdigest(), sink.transferred)
             except _Dropped as exc:
+                if interrupt.fired:
+                    raise MediaError(f"fetching {url!r} was interrupted") from None
                 if attempt == retries or time.monotonic() > deadline:
                     raise MediaError(f"fetching {url!r} failed: {exc}") from None
         raise AssertionError("unreachable")
@@ -267,8 +298,9 @@ def download(url: str, dest: Path, max_bytes: int, timeout_s: float, allowlist: 
 
 
 def _stream(url: str, sink: _Sink, deadline: float, allowlist: list[_Network],
-            headers_for: Callable[[str], dict[str, str]] | None) -> None:
+            headers_for: Callable[[str], dict[str, str]] | None, interrupt: Interrupt) -> None:
     conn, resp = _open_following(url, sink.resume_headers(), deadline, allowlist, headers_for)
+    interrupt.attach(conn)
     try:
         sink.start(resp)
         while chunk := resp.read1(_CHUNK):  # whatever has arrived: progress moves on slow links too
@@ -280,6 +312,7 @@ def _stream(url: str, sink: _Sink, deadline: float, allowlist: list[_Network],
     except (OSError, http.client.HTTPException) as exc:
         raise _Dropped(str(exc) or type(exc).__name__) from None
     finally:
+        interrupt.attach(None)
         conn.close()
 
 

@@ -60,7 +60,8 @@ class Progress(BaseModel):
     nodes_done: int = 0
     nodes_total: int | None = None
     eta_s: float | None = None
-    phase: str | None = Field(default=None, description="download while model files are fetched, else absent")
+    phase: str | None = Field(default=None, description="download while this job fetches a model file, "
+                                                         "download_wait while another job fetches one it needs")
     file: str | None = Field(default=None, description="the model file being downloaded (folder/name)")
     bytes_done: int | None = None
     bytes_total: int | None = None

@@ -105,6 +105,7 @@ class _Report:
         self.problem: BaseException | None = None
         self._keep_alive: Callable[[], None] | None = None  # renews a download claim while the step holds one
         self._keep_alive_lock = threading.Lock()
+        self.interrupt = safe_fetch.Interrupt()  # fired when the job must stop, so a stalled read ends at once
         self._written: Progress | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"report-{run.job.id}", daemon=True)
@@ -147,6 +148,7 @@ class _Report:
                     self._stop.wait(_PROGRESS_WRITE_S)
             except Exception as exc:  # handed to the step, which raises it (AttemptMoved, Stopped, store errors)
                 self.problem = exc
+                self.interrupt.fire()
 
     def _write(self, progress: Progress | None) -> None:
         self._written = progress
@@ -164,9 +166,9 @@ class _Report:
             raise Stopped(Status.FAILED, JobError(type="timeout", message="job exceeded its run time"))
 
 
-def _progress(spec: ModelInput, done: int, total: int | None) -> Progress:
+def _progress(spec: ModelInput, done: int, total: int | None, phase: str = "download") -> Progress:
     percent = round(100.0 * done / total, 1) if total else 0.0
-    return Progress(percent=percent, phase="download", file=f"{spec.folder}/{spec.name}", bytes_done=done,
+    return Progress(percent=percent, phase=phase, file=f"{spec.folder}/{spec.name}", bytes_done=done,
                     bytes_total=total)
 
 
@@ -202,7 +204,7 @@ class _Fetch:
         if claim is not None and claim["state"] == "failed":
             gen += 1  # the same content failed from another URL: try ours
         elif claim is not None:
-            self.report.show(_progress(self.spec, claim.get("bytes") or 0, claim.get("total")))
+            self.report.show(_progress(self.spec, claim.get("bytes") or 0, claim.get("total"), "download_wait"))
             return None
         body = self.cache.try_claim(self.ident, gen, self.m.owner, self.url)
         return None if body is None else self._download(gen, body)
@@ -260,7 +262,11 @@ class _Fetch:
         self.report.keep_alive(lambda: self.cache.renew(self.ident, gen, {**claim, **seen}))
         try:
             result = safe_fetch.download(self.spec.url, temp, self.cfg.max_file_bytes, timeout, self.m.allowlist,
-                                         headers_for=self.m.auth, on_progress=on_progress)
+                                         headers_for=self.m.auth, on_progress=on_progress,
+                                         interrupt=self.report.interrupt)
+        except MediaError:
+            self.report.show(_progress(self.spec, seen["bytes"], seen["total"]))  # an interrupt: why the job stops
+            raise
         finally:
             self.report.keep_alive(None)
         return temp, result
@@ -277,7 +283,7 @@ class _Fetch:
         sha = result.sha256
         self._pin(sha)  # leased before it is visible, so no evictor can take it from under us
         while self.cache.evicting(sha):  # an evictor that missed our lease may still remove the old copy
-            self.report.show(_progress(self.spec, result.size, result.size))
+            self.report.show(_progress(self.spec, result.size, result.size, "download_wait"))
             time.sleep(self.cfg.poll_s)
         self.files.put(temp, sha)
         self.cache.remember(sha, result.size, self.spec.folder, self.spec.name or "", self.url, self.run.job.id,
