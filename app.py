@@ -93,6 +93,20 @@ async def metrics(request: Request):
 
 
 @endpoint("GET")
+async def models(request: Request):
+    from comfy_saas.web import http
+
+    return await http.handle_models(_services(), request)
+
+
+@endpoint("DELETE")
+async def delete_model(request: Request, sha256: str = ""):
+    from comfy_saas.web import http
+
+    return await http.handle_model_delete(_services(), request, sha256)
+
+
+@endpoint("GET")
 async def health():
     from comfy_saas.web import http
 

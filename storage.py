@@ -27,11 +27,12 @@ RUNTIME_ENV = {"COMFY_STORAGE_BACKEND": "s3", "COMFY_DATA_DIR": "/tmp/comfy-saas
 _services = None
 
 
-def services(wake: Callable[[str], None] | None = None):
-    """This container's Services over the deployed Dict and Queue (built once per container)."""
+def services(wake: Callable[[str], None] | None = None, models_mount: str | None = None):
+    """This container's Services over the deployed Dict and Queue (built once per container); `models_mount` is
+    where this container mounts the models Volume (None: it reaches the Volume through its API only)."""
     global _services
     if _services is None:
         from comfy_saas.modal_runtime import services as build
 
-        _services = build(jobs_dict, work_queue, wake)
+        _services = build(jobs_dict, work_queue, wake, models_volume, models_mount)
     return _services

@@ -66,7 +66,7 @@ class ComfyWorker:
         from comfy_saas import modal_runtime
         from comfy_saas.runner.comfy_process import ComfyProcess
 
-        self.comfy = ComfyProcess(COMFY_DIR, CONFIG.comfyui.port)
+        self.comfy = ComfyProcess(COMFY_DIR, CONFIG.comfyui.port, modal_runtime.job_model_args())
         self.comfy.start(ready_timeout_s=600)
         modal_runtime.preload_checkpoints(self.comfy, CONFIG.warm.preload_checkpoints)
 
@@ -76,7 +76,8 @@ class ComfyWorker:
 
         modal_runtime.attach_gpu(self.comfy)
         warmup = f"/root/{CONFIG.warm.warmup_workflow}" if CONFIG.warm.warmup_workflow else ""
-        self.worker = modal_runtime.restored_worker(storage.services(wake), self.comfy, Path("/tmp"), warmup)
+        self.worker = modal_runtime.restored_worker(storage.services(wake, MODELS_DIR), self.comfy, Path("/tmp"),
+                                                    warmup, model_shadows=[MODELS_DIR, f"{COMFY_DIR}/models"])
 
     @modal.method()
     def drain(self, pool: str = "default") -> int:

@@ -54,17 +54,17 @@ def worker(args: argparse.Namespace) -> int:
     import threading
 
     from comfy_saas.jobs.services import local_services
-    from comfy_saas.local import launch_comfyui
+    from comfy_saas.local import job_models, launch_comfyui
     from comfy_saas.runner.comfy_client import ComfyClient
     from comfy_saas.runner.worker import Worker
 
     settings = _settings(args)
     svc = local_services(settings)
-    proc = None
+    proc, root = None, settings.data_dir / "comfy" / f"worker-{os.getpid()}"
     if settings.comfyui.url:
         client = ComfyClient(settings.comfyui.url)
     else:
-        proc = launch_comfyui(settings, settings.data_dir / "comfy" / f"worker-{os.getpid()}")
+        proc = launch_comfyui(settings, root)
         client = proc.client
     stop, unhealthy = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -78,7 +78,7 @@ def worker(args: argparse.Namespace) -> int:
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            Worker(svc, client, pool=args.pool, on_unhealthy=recover).run(stop)
+            Worker(svc, client, pool=args.pool, on_unhealthy=recover, **job_models(settings, root)).run(stop)
     finally:
         if proc is not None:
             proc.stop()
@@ -128,6 +128,10 @@ def progress_line(job: dict[str, Any], width: int = 24) -> str:
     percent = float(p.get("percent") or (100.0 if job["status"] == "completed" else 0.0))
     filled = int(width * percent / 100)
     parts = [f"[{'#' * filled}{'.' * (width - filled)}] {percent:5.1f}%", job["status"]]
+    if p.get("phase") in {"download", "download_wait"}:
+        total = f"/{p['bytes_total'] / 1e6:.1f}" if p.get("bytes_total") else ""
+        verb = "downloading" if p["phase"] == "download" else "waiting for another job's download of"
+        parts.append(f"{verb} {p.get('file')} {(p.get('bytes_done') or 0) / 1e6:.1f}{total} MB")
     if p.get("node_id"):
         parts.append(f"node {p['node_id']} ({p.get('node_class') or '?'})")
     if p.get("step") and p.get("steps"):
@@ -298,6 +302,10 @@ def ops(args: argparse.Namespace) -> int:
         result = operations.requeue(svc, args.job_id)
     elif args.ops_command == "fail":
         result = operations.fail(svc, args.job_id, args.reason)
+    elif args.ops_command == "models":
+        result = operations.models(svc)
+    elif args.ops_command == "models-delete":
+        result = operations.delete_model(svc, args.sha256)
     else:
         result = dict(operations.purge(svc))
     print(json.dumps(result, indent=2, default=str))
@@ -428,6 +436,9 @@ def _add_ops(sub: argparse._SubParsersAction) -> None:
     f.add_argument("job_id")
     f.add_argument("--reason", default="failed by an operator")
     ops_sub.add_parser("purge", help="delete finished jobs past retention now")
+    ops_sub.add_parser("models", help="the model cache: folder, name, sha256, size, source URL, last use")
+    ops_sub.add_parser("models-delete", help="remove one cached model file (refused while a job uses it)"
+                       ).add_argument("sha256")
     p.set_defaults(run=ops)
 
 

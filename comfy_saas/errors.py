@@ -16,6 +16,7 @@
     ├── BackendError            Dict, Queue or object storage failed                (HTTP 503)
     │   └── CatalogueUnavailable  no worker has published the node catalogue yet; carries retry_after_s
     ├── MediaError              a media input could not be fetched or was refused   (job fails)
+    ├── ModelError              a model file could not be downloaded or verified    (job fails)
     └── ComfyUIError            ComfyUI said no, or is not there
         ├── ComfyUnavailable    the process died or stopped answering               (attempt requeued)
         └── PromptRejected      /prompt answered 400; carries node_errors           (job fails)
@@ -130,6 +131,16 @@ class CatalogueUnavailable(BackendError):
 
 class MediaError(ComfySaasError):
     type = "media_error"
+
+
+class ModelError(ComfySaasError):
+    """A model file a job names by URL could not be fetched, was too large or failed its sha256 check."""
+
+    type = "model_error"
+
+    def __init__(self, message: str, details: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
 
 
 class ComfyUIError(ComfySaasError):

@@ -19,6 +19,7 @@ from comfy_saas.config import Settings
 from comfy_saas.jobs.services import local_services
 from comfy_saas.runner.comfy_client import ComfyClient
 from comfy_saas.runner.comfy_process import DOUBLE_DIR, ComfyProcess
+from comfy_saas.runner.model_links import ModelLinks
 from comfy_saas.runner.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class LocalStack:
         for i in range(self._worker_count()):
             client = self._comfy_for(i)
             worker = Worker(self.services, client, scratch_dir=self._dir(f"workers/{i}/scratch"),
-                            on_unhealthy=self._recovery_for(i))
+                            on_unhealthy=self._recovery_for(i), **job_models(self.settings, self._dir(f"comfy/{i}")))
             self.workers.append(worker)
             self._spawn(f"worker-{i}", worker.run, self._stop)
         self._spawn("sweeper", self._sweep_loop)
@@ -136,13 +137,23 @@ class LocalStack:
             proc.stop()
 
 
+def job_models(settings: Settings, root: Path) -> dict:
+    """The Worker arguments for job models: where its ComfyUI reads them (a launched one: `root/models`; one at a
+    URL: COMFY_COMFYUI_MODELS_DIR or none), and the ComfyUI's own models folder a name there would shadow."""
+    source = settings.comfyui
+    models_dir = (source.models_dir or None) if source.url else root / "models"
+    return {"models_dir": models_dir, "model_shadows": [Path(source.dir) / "models"] if source.dir else []}
+
+
 def launch_comfyui(settings: Settings, root: Path) -> ComfyProcess:
-    """Start the configured ComfyUI (or the built-in stand-in) with its folders under `root`."""
+    """Start the configured ComfyUI (or the built-in stand-in) with its folders under `root`, job models
+    included (`root/models`, an extra model path searched first)."""
     for sub in ("input", "output"):  # ComfyUI lists them at once and does not create them itself
         (root / sub).mkdir(parents=True, exist_ok=True)
     source = settings.comfyui
+    config = ModelLinks(root / "models").write_config(root / "extra_model_paths.yaml")
     args = ["--output-directory", str(root / "output"), "--input-directory", str(root / "input"),
-            "--temp-directory", str(root), *shlex.split(source.args)]
+            "--temp-directory", str(root), "--extra-model-paths-config", str(config), *shlex.split(source.args)]
     python = (source.python if source.dir else "") or sys.executable
     proc = ComfyProcess(source.dir or DOUBLE_DIR, free_port(), args, log_path=root / "comfyui.log", python=python)
     proc.start()

@@ -17,24 +17,45 @@ from comfy_saas.runner.worker import Worker, new_worker_id
 
 log = logging.getLogger(__name__)
 
+MODEL_CACHE_SUBDIR = "job-cache"  # the model cache's folder inside the models Volume (ComfyUI does not list it)
+JOB_MODELS_DIR = "/tmp/comfy-saas-job-models"  # each container's own links: what its ComfyUI sees by name
 
-def services(jobs_dict: Any, work_queue: Any, wake: Callable[[str], None] | None = None) -> Services:
-    """The services over the deployed Dict and Queue, with settings from the attached Secrets."""
+
+def services(jobs_dict: Any, work_queue: Any, wake: Callable[[str], None] | None = None,
+             models_volume: Any = None, models_mount: str | None = None) -> Services:
+    """The services over the deployed Dict and Queue, with settings from the attached Secrets; the model cache
+    on the models Volume (mounted at models_mount in worker containers, reached through its API elsewhere)."""
     from comfy_saas import logs
+    from comfy_saas.backends.model_files import VolumeModelFiles
 
     logs.configure()
     settings = Settings.from_env()
     settings.check_retention(entries_expire=True)
-    return Services.over(jobs_dict, work_queue, settings, wake=wake)
+    svc = Services.over(jobs_dict, work_queue, settings, wake=wake)
+    if models_volume is not None:
+        root = Path(models_mount or "/models") / MODEL_CACHE_SUBDIR
+        svc.model_files = VolumeModelFiles(models_volume, root, MODEL_CACHE_SUBDIR, mounted=models_mount is not None)
+    return svc
 
 
 def deployed_services() -> Services:
-    """Services over the deployed app's Dict and Queue by name (needs Modal credentials, as in `modal shell`)."""
+    """Services over the deployed app's Dict, Queue and models Volume by name (needs Modal credentials, as in
+    `modal shell`)."""
     import modal
 
     from comfy_saas.config import names
 
-    return services(modal.Dict.from_name(names.JOBS_DICT), modal.Queue.from_name(names.WORK_QUEUE))
+    return services(modal.Dict.from_name(names.JOBS_DICT), modal.Queue.from_name(names.WORK_QUEUE),
+                    models_volume=modal.Volume.from_name(names.MODELS_VOLUME))
+
+
+def job_model_args(links_dir: str = JOB_MODELS_DIR) -> list[str]:
+    """ComfyUI flags that make it read this container's job-model links first (folders made now, before it
+    starts, so it records them from the beginning)."""
+    from comfy_saas.runner.model_links import ModelLinks
+
+    config = ModelLinks(links_dir).write_config(Path(links_dir) / "extra_model_paths.yaml")
+    return ["--extra-model-paths-config", str(config)]
 
 
 def sweep(svc: Services, wake: Callable[[str], None]) -> dict[str, int]:
@@ -55,8 +76,10 @@ def attach_gpu(comfy: ComfyProcess) -> None:
         log.info("cuda/set_device: %s", json.loads(resp.read()))
 
 
-def restored_worker(svc: Services, comfy: ComfyProcess, scratch: Path, warmup_workflow: str = "") -> Worker:
-    """A worker with a fresh id (never made during the snapshot, so restored containers differ)."""
+def restored_worker(svc: Services, comfy: ComfyProcess, scratch: Path, warmup_workflow: str = "",
+                    model_shadows: list[str] | None = None) -> Worker:
+    """A worker with a fresh id (never made during the snapshot, so restored containers differ). Job models are
+    linked in JOB_MODELS_DIR; `model_shadows` are the other model roots its ComfyUI reads."""
     def unhealthy() -> bool:
         import modal.experimental
 
@@ -64,7 +87,8 @@ def restored_worker(svc: Services, comfy: ComfyProcess, scratch: Path, warmup_wo
         return False
 
     worker = Worker(svc, comfy.client, worker_id=new_worker_id(), on_unhealthy=unhealthy, scratch_dir=scratch,
-                    start_kind="restored", warmup_workflow=warmup_workflow or None)
+                    start_kind="restored", warmup_workflow=warmup_workflow or None, models_dir=JOB_MODELS_DIR,
+                    model_shadows=model_shadows)
     worker.prepare()  # catalogue and warmup before the first input arrives
     return worker
 

@@ -73,7 +73,8 @@ def store(svc: Services) -> JobStore:
 def submit(svc: Services, **fields: Any):
     """Create a job the way the API does (lifecycle.create); the stored Job."""
     request = JobRequest(workflow=fields.pop("workflow", WORKFLOW), **fields)
-    job, _ = svc.lifecycle.create(request, request.model_dump(mode="json", include={"workflow", "media", "overrides"}))
+    payload = request.model_dump(mode="json", include={"workflow", "media", "overrides", "models"})
+    job, _ = svc.lifecycle.create(request, payload)
     return job
 
 
@@ -155,8 +156,9 @@ class Server:
 
 
 @contextmanager
-def running_server(data_dir: Path, **settings: Any) -> Iterator[Server]:
-    """The local API on uvicorn over its own LocalStack (one worker on the double), with these settings."""
+def running_server(data_dir: Path, *, workers: int = 1, **settings: Any) -> Iterator[Server]:
+    """The local API on uvicorn over its own LocalStack (workers on the double, one by default), with these
+    settings."""
     import uvicorn
 
     from comfy_saas.local import LocalStack, StackOptions
@@ -164,7 +166,7 @@ def running_server(data_dir: Path, **settings: Any) -> Iterator[Server]:
 
     port = free_port()
     stack = LocalStack(Settings(data_dir=data_dir, **{"api_keys": KEYS, **settings}),
-                       StackOptions(port=port, workers=1, sweep_interval_s=3600))
+                       StackOptions(port=port, workers=workers, sweep_interval_s=3600))
     stack.start()
     uv = uvicorn.Server(uvicorn.Config(create_app(stack.services), host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=uv.run, daemon=True)

@@ -66,7 +66,7 @@ def test_web_endpoints_have_one_method_each(report: dict):
     web = {name: f["web"] for name, f in report["functions"].items() if f.get("web")}
     assert web == {"submit": "POST", "job": "GET", "jobs": "GET", "cancel": "POST", "health": "GET",
                    "metrics": "GET", "events": "GET", "put_workflow": "PUT", "workflow": "GET", "workflows": "GET",
-                   "delete_workflow": "DELETE", "workflow_jobs": "POST"}
+                   "delete_workflow": "DELETE", "workflow_jobs": "POST", "models": "GET", "delete_model": "DELETE"}
 
 
 def test_wait_mode_is_capped_below_the_endpoint_timeout(report: dict):

@@ -6,11 +6,18 @@ public, and the connection goes to that vetted address, so DNS rebinding cannot 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import http.client
 import ipaddress
+import re
 import socket
 import ssl
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from comfy_saas.errors import MediaError
@@ -74,7 +81,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
         self._ip = ip
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock = self.opened = socket.create_connection((self._ip, self.port), self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
@@ -84,7 +91,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         sock = socket.create_connection((self._ip, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self.opened = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 def fetch(url: str, max_bytes: int, timeout_s: float, allowlist: list[_Network]) -> bytes:
@@ -156,3 +163,175 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, allow
         raise MediaError(f"POST {url!r} failed: {exc}") from None
     finally:
         conn.close()
+
+
+# --- large files: streamed to disk, hashed on the way, resumed after a drop -------------------------
+
+_CHUNK = 1024 * 1024
+_READ_TIMEOUT_S = 60.0  # a socket silent this long counts as dropped (and is resumed)
+
+
+@dataclass
+class Downloaded:
+    """A finished download: the file's size and sha256, and the bytes that crossed the network."""
+
+    size: int
+    sha256: str
+    transferred: int
+
+
+class _Dropped(Exception):
+    """The connection broke off: retry, resuming with Range where the server allows it."""
+
+
+class Interrupt:
+    """Lets another thread break off a download, even one blocked reading a stalled connection."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    def attach(self, conn: http.client.HTTPConnection | None) -> None:
+        with self._lock:
+            self._conn = conn
+        if conn is not None and self.fired:
+            self.fire()
+
+    def fire(self) -> None:
+        """Stop the download: its read fails now, and it ends with MediaError('interrupted')."""
+        with self._lock:
+            self.fired = True
+            # The socket as opened: http.client hands it to the response and forgets it on `Connection: close`.
+            sock = getattr(self._conn, "opened", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Sink:
+    """The file being written, its running hash, and what the server said about resuming."""
+
+    def __init__(self, dest: Path, max_bytes: int, url: str, on_progress: Callable[[int, int | None], None] | None
+                 ) -> None:
+        self.dest, self.max_bytes, self.url, self.on_progress = dest, max_bytes, url, on_progress
+        self.out = open(dest, "wb")  # noqa: SIM115 - closed by close()
+        self.hash, self.size, self.transferred = hashlib.sha256(), 0, 0
+        self.total: int | None = None
+        self.resumable, self.validator = False, ""
+
+    def start(self, resp: http.client.HTTPResponse) -> None:
+        """Take a response's headers: continue a range, or start over on a full body."""
+        if resp.status == 206 and self.size and _range_start(resp.getheader("Content-Range", "")) == self.size:
+            self.total = _range_total(resp.getheader("Content-Range", ""))
+        elif resp.status == 200:
+            self._restart(resp)
+        else:
+            raise MediaError(f"fetching {self.url!r} answered HTTP {resp.status}")
+        if self.total is not None and self.total > self.max_bytes:
+            raise MediaError(f"{self.url!r} is {self.total} bytes; the limit is {self.max_bytes}")
+
+    def _restart(self, resp: http.client.HTTPResponse) -> None:
+        self.out.seek(0)
+        self.out.truncate()
+        self.hash, self.size = hashlib.sha256(), 0
+        declared = resp.getheader("Content-Length", "")
+        self.total = int(declared) if declared.isdigit() else None
+        self.resumable = resp.getheader("Accept-Ranges", "").lower() == "bytes"
+        etag = resp.getheader("ETag", "")
+        self.validator = etag if etag and not etag.startswith("W/") else resp.getheader("Last-Modified", "")
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self.transferred += len(chunk)
+        if self.size > self.max_bytes:
+            raise MediaError(f"{self.url!r} is larger than the {self.max_bytes} byte limit")
+        self.out.write(chunk)
+        self.hash.update(chunk)
+        if self.on_progress is not None:
+            self.on_progress(self.size, self.total)
+
+    def resume_headers(self) -> dict[str, str]:
+        if not self.size or not self.resumable:
+            return {}  # a server without ranges sends the whole body again
+        return {"Range": f"bytes={self.size}-", **({"If-Range": self.validator} if self.validator else {})}
+
+
+def _range_start(content_range: str) -> int | None:
+    m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", content_range)
+    return int(m.group(1)) if m else None
+
+
+def _range_total(content_range: str) -> int | None:
+    m = re.match(r"bytes \d+-\d+/(\d+)", content_range)
+    return int(m.group(1)) if m else None
+
+
+def download(url: str, dest: Path, max_bytes: int, timeout_s: float, allowlist: list[_Network],
+             headers_for: Callable[[str], dict[str, str]] | None = None,
+             on_progress: Callable[[int, int | None], None] | None = None, retries: int = 3,
+             interrupt: Interrupt | None = None) -> Downloaded:
+    """GET url into dest (never whole in memory), every hop vetted like `fetch`; `headers_for(hop_url)` adds
+    headers per hop, so a credential only reaches the hosts it names, redirects included. A dropped
+    connection is resumed with Range when the server supports it (else fetched again). `interrupt.fire()`
+    from another thread ends it. On any failure dest is removed."""
+    deadline = time.monotonic() + timeout_s
+    sink = _Sink(dest, max_bytes, url, on_progress)
+    interrupt = interrupt or Interrupt()
+    try:
+        for attempt in range(retries + 1):
+            try:
+                _stream(url, sink, deadline, allowlist, headers_for, interrupt)
+                return Downloaded(sink.size, sink.hash.hexdigest(), sink.transferred)
+            except _Dropped as exc:
+                if interrupt.fired:
+                    raise MediaError(f"fetching {url!r} was interrupted") from None
+                if attempt == retries or time.monotonic() > deadline:
+                    raise MediaError(f"fetching {url!r} failed: {exc}") from None
+        raise AssertionError("unreachable")
+    except BaseException:
+        sink.out.close()
+        dest.unlink(missing_ok=True)
+        raise
+    finally:
+        sink.out.close()
+
+
+def _stream(url: str, sink: _Sink, deadline: float, allowlist: list[_Network],
+            headers_for: Callable[[str], dict[str, str]] | None, interrupt: Interrupt) -> None:
+    conn, resp = _open_following(url, sink.resume_headers(), deadline, allowlist, headers_for)
+    interrupt.attach(conn)
+    try:
+        sink.start(resp)
+        while chunk := resp.read1(_CHUNK):  # whatever has arrived: progress moves on slow links too
+            sink.write(chunk)
+            if time.monotonic() > deadline:
+                raise MediaError(f"fetching {url!r} took too long")
+        if sink.total is not None and sink.size != sink.total:
+            raise _Dropped(f"the body ended after {sink.size} of {sink.total} bytes")
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Dropped(str(exc) or type(exc).__name__) from None
+    finally:
+        interrupt.attach(None)
+        conn.close()
+
+
+def _open_following(url: str, headers: dict[str, str], deadline: float, allowlist: list[_Network],
+                    headers_for: Callable[[str], dict[str, str]] | None
+                    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """The response at the end of url's redirects, each hop vetted and given only its own extra headers."""
+    for _ in range(MAX_REDIRECTS + 1):
+        conn, path = _pinned(url, min(_READ_TIMEOUT_S, max(0.1, deadline - time.monotonic())), allowlist)
+        try:
+            conn.request("GET", path, headers={"User-Agent": "comfy-saas/0.1", "Accept": "*/*", **headers,
+                                               **(headers_for(url) if headers_for else {})})
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise _Dropped(str(exc) or type(exc).__name__) from None
+        if resp.status in {301, 302, 303, 307, 308} and resp.getheader("Location"):
+            conn.close()
+            url = urljoin(url, resp.getheader("Location"))
+            continue
+        return conn, resp
+    raise MediaError(f"more than {MAX_REDIRECTS} redirects")

@@ -1,7 +1,9 @@
-"""The model-free nodes the double really executes, with Pillow, and their ComfyUI-style schemas."""
+"""The nodes the double really executes, with Pillow, and their ComfyUI-style schemas. Model loaders read their
+files (a model is the digest of what was loaded), so a downloaded LoRA changes a job's output."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -15,6 +17,8 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageFilter, ImageOps
 
+from comfy_saas.comfyui_double.model_paths import full_path, list_models
+
 SCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 _PIL_METHOD = {"nearest-exact": Image.NEAREST, "bilinear": Image.BILINEAR, "area": Image.BOX,
                "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
@@ -25,6 +29,7 @@ class Context(Protocol):
     """What a running node may ask of the executor."""
 
     dirs: dict[str, Path]
+    model_paths: dict[str, list[Path]]
 
     def progress(self, value: int, total: int, preview: Image.Image | None = None) -> None: ...
     def progress_text(self, text: str) -> None: ...
@@ -40,11 +45,14 @@ class NodeSpec:
     optional: dict[str, tuple] = field(default_factory=dict)
     output_node: bool = False
     category: str = "double"
+    folders: dict[str, str] = field(default_factory=dict)  # input -> the model folder its choices list
 
-    def schema(self, input_dir: Path) -> dict[str, Any]:
+    def schema(self, input_dir: Path, model_paths: dict[str, list[Path]] | None = None) -> dict[str, Any]:
         required = dict(self.required)
         if self.name == "LoadImage":
             required["image"] = (sorted(list_inputs(input_dir)), {"image_upload": True})
+        for name, folder in self.folders.items():
+            required[name] = (list_models(model_paths or {}, folder), {})
         return {
             "input": {"required": {k: list(v) for k, v in required.items()},
                       **({"optional": {k: list(v) for k, v in self.optional.items()}} if self.optional else {})},
@@ -59,9 +67,9 @@ NODES: dict[str, NodeSpec] = {}
 
 
 def node(name: str, required: dict[str, tuple], returns: tuple[str, ...] = (), output_node: bool = False,
-         optional: dict[str, tuple] | None = None) -> Callable:
+         optional: dict[str, tuple] | None = None, folders: dict[str, str] | None = None) -> Callable:
     def register(fn: Callable) -> Callable:
-        NODES[name] = NodeSpec(name, required, returns, fn, optional or {}, output_node)
+        NODES[name] = NodeSpec(name, required, returns, fn, optional or {}, output_node, folders=folders or {})
         return fn
     return register
 
@@ -228,3 +236,54 @@ def save_audio_wav(ctx: Context, seconds: float, frequency: float, filename_pref
         w.setframerate(rate)
         w.writeframes(b"".join(struct.pack("<h", s) for s in samples))
     return (), {"audio": [ref]}
+
+
+# --- model loaders: a "model" is the digest of the files loaded into it ------------------------------
+
+STRENGTH = {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _mix(*parts: object) -> str:
+    return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()
+
+
+@node("CheckpointLoaderSimple", {"ckpt_name": ([], {})}, ("MODEL", "CLIP", "VAE"), folders={"ckpt_name": "checkpoints"})
+def checkpoint_loader(ctx: Context, ckpt_name: str) -> tuple:
+    digest = _file_digest(full_path(ctx.model_paths, "checkpoints", ckpt_name))
+    return ({"digest": _mix("model", digest)}, {"digest": _mix("clip", digest)}, {"digest": _mix("vae", digest)}), None
+
+
+@node("LoraLoader", {"model": ("MODEL", {}), "clip": ("CLIP", {}), "lora_name": ([], {}),
+                     "strength_model": ("FLOAT", STRENGTH), "strength_clip": ("FLOAT", STRENGTH)},
+      ("MODEL", "CLIP"), folders={"lora_name": "loras"})
+def lora_loader(ctx: Context, model: dict, clip: dict, lora_name: str, strength_model: float,
+                strength_clip: float) -> tuple:
+    if strength_model == 0 and strength_clip == 0:
+        return (model, clip), None  # ComfyUI does not even open the file
+    digest = _file_digest(full_path(ctx.model_paths, "loras", lora_name))
+    return ({"digest": _mix(model["digest"], digest, strength_model)},
+            {"digest": _mix(clip["digest"], digest, strength_clip)}), None
+
+
+@node("LoraLoaderModelOnly", {"model": ("MODEL", {}), "lora_name": ([], {}), "strength_model": ("FLOAT", STRENGTH)},
+      ("MODEL",), folders={"lora_name": "loras"})
+def lora_loader_model_only(ctx: Context, model: dict, lora_name: str, strength_model: float) -> tuple:
+    if strength_model == 0:
+        return (model,), None
+    digest = _file_digest(full_path(ctx.model_paths, "loras", lora_name))
+    return ({"digest": _mix(model["digest"], digest, strength_model)},), None
+
+
+@node("ModelSwatch", {"model": ("MODEL", {}), "width": ("INT", INT), "height": ("INT", INT)}, ("IMAGE",))
+def model_swatch(ctx: Context, model: dict, width: int, height: int) -> tuple:
+    """The double's stand-in for sampling: an image whose colour is the model's digest."""
+    rgb = tuple(bytes.fromhex(model["digest"][:6]))
+    return ([Image.new("RGB", (width, height), rgb)],), None

@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from comfy_saas.comfyui_double.model_paths import list_models
 from comfy_saas.comfyui_double.nodes import NODES, list_inputs
 
 log = logging.getLogger("comfyui_double")
@@ -51,6 +52,7 @@ class Config:
     dirs: dict[str, Path]
     exec_delay_s: float = 0.0
     argv: list[str] = field(default_factory=list)
+    model_paths: dict[str, list[Path]] = field(default_factory=dict)  # folder -> roots, default roots first
 
 
 def now_ms() -> int:
@@ -84,7 +86,18 @@ def _check_value(name: str, spec: tuple, value: Any) -> dict | None:
     return None
 
 
-def _validate_node(prompt: dict, node_id: str, errors: dict[str, list], seen: set, input_dir: Path) -> None:
+def _check_model(name: str, ispec: tuple, value: Any, choices: list[str]) -> dict | None:
+    """A loader's file name must be one the folder lists now (an empty folder refuses every name)."""
+    if value in choices:
+        return None
+    shown = choices if len(choices) <= 20 else f"(list of length {len(choices)})"
+    return _err("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {shown}",
+                {"input_name": name, "input_config": [choices, ispec[1] if len(ispec) > 1 else {}],
+                 "received_value": value})
+
+
+def _validate_node(prompt: dict, node_id: str, errors: dict[str, list], seen: set, input_dir: Path,
+                   model_paths: dict[str, list[Path]]) -> None:
     if node_id in seen:
         return
     seen.add(node_id)
@@ -114,18 +127,22 @@ def _validate_node(prompt: dict, node_id: str, errors: dict[str, list], seen: se
                                  {"input_name": name, "input_config": list(ispec), "received_type": got,
                                   "linked_node": value}))
                 continue
-            _validate_node(prompt, src, errors, seen, input_dir)
+            _validate_node(prompt, src, errors, seen, input_dir, model_paths)
         elif spec.name == "LoadImage" and name == "image":
             if value.removesuffix(" [input]") not in list_inputs(input_dir):
                 mine.append(_err("custom_validation_failed", "Custom validation failed for node",
                                  f"image - Invalid image file: {value}", {"input_name": "image"}))
+        elif name in spec.folders:
+            if (problem := _check_model(name, ispec, value, list_models(model_paths, spec.folders[name]))):
+                mine.append(problem)
         elif (problem := _check_value(name, ispec, value)) is not None:
             mine.append(problem)
     if mine:
         errors[node_id] = mine
 
 
-def validate_prompt(prompt: Any, input_dir: Path) -> tuple[list[str], dict, dict | None]:
+def validate_prompt(prompt: Any, input_dir: Path, model_paths: dict[str, list[Path]] | None = None
+                    ) -> tuple[list[str], dict, dict | None]:
     """(good outputs, node_errors, error) the way ComfyUI's validate_prompt reports them."""
     if not isinstance(prompt, dict):
         return [], {}, _err("invalid_prompt", "Invalid prompt", "prompt must be an object")
@@ -142,7 +159,7 @@ def validate_prompt(prompt: Any, input_dir: Path) -> tuple[list[str], dict, dict
     good, node_errors = [], {}
     for out in outputs:
         errors: dict[str, list] = {}
-        _validate_node(prompt, out, errors, set(), input_dir)
+        _validate_node(prompt, out, errors, set(), input_dir, model_paths or {})
         if not errors:
             good.append(out)
         for nid, errs in errors.items():
@@ -207,6 +224,10 @@ class Executor:
     @property
     def dirs(self) -> dict[str, Path]:
         return self.server.config.dirs
+
+    @property
+    def model_paths(self) -> dict[str, list[Path]]:
+        return self.server.config.model_paths
 
     def sleep(self, seconds: float) -> None:
         if self.interrupt.wait(seconds):
@@ -522,7 +543,8 @@ class DoubleServer:
         if "prompt" not in body:
             return web.json_response({"error": _err("no_prompt", "No prompt provided", "No prompt provided"),
                                       "node_errors": {}}, status=400)
-        outputs, node_errors, error = validate_prompt(body["prompt"], self.config.dirs["input"])
+        outputs, node_errors, error = validate_prompt(body["prompt"], self.config.dirs["input"],
+                                                      self.config.model_paths)
         if error is not None:
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
@@ -618,12 +640,14 @@ class DoubleServer:
         return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
 
     async def object_info(self, request: web.Request) -> web.Response:
-        return web.json_response({n: s.schema(self.config.dirs["input"]) for n, s in NODES.items()})
+        info = {n: s.schema(self.config.dirs["input"], self.config.model_paths) for n, s in NODES.items()}
+        return web.json_response(info)
 
     async def object_info_one(self, request: web.Request) -> web.Response:
         cls = request.match_info["cls"]
         spec = NODES.get(cls)
-        return web.json_response({cls: spec.schema(self.config.dirs["input"])} if spec else {})
+        return web.json_response({cls: spec.schema(self.config.dirs["input"], self.config.model_paths)}
+                                 if spec else {})
 
     async def empty_list(self, request: web.Request) -> web.Response:
         return web.json_response([])

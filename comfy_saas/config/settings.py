@@ -44,6 +44,7 @@ class Limits:
     max_metadata_bytes: int = opt(8 * 1024, "metadata as JSON")
     max_url_length: int = opt(2_048, "length of a media or webhook URL")
     max_timeout_s: int = opt(24 * 3600, "longest timeout_s a job may ask for")
+    max_models: int = opt(8, "model files (checkpoints, LoRAs, ...) one job may name by URL")
     max_body_bytes: int = opt(100 * 1024 * 1024, "size of a request body")
 
 
@@ -67,6 +68,27 @@ class ComfyUISource:
     dir: str = opt("", "launch ComfyUI from this directory (else the built-in stand-in)")
     python: str = opt("", "the interpreter of a launched ComfyUI (its own venv, with torch)")
     args: str = opt("", "extra ComfyUI command-line flags, e.g. --cpu")
+    models_dir: str = opt("", "with a ComfyUI at a URL: a models folder tree it reads (an extra model path) where "
+                              "job models are linked; launched ComfyUIs get their own")
+
+
+@dataclass(frozen=True)
+class ModelCacheConfig:
+    """The shared cache of model files jobs name by URL (content-addressed by sha256)."""
+
+    dir: str = opt("", "where cached model files live (default <data_dir>/models-cache; on Modal the models Volume)")
+    budget_bytes: int = opt(200 * 1024**3, "total size of cached files; least recently used ones are evicted "
+                                           "beyond it (never one a running job uses)")
+    max_file_bytes: int = opt(40 * 1024**3, "size of one model file")
+    download_timeout_s: float = opt(3_600.0, "time to download one model file")
+    wait_timeout_s: float = opt(3_600.0, "how long a job waits for another job's download of the same file")
+    claim_ttl_s: float = opt(60.0, "a download claim not renewed for this long is taken over")
+    poll_s: float = opt(1.0, "how often a waiting job checks a download in progress")
+
+
+def secret(help: str) -> Any:
+    """A settings field holding a credential: kept out of reprs (and so out of logs)."""
+    return field(default="", repr=False, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -117,10 +139,13 @@ class Settings:
     max_active_jobs_per_user: int = opt(0, "the same per user (0: no cap)")
     max_wait_s: float = opt(50.0, "longest ?wait=N a request may ask for; keep it below the endpoint timeout (60 s)")
     max_templates: int = opt(200, "workflow templates per owner (each user, and the shared set)")
+    hf_token: str = secret("Hugging Face token, sent only to huggingface.co and *.hf.co over https")
+    civitai_token: str = secret("Civitai API token, sent only to civitai.com (and its subdomains) over https")
     gpu_config: str = opt("", "at deploy time: GPU types in fallback order, comma-separated, instead of deploy.toml's")
     limits: Limits = section(Limits, "COMFY_LIMIT_*")
     r2: R2Config = section(R2Config, "COMFY_R2_*")
     comfyui: ComfyUISource = section(ComfyUISource, "COMFY_COMFYUI_*")
+    model_cache: ModelCacheConfig = section(ModelCacheConfig, "COMFY_MODEL_CACHE_*")
     twin: TwinConfig = section(TwinConfig, "COMFY_TWIN_*")
     client: ClientConfig = section(ClientConfig, "COMFY_CLIENT_*")
 
@@ -142,6 +167,12 @@ class Settings:
             raise ValueError(f"COMFY_TWIN_PROFILE={self.twin.profile!r}: use local or modal")
         if self.retention_days < 1:
             raise ValueError("COMFY_RETENTION_DAYS must be at least 1")
+        if self.model_cache.poll_s <= 0 or self.model_cache.claim_ttl_s <= 0:
+            raise ValueError("COMFY_MODEL_CACHE_POLL_S and COMFY_MODEL_CACHE_CLAIM_TTL_S must be positive")
+
+    def model_cache_dir(self) -> Path:
+        """Where cached model files live: COMFY_MODEL_CACHE_DIR, else <data_dir>/models-cache."""
+        return Path(self.model_cache.dir) if self.model_cache.dir else self.data_dir / "models-cache"
 
     def check_retention(self, entries_expire: bool) -> None:
         """Records live at most 7 days after their last use on Modal: a longer retention cannot be honoured."""

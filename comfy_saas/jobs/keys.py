@@ -115,3 +115,45 @@ def output(job_id: str, created: datetime, node_id: str, filename: str) -> str:
 def input_object(job_id: str, created: datetime, name: str) -> str:
     """Large submitted data (media, big workflows) kept out of the Dict."""
     return f"{object_prefix(job_id, created)}in/{name}"
+
+
+# --- the model cache (files jobs name by URL, content-addressed by sha256) -------------------------
+
+
+def model(sha256: str) -> str:
+    """What is known about a cached file: folder, name, size, source URL without credentials."""
+    return f"model:{sha256}"
+
+
+def model_used(sha256: str) -> str:
+    """When a job last used the file (the eviction order), apart from the record so users never rewrite it."""
+    return f"modelused:{sha256}"
+
+
+def model_source(url: str) -> str:
+    """The sha256 a URL gave when it was downloaded without one (hashed: URLs are long)."""
+    return f"modelsrc:{hashlib.sha256(url.encode()).hexdigest()}"
+
+
+def model_ident(sha256: str | None, url: str) -> str:
+    """What one download claim is for: the content when it is known, else the URL."""
+    return sha256 or "url-" + hashlib.sha256(url.encode()).hexdigest()[:40]
+
+
+def model_claim(ident: str, generation: int) -> str:
+    """The one download of a file in flight; a dead downloader's claim is taken over by the next generation."""
+    return f"modeldl:{ident}:{generation}"
+
+
+def model_lease(sha256: str, n: int) -> str:
+    """Numbered slots: lease n says a job uses the file until a time (eviction reads the recent ones)."""
+    return f"modeluse:{sha256}:{n}"
+
+
+def model_lease_head(sha256: str) -> str:
+    return f"modelusehead:{sha256}"
+
+
+def model_eviction(sha256: str) -> str:
+    """Held while one evictor removes the file; users that see it wait and re-check."""
+    return f"modelevict:{sha256}"

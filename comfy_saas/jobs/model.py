@@ -60,6 +60,11 @@ class Progress(BaseModel):
     nodes_done: int = 0
     nodes_total: int | None = None
     eta_s: float | None = None
+    phase: str | None = Field(default=None, description="download while this job fetches a model file, "
+                                                         "download_wait while another job fetches one it needs")
+    file: str | None = Field(default=None, description="the model file being downloaded (folder/name)")
+    bytes_done: int | None = None
+    bytes_total: int | None = None
 
 
 class Output(BaseModel):
@@ -91,6 +96,9 @@ class Timings(BaseModel):
     nodes: dict[str, NodeTiming] = Field(default_factory=dict, description="per node; cached nodes took 0 ms")
     warmup_ms: float | None = Field(default=None, description="the warmup workflow this worker ran before its "
                                                               "first job (not part of this job's total)")
+    download_ms: float | None = Field(default=None, description="getting the job's model files: downloads, waits "
+                                                                "for other jobs' downloads, cache hits")
+    download_bytes: int | None = Field(default=None, description="bytes this job downloaded (0: all cached)")
 
 
 class JobError(BaseModel):

@@ -25,6 +25,7 @@ from comfy_saas.errors import (
 )
 from comfy_saas.jobs import keys, payloads
 from comfy_saas.jobs.model import Job, Status, new_job_id
+from comfy_saas.jobs.model_cache import ModelCache
 from comfy_saas.jobs.prepare import Prepared, prepare
 from comfy_saas.jobs.request import JobRequest, parse_submission
 from comfy_saas.jobs.services import Services
@@ -54,7 +55,7 @@ def preflight_check(svc: Services, request: JobRequest, schema: dict[str, Any] |
     if overrides is None:
         overrides = [o.model_dump() for o in request.overrides]
     workflow = apply_overrides(request.workflow if workflow is None else workflow, overrides)
-    problems = preflight.validate(workflow, schema)
+    problems = preflight.validate(workflow, schema, {m.name for m in request.models if m.name})
     if problems:
         summary = "; ".join(f"node {p['node_id']} ({p['class_type']}): {p['message']}" for p in problems[:5])
         raise PreflightFailed(f"workflow: {len(problems)} problem(s): {summary}", problems)
@@ -72,10 +73,11 @@ def catalogue(svc: Services, pool: str | None, needed: bool) -> dict[str, Any] |
 
 
 def check_urls(svc: Services, request: JobRequest) -> None:
-    """Refuse media and webhook URLs whose host resolves into our own network (SSRF), naming the field."""
+    """Refuse media, model and webhook URLs whose host resolves into our own network (SSRF), naming the field."""
     allowlist = safe_fetch.parse_allowlist(svc.settings.private_url_allowlist)
     targets = [("webhook_url", request.webhook_url)] + [(f"media[{i}].url", m.url) for i, m in
                                                           enumerate(request.media)]
+    targets += [(f"models[{i}].url", m.url) for i, m in enumerate(request.models)]
     for field, url in targets:
         if url:
             try:
@@ -108,7 +110,9 @@ def submit_job(svc: Services, caller: Caller, body: bytes | str | dict[str, Any]
 def _store_job(svc: Services, prepared: Prepared) -> tuple[Job, bool]:
     """Upload the job's large parts, then create it; the uploads are removed again if it is not made."""
     job_id, now = new_job_id(), svc.store.clock()
-    payload = payloads.pack(svc.objects, job_id, now, prepared.workflow, prepared.overrides, prepared.request.media)
+    request = prepared.request
+    payload = payloads.pack(svc.objects, job_id, now, prepared.workflow, prepared.overrides, request.media,
+                            [m.model_dump(mode="json") for m in request.models])
     try:
         job, created = svc.lifecycle.create(prepared.request, payload, job_id, now)
     except BaseException:
@@ -190,3 +194,20 @@ def health(svc: Services) -> dict[str, Any]:
         checks["queue"] = f"error: {exc}"
     checks["status"] = "ok" if checks["store"] == "ok" and checks["queue"] == "ok" else "degraded"
     return checks
+
+
+def _operators_only(caller: Caller) -> None:
+    if caller.user_id is not None:
+        raise NotFound("no such page")  # as for /metrics: a key bound to a user does not see it exists
+
+
+def list_models(svc: Services, caller: Caller) -> dict[str, Any]:
+    """The cached model files, most recently used first (keys not bound to a user only)."""
+    _operators_only(caller)
+    return {"models": ModelCache(svc).listing()}
+
+
+def delete_model(svc: Services, caller: Caller, sha256: str) -> dict[str, Any]:
+    """Remove one cached model file; 409 while a running job uses it (keys not bound to a user only)."""
+    _operators_only(caller)
+    return ModelCache(svc).delete(sha256 or "")

@@ -1,4 +1,4 @@
-"""Operator commands over the store itself: queue depth, inspect, requeue, fail, purge.
+"""Operator commands over the store itself: queue depth, inspect, requeue, fail, purge, the model cache.
 
 They work on the local data directory, or (with --modal, e.g. inside `modal shell`) on the deployed
 Dict and Queue. Every status change goes through the lifecycle.
@@ -12,6 +12,7 @@ from typing import Any
 
 from comfy_saas.jobs import cleanup
 from comfy_saas.jobs.model import JobError, utcnow
+from comfy_saas.jobs.model_cache import ModelCache
 from comfy_saas.jobs.services import Services
 
 OWNER = "operator"
@@ -57,3 +58,13 @@ def fail(svc: Services, job_id: str, reason: str) -> dict[str, Any]:
 def purge(svc: Services) -> Counter:
     """Run the retention cleanup now."""
     return cleanup.cleanup(svc)
+
+
+def models(svc: Services) -> list[dict[str, Any]]:
+    """The cached model files: folder, name, sha256, size, source URL, last use (as GET /v1/models)."""
+    return ModelCache(svc).listing()
+
+
+def delete_model(svc: Services, sha256: str) -> dict[str, Any]:
+    """Remove one cached model file unless a running job uses it (as DELETE /v1/models/{sha256})."""
+    return ModelCache(svc).delete(sha256)

@@ -19,17 +19,19 @@ INLINE_MAX_BYTES = 32 * 1024  # the workflow and overrides stay in the Dict up t
 
 
 def pack(objects: ObjectStore, job_id: str, created: datetime, workflow: dict[str, Any],
-         overrides: list[dict[str, Any]], media: list[MediaInput]) -> dict[str, Any]:
-    """The payload to store for a job (the API-format workflow that runs, its overrides and media),
-    uploading its large parts first."""
+         overrides: list[dict[str, Any]], media: list[MediaInput], models: list[dict[str, Any]] | None = None
+         ) -> dict[str, Any]:
+    """The payload to store for a job (the API-format workflow that runs, its overrides, media and model
+    files), uploading its large parts first."""
     refs = [_media_ref(objects, job_id, created, i, m) for i, m in enumerate(media)]
     graph = {"workflow": workflow, "overrides": overrides}
     raw = json.dumps(graph, separators=(",", ":")).encode()
+    small = {"media": refs, "models": models or []}
     if len(raw) <= INLINE_MAX_BYTES:
-        return {**graph, "media": refs}
+        return {**graph, **small}
     key = keys.input_object(job_id, created, "workflow.json")
     objects.put_bytes(key, raw, "application/json")
-    return {"graph_ref": key, "media": refs}
+    return {"graph_ref": key, **small}
 
 
 def _media_ref(objects: ObjectStore, job_id: str, created: datetime, i: int, media: MediaInput) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import json
 import re
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -30,6 +30,14 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()\-]{0,254}$")
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
 _POOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 _DATA_URL_PREFIX = re.compile(r"^data:[\w.+\-]+/[\w.+\-]+;base64,")
+SHA256_PATTERN = re.compile(r"^[0-9a-fA-F]{64}\Z")
+
+# ComfyUI's model folders a job may add files to (folder_paths.folder_names_and_paths, 0.3.64).
+MODEL_FOLDERS = ("audio_encoders", "checkpoints", "clip", "clip_vision", "controlnet", "diffusion_models",
+                 "embeddings", "gligen", "hypernetworks", "loras", "model_patches", "photomaker", "style_models",
+                 "text_encoders", "unet", "upscale_models", "vae", "vae_approx")
+# The extensions ComfyUI lists in those folders (folder_paths.supported_pt_extensions); others stay invisible.
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl", ".sft")
 
 
 def _limits(info: ValidationInfo) -> Limits:
@@ -97,6 +105,51 @@ class MediaInput(BaseModel):
     def decoded_size(self) -> int:
         body = _DATA_URL_PREFIX.sub("", self.base64 or "", count=1)
         return len(body) * 3 // 4 - body.count("=", -2)
+
+
+class ModelInput(BaseModel):
+    """A model file the workflow loads by name (e.g. LoraLoader.lora_name), fetched by URL into the shared cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="http(s) URL of the file; Hugging Face and Civitai use the deployment's tokens")
+    folder: str = Field(description=f"ComfyUI models folder: {', '.join(MODEL_FOLDERS)}")
+    name: str | None = Field(default=None, validate_default=True,
+                             description="File name the workflow uses (default: the URL's last path segment)")
+    sha256: str | None = Field(default=None, description="Expected sha256 (hex); the download is verified")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str, info: ValidationInfo) -> str:
+        return check_url(v, _limits(info))
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, v: str) -> str:
+        if v not in MODEL_FOLDERS:
+            raise ValueError(f"must be one of {', '.join(MODEL_FOLDERS)}")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is not None and not SHA256_PATTERN.match(v):
+            raise ValueError("must be 64 hexadecimal characters")
+        return None if v is None else v.lower()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and "url" not in info.data:
+            return None  # the URL itself is refused
+        name = v if v is not None else unquote(urlsplit(info.data["url"]).path.rsplit("/", 1)[-1])
+        where = "" if v is not None else f"the URL's file name {name!r} is not usable; give a name: "
+        if not _SAFE_NAME.match(name) or ".." in name:
+            raise ValueError(f"{where}must be a plain file name (letters, digits, space, . _ - ( ); no paths)")
+        if not name.lower().endswith(MODEL_EXTENSIONS):
+            raise ValueError(f"{where}must end with one of {' '.join(MODEL_EXTENSIONS)} (ComfyUI lists no other "
+                             "model files)")
+        return name
 
 
 class Override(BaseModel):
@@ -177,6 +230,8 @@ class JobRequest(BaseModel):
         copy = self.model_copy()
         copy._recorded = {**self._recorded, **fields}
         return copy
+    models: list[ModelInput] = Field(default_factory=list, description="model files to fetch into the shared "
+                                                                       "cache before the workflow runs")
 
     @field_validator("workflow")
     @classmethod
@@ -195,6 +250,16 @@ class JobRequest(BaseModel):
         total = sum(m.decoded_size() for m in v if m.base64)
         if total > limits.max_media_total_bytes:
             raise ValueError(f"base64 items add up to {total} bytes; the limit is {limits.max_media_total_bytes}")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[ModelInput], info: ValidationInfo) -> list[ModelInput]:
+        limit = _limits(info).max_models
+        if len(v) > limit:
+            raise ValueError(f"has {len(v)} items; the limit is {limit}")
+        if len({(m.folder, m.name) for m in v}) != len(v):
+            raise ValueError("each folder/name may appear once")
         return v
 
     @field_validator("overrides")

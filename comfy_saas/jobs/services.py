@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from comfy_saas.backends.guarded import Guarded
+from comfy_saas.backends.model_files import LocalModelFiles
 from comfy_saas.backends.objects import ObjectStore, object_store
 from comfy_saas.config import Settings
 from comfy_saas.jobs import webhooks
@@ -33,9 +34,12 @@ class Services:
     objects: ObjectStore
     lifecycle: Lifecycle = field(init=False)
     wake: Callable[[str], None] | None = None
+    model_files: LocalModelFiles | None = None  # the model cache's blobs; by default a folder from the settings
 
     def __post_init__(self) -> None:
         self.lifecycle = Lifecycle(self.store, self.settings, on_delivery=self._first_delivery_attempt)
+        if self.model_files is None:
+            self.model_files = LocalModelFiles(self.settings.model_cache_dir())
 
     def _first_delivery_attempt(self, job_id: str, owner: str) -> None:
         webhooks.deliver_now(self, job_id, owner)

@@ -25,7 +25,7 @@ from typing import Any
 from comfy_saas import logs
 from comfy_saas.backends import safe_fetch
 from comfy_saas.backends.parallel import run_all
-from comfy_saas.errors import BackendError, ComfyUnavailable, MediaError, NotFound, PromptRejected
+from comfy_saas.errors import BackendError, ComfyUnavailable, MediaError, ModelError, NotFound, PromptRejected
 from comfy_saas.jobs import keys, payloads, webhooks
 from comfy_saas.jobs.lifecycle import CANCELLED_QUEUED, AttemptMoved
 from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, Timings, utcnow
@@ -33,6 +33,8 @@ from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.store import PROGRESS_EVENTS_KEPT, Wakeup
 from comfy_saas.runner.comfy_client import ComfyClient, Event, EventStream
 from comfy_saas.runner.convert_outputs import convert_file
+from comfy_saas.runner.model_links import ModelLinks
+from comfy_saas.runner.models import JobModels, Stopped
 from comfy_saas.runner.monitor import PROGRESS_WRITE_S, AttemptMonitor
 from comfy_saas.runner.outputs import OutputItem, collect
 from comfy_saas.runner.progress import ProgressTracker
@@ -63,11 +65,15 @@ class Run:
     prompt_id: str
     deadline: float
     start_kind: str
-    payload: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)  # from the wake-up, or read once when it had none
     monitor: Any = None  # the AttemptMonitor watching this attempt
     workflow: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
     nodes: dict[str, Any] = field(default_factory=dict)
+    renames: dict[str, str] = field(default_factory=dict)  # workflow names -> names ComfyUI knows them by
+    events: list[dict[str, Any]] = field(default_factory=list)  # progress events so far (SSE replays them)
+    leases: dict[str, Any] = field(default_factory=dict)  # model files this attempt uses, by sha256
+    download_bytes: int | None = None
     _mark: float = 0.0
 
     def lap(self, phase: str) -> None:
@@ -85,7 +91,9 @@ class Run:
         return Timings(start_kind=self.start_kind, queue_wait_ms=ms(started - created),
                        prepare_ms=ms(self.phases.get("prepare", 0.0)), execute_ms=ms(self.phases.get("execute", 0.0)),
                        upload_ms=ms(self.phases.get("upload", 0.0)), finish_ms=ms(rest),
-                       total_ms=ms(finished.timestamp() - created), nodes=self.nodes, warmup_ms=self.warmup_ms)
+                       total_ms=ms(finished.timestamp() - created), nodes=self.nodes, warmup_ms=self.warmup_ms,
+                       download_ms=ms(self.phases["download"]) if "download" in self.phases else None,
+                       download_bytes=self.download_bytes)
 
 
 def new_worker_id() -> str:
@@ -99,7 +107,8 @@ class Worker:
     def __init__(self, services: Services, comfy: ComfyClient, worker_id: str | None = None,
                  pool: str | None = None, on_unhealthy: Callable[[], bool] | None = None,
                  scratch_dir: str | Path | None = None, start_kind: str = "launched",
-                 warmup_workflow: str | None = None) -> None:
+                 warmup_workflow: str | None = None, models_dir: str | Path | None = None,
+                 model_shadows: list[str | Path] | None = None) -> None:
         self.services = services
         self.store = services.store
         self.lifecycle = services.lifecycle
@@ -118,6 +127,9 @@ class Worker:
         self._captured = False
         self.warmup_ms: float | None = None
         self._warmup_reported = False
+        # Job models are linked under models_dir, a folder tree this worker's ComfyUI reads (None: it has none).
+        links = ModelLinks(models_dir, model_shadows or []) if models_dir else None
+        self.job_models = JobModels(services, links, self.worker_id)
 
     # --- the pool loop -----------------------------------------------------------------------
 
@@ -255,15 +267,22 @@ class Worker:
             self.finish(run, Outcome(Status.FAILED, error=JobError(type="internal_error", message=str(exc))))
         finally:
             run.monitor.close()
+            self.job_models.release(run)
             self.current_job = None
 
     def _run_steps(self, run: Run) -> None:
         try:
+            self.job_models.prepare(run)
             run.workflow = self.prepare_inputs(run)
             run.lap("prepare")
             self.submit(run)
         except MediaError as exc:
             return self.finish(run, Outcome(Status.FAILED, error=JobError(type="media_error", message=exc.message)))
+        except ModelError as exc:
+            return self.finish(run, Outcome(Status.FAILED, error=JobError(type="model_error", message=exc.message,
+                                                                          details=exc.details)))
+        except Stopped as exc:
+            return self.finish(run, Outcome(exc.status, error=exc.error))
         except PromptRejected as exc:
             return self.finish(run, Outcome(Status.FAILED, error=rejection_error(exc)))
         outcome = self.await_completion(run)
@@ -278,7 +297,7 @@ class Worker:
 
     def prepare_inputs(self, run: Run) -> dict[str, Any]:
         """Fetch media, upload them to ComfyUI under collision-free names, apply overrides."""
-        names = {}
+        names = dict(run.renames)
         for i, item in enumerate(run.payload.get("media", [])):
             data = self._media_bytes(i, item)
             names[item["name"]] = self.comfy.upload_image(f"{run.job.id}-{item['name']}", data)
@@ -392,7 +411,7 @@ class _Watch:
         self.stop_sent_at = 0.0
         self.dirty = False
         self.progress: Progress | None = None
-        self.events: list[dict[str, Any]] = []  # what an SSE watcher replays; kept with the heartbeat
+        self.events: list[dict[str, Any]] = list(run.events)  # what an SSE watcher replays; kept with the heartbeat
 
     def tick(self) -> Outcome | None:
         now = time.monotonic()

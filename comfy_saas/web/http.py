@@ -181,6 +181,14 @@ async def handle_template_run(svc: Services, request: Request, name: str | None)
         return (201 if created else 200), view
 
     return await _with_body(svc, request, call, wait=True)
+async def handle_models(svc: Services, request: Request) -> JSONResponse:
+    """The cached model files (operators only)."""
+    return await respond(lambda: (200, api.list_models(svc, _caller(svc, request))))
+
+
+async def handle_model_delete(svc: Services, request: Request, sha256: str | None) -> JSONResponse:
+    """Remove one cached model file; 409 while a running job uses it (operators only)."""
+    return await respond(lambda: (200, api.delete_model(svc, _caller(svc, request), sha256 or "")))
 
 
 async def handle_metrics(svc: Services, request: Request) -> Response:
@@ -287,6 +295,13 @@ def create_app(svc: Services) -> FastAPI:
         return await handle_cancel(svc, request, job_id)
 
     _template_routes(app, svc)
+    @app.get("/v1/models", summary="List cached model files (keys not bound to a user)")
+    async def models(request: Request) -> JSONResponse:
+        return await handle_models(svc, request)
+
+    @app.delete("/v1/models/{sha256}", summary="Remove a cached model file that no running job uses")
+    async def delete_model(request: Request, sha256: str) -> JSONResponse:
+        return await handle_model_delete(svc, request, sha256)
 
     @app.get("/health", summary="Store and queue reachability, queue depth")
     async def health() -> JSONResponse:

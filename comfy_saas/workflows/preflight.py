@@ -29,8 +29,10 @@ def _is_link(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
 
 
-def validate(workflow: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every problem ComfyUI would refuse the prompt for that can be seen without running it."""
+def validate(workflow: dict[str, Any], schema: dict[str, Any], present: frozenset[str] | set[str] = frozenset()
+             ) -> list[dict[str, Any]]:
+    """Every problem ComfyUI would refuse the prompt for that can be seen without running it. `present` are
+    model file names the job brings itself (they will be installed before it runs)."""
     problems = []
     for node_id, node in workflow.items():
         cls = node.get("class_type")
@@ -39,11 +41,12 @@ def validate(workflow: dict[str, Any], schema: dict[str, Any]) -> list[dict[str,
             problems.append(_problem(node_id, cls, "invalid_prompt",
                                      f"Cannot execute because node {cls} does not exist.", f"Node ID '#{node_id}'"))
             continue
-        problems += _check_inputs(workflow, schema, node_id, cls, node.get("inputs") or {}, spec)
+        problems += _check_inputs(workflow, schema, node_id, cls, node.get("inputs") or {}, spec, present)
     return problems
 
 
-def _check_inputs(workflow: dict, schema: dict, node_id: str, cls: str, inputs: dict, spec: dict) -> list[dict]:
+def _check_inputs(workflow: dict, schema: dict, node_id: str, cls: str, inputs: dict, spec: dict,
+                  present: frozenset[str] | set[str] = frozenset()) -> list[dict]:
     problems = []
     for field in spec["required"]:
         if field not in inputs:
@@ -55,7 +58,7 @@ def _check_inputs(workflow: dict, schema: dict, node_id: str, cls: str, inputs: 
         if _is_link(value):
             problems += _check_link(workflow, schema, node_id, cls, field, value, want)
         elif "choices" in want and isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS) \
-                and value not in want["choices"]:
+                and value not in want["choices"] and value not in present:
             shown = ", ".join(want["choices"][:10]) or "none installed"
             problems.append(_problem(node_id, cls, "value_not_in_list", "Value not in list",
                                      f"{field}: '{value}' not in [{shown}]"))
