@@ -24,7 +24,7 @@ from typing import Any
 
 from comfy_saas import logs
 from comfy_saas.backends import safe_fetch
-from comfy_saas.errors import ComfyUnavailable, MediaError, PromptRejected
+from comfy_saas.errors import ComfyUnavailable, MediaError, OutputUnavailable, PromptRejected
 from comfy_saas.jobs import keys, webhooks
 from comfy_saas.jobs.lifecycle import AttemptMoved
 from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, Timings, utcnow
@@ -34,7 +34,7 @@ from comfy_saas.jobs.store import PROGRESS_EVENTS_KEPT
 from comfy_saas.runner.comfy_client import ComfyClient, Event, EventStream
 from comfy_saas.runner.outputs import OutputItem, collect
 from comfy_saas.runner.progress import ProgressTracker
-from comfy_saas.workflows import preflight
+from comfy_saas.workflows import files, preflight
 from comfy_saas.workflows.edits import apply_overrides, rewrite_media
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class Run:
     deadline: float
     start_kind: str
     workflow: dict[str, Any] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)  # every file ComfyUI reported, to delete after
     phases: dict[str, float] = field(default_factory=dict)
     nodes: dict[str, Any] = field(default_factory=dict)
     _mark: float = 0.0
@@ -228,6 +229,7 @@ class Worker:
             self.finish(run, Outcome(Status.FAILED, error=JobError(type="internal_error", message=str(exc))))
         finally:
             self.current_job = None
+            self.remove_files(run)
 
     def _run_steps(self, run: Run) -> None:
         try:
@@ -242,21 +244,29 @@ class Worker:
         run.nodes = outcome.nodes
         run.lap("execute")
         if outcome.status is Status.COMPLETED:
-            items = collect(outcome.history.get("outputs", {}), include_temp=run.job.include_previews)
-            uploaded = self.upload_outputs(run, items)
+            reported = outcome.history.get("outputs", {})
+            run.files = [item.ref for item in collect(reported, include_temp=True) if item.ref]
+            items = collect(reported, include_temp=run.job.include_previews)
+            try:
+                uploaded = self.upload_outputs(run, items)
+            except OutputUnavailable as exc:  # ComfyUI will not serve what it reported: the job's failure
+                return self.finish(run, Outcome(Status.FAILED, error=JobError(type="output_unavailable",
+                                                                              message=exc.message)))
             run.lap("upload")
             return self.finish(run, outcome, outputs=uploaded)
         return self.finish(run, outcome)
 
     def prepare_inputs(self, run: Run) -> dict[str, Any]:
-        """Fetch media, upload them to ComfyUI under collision-free names, apply overrides."""
+        """Fetch media, upload them into this attempt's own input subfolder, apply overrides, and point every
+        save prefix into its own output subfolder (the attempt's prompt id names both)."""
         payload = self.store.payload(run.job.id)
         names = {}
         for i, raw in enumerate(payload.get("media", [])):
             media = MediaInput.model_validate(raw)
             data = self._media_bytes(i, media)
-            names[media.name] = self.comfy.upload_image(f"{run.job.id}-{media.name}", data)
-        return rewrite_media(apply_overrides(payload["workflow"], payload.get("overrides", [])), names)
+            names[media.name] = self.comfy.upload_image(media.name, data, subfolder=run.prompt_id)
+        workflow = rewrite_media(apply_overrides(payload["workflow"], payload.get("overrides", [])), names)
+        return files.isolate(workflow, run.prompt_id)
 
     def _media_bytes(self, index: int, media: MediaInput) -> bytes:
         if media.base64 is not None:
@@ -291,13 +301,18 @@ class Worker:
         uploaded = []
         for item in items:
             key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
-            if item.text is not None:
-                size = self.objects.put_bytes(key, item.text.encode(), item.content_type)
-            else:
-                size = self._copy_file(item, key)
+            try:
+                size = self._store_output(item, key)
+            except OutputUnavailable as exc:
+                raise OutputUnavailable(f"node {item.node_id}: {exc.message}") from None
             uploaded.append(Output(node_id=item.node_id, kind=item.kind, filename=item.name, key=key,
                                    content_type=item.content_type, size_bytes=size))
         return uploaded
+
+    def _store_output(self, item: OutputItem, key: str) -> int:
+        if item.text is not None:
+            return self.objects.put_bytes(key, item.text.encode(), item.content_type)
+        return self._copy_file(item, key)
 
     def _copy_file(self, item: OutputItem, key: str) -> int:
         with tempfile.NamedTemporaryFile(dir=self.scratch, prefix="out-", delete=True) as tmp:
@@ -319,6 +334,18 @@ class Worker:
             return
         logs.event(log, "job.finished", job_id=job.id, attempt=job.attempts, worker_id=self.worker_id,
                    phase="finish", status=job.status.value, error=outcome.error.type if outcome.error else None)
+
+    def remove_files(self, run: Run) -> None:
+        """Delete the attempt's files from ComfyUI's folders, however it ended, so no later prompt on this
+        ComfyUI (another tenant's) can read them; a failure here is logged, never the job's."""
+        folders = getattr(self.comfy, "folders", None)
+        if folders is None:
+            return
+        try:
+            folders.remove_job_files(run.prompt_id, run.files)
+        except OSError as exc:
+            logs.event(log, "job.files_not_removed", logging.WARNING, job_id=run.job.id, worker_id=self.worker_id,
+                       error=str(exc))
 
     def release(self, run: Run, reason: str) -> None:
         """ComfyUI went away mid-job: requeue the job while attempts remain, else fail it."""
