@@ -221,14 +221,14 @@ def test_remote_callers_get_the_same_limits(server: Server):
 BIG = 95 * 1024 * 1024
 
 
-def post_unauthenticated(port: int, answers: list[bytes]) -> None:
-    """Start a 95 MB POST without a key and send until the server answers (it should, at once)."""
+def post_big(port: int, answers: list[bytes], size: int = BIG) -> None:
+    """POST `size` bytes of blanks without a key, sending until the server answers (or all is sent)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {BIG}\r\n\r\n".encode())
+                     f"Content-Length: {size}\r\n\r\n".encode())
         chunk, sent, answer = b" " * (1024 * 1024), 0, b""
         sock.setblocking(False)
-        while sent < BIG and not answer:
+        while sent < size and not answer:
             try:
                 sent += sock.send(chunk)
             except (BlockingIOError, InterruptedError):
@@ -254,7 +254,7 @@ def test_unauthenticated_big_bodies_do_not_raise_peak_memory(tmp_path: Path):
         assert requests.post(f"{base}/v1/jobs", json={"workflow": WF}, timeout=10).status_code == 401  # warm up
         before = peak_rss_kb(proc.pid)
         answers: list[bytes] = []
-        senders = [threading.Thread(target=post_unauthenticated, args=(port, answers)) for _ in range(6)]
+        senders = [threading.Thread(target=post_big, args=(port, answers)) for _ in range(6)]
         for t in senders:
             t.start()
         for t in senders:
@@ -263,6 +263,31 @@ def test_unauthenticated_big_bodies_do_not_raise_peak_memory(tmp_path: Path):
         assert all(b'"type":"unauthorized"' in a for a in answers)
         grew_mb = (peak_rss_kb(proc.pid) - before) / 1024
         assert grew_mb < 60, f"peak RSS grew by {grew_mb:.0f} MB"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def resident_kb(pid: int) -> int:
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("VmRSS:"))
+    return int(line.split()[1])
+
+
+def test_big_bodies_are_not_held_once_answered(tmp_path: Path):
+    """On a server without keys every body is read; once refused, its memory goes back."""
+    port = free_port()
+    proc, _ = start_serve(tmp_path / "data", port)
+    try:
+        before = resident_kb(proc.pid)
+        answers: list[bytes] = []
+        senders = [threading.Thread(target=post_big, args=(port, answers, 40 * 1024 * 1024)) for _ in range(4)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(60)
+        assert len(answers) == 4 and all(a.startswith(b"HTTP/1.1 400") for a in answers), answers
+        held_mb = (resident_kb(proc.pid) - before) / 1024
+        assert held_mb < 60, f"{held_mb:.0f} MB still held after the answers"
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
