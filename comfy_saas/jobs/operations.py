@@ -19,12 +19,12 @@ from comfy_saas.jobs import keys
 from comfy_saas.jobs.model import Job, Status
 from comfy_saas.jobs.request import JobRequest, parse_submission
 from comfy_saas.jobs.services import Services
+from comfy_saas.jobs.store import MAX_PAGE
 from comfy_saas.jobs.views import job_view
 from comfy_saas.workflows import preflight
 from comfy_saas.workflows.edits import apply_overrides
 
 log = logging.getLogger(__name__)
-MAX_PAGE = 100
 MAX_CURSOR = 10**18 - 1
 
 

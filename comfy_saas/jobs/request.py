@@ -41,7 +41,7 @@ def check_url(url: str, limits: Limits) -> str:
         port = -1
     if port is not None and not 1 <= port <= 65535:
         raise ValueError("URL port must be a whole number from 1 to 65535")
-    if any(ord(c) < 33 for c in url):
+    if any(ord(c) < 33 or c == "\x7f" for c in url):
         raise ValueError("URL must not contain spaces or control characters")
     return url
 
@@ -130,7 +130,7 @@ def _check_workflow(wf: dict[str, Any], limits: Limits) -> None:
                              "starting with a letter or digit")
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) or not node["class_type"]:
             raise ValueError(f"node {node_id!r} needs a non-empty string 'class_type' (API format)")
-        if not isinstance(node.get("inputs") or {}, dict):
+        if not isinstance(node.get("inputs", {}), dict):
             raise ValueError(f"node {node_id!r}: 'inputs' must be an object")
     size = len(json.dumps(wf, separators=(",", ":")))
     if size > limits.max_workflow_bytes:

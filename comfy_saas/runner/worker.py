@@ -146,12 +146,13 @@ class Worker:
         started = time.monotonic()
         prompt_id = f"warmup-{self.worker_id}"
         self.events.ensure_open()
-        self.comfy.queue_prompt(workflow, self.events.client_id, prompt_id)
+        self.comfy.queue_prompt(files.isolate(workflow, prompt_id), self.events.client_id, prompt_id)
         deadline = time.monotonic() + self.settings.job_timeout_s
-        while self.comfy.history(prompt_id) is None:
+        while (entry := self.comfy.history(prompt_id)) is None:
             if time.monotonic() > deadline:
                 raise ComfyUnavailable("the warmup workflow did not finish")
             self.events.next(timeout_s=0.1)  # keep the socket drained while waiting
+        self.remove_files(prompt_id, reported_files(entry))  # its saves are nobody's outputs
         self.warmup_ms = round((time.monotonic() - started) * 1000, 1)
         self.start_kind = "warm"
         logs.event(log, "worker.warmed_up", worker_id=self.worker_id, phase="warmup")
@@ -229,7 +230,7 @@ class Worker:
             self.finish(run, Outcome(Status.FAILED, error=JobError(type="internal_error", message=str(exc))))
         finally:
             self.current_job = None
-            self.remove_files(run)
+            self.remove_files(run.prompt_id, run.files, job_id)
 
     def _run_steps(self, run: Run) -> None:
         try:
@@ -244,9 +245,8 @@ class Worker:
         run.nodes = outcome.nodes
         run.lap("execute")
         if outcome.status is Status.COMPLETED:
-            reported = outcome.history.get("outputs", {})
-            run.files = [item.ref for item in collect(reported, include_temp=True) if item.ref]
-            items = collect(reported, include_temp=run.job.include_previews)
+            run.files = reported_files(outcome.history)
+            items = collect(outcome.history.get("outputs", {}), include_temp=run.job.include_previews)
             try:
                 uploaded = self.upload_outputs(run, items)
             except OutputUnavailable as exc:  # ComfyUI will not serve what it reported: the job's failure
@@ -335,16 +335,17 @@ class Worker:
         logs.event(log, "job.finished", job_id=job.id, attempt=job.attempts, worker_id=self.worker_id,
                    phase="finish", status=job.status.value, error=outcome.error.type if outcome.error else None)
 
-    def remove_files(self, run: Run) -> None:
-        """Delete the attempt's files from ComfyUI's folders, however it ended, so no later prompt on this
-        ComfyUI (another tenant's) can read them; a failure here is logged, never the job's."""
+    def remove_files(self, tag: str, refs: list[dict[str, Any]], job_id: str | None = None) -> None:
+        """Delete a prompt's files (its `tag` subfolders and every file its history named) from ComfyUI's
+        folders, however it ended, so no later prompt on this ComfyUI (another tenant's) can read them.
+        A failure here is logged, never the job's."""
         folders = getattr(self.comfy, "folders", None)
         if folders is None:
             return
         try:
-            folders.remove_job_files(run.prompt_id, run.files)
+            folders.remove_job_files(tag, refs)
         except OSError as exc:
-            logs.event(log, "job.files_not_removed", logging.WARNING, job_id=run.job.id, worker_id=self.worker_id,
+            logs.event(log, "job.files_not_removed", logging.WARNING, job_id=job_id, worker_id=self.worker_id,
                        error=str(exc))
 
     def release(self, run: Run, reason: str) -> None:
@@ -472,6 +473,11 @@ class _Watch:
         self.dirty = self.dirty and not due_progress
         self.next_progress_write = now + _PROGRESS_WRITE_S
         self.next_heartbeat = now + self.w.settings.heartbeat_interval_s
+
+
+def reported_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every file (output, preview, input) a history entry says the prompt wrote or showed."""
+    return [item.ref for item in collect(entry.get("outputs") or {}, include_temp=True) if item.ref]
 
 
 def outcome_from_history(entry: dict[str, Any], stopping: Outcome | None = None) -> Outcome:

@@ -63,9 +63,8 @@ def _caller(svc: Services, request: Request) -> api.Caller:
 
 
 async def _body(svc: Services, request: Request) -> bytearray:
-    """The body, streamed into one buffer under the size cap (a declared size over it is refused unread).
-    One growing bytearray rather than a list of chunks joined at the end: half the peak, and a buffer this
-    large lives in its own mapping, so its memory goes back to the system when the request is done."""
+    """The body, streamed into one buffer under the size cap (a declared size over it is refused unread):
+    one growing bytearray rather than a list of chunks joined at the end, so one copy instead of two."""
     limit = svc.settings.limits.max_body_bytes
     declared = request.headers.get("content-length", "")
     if not declared.isascii() or (declared.isdigit() and int(declared) > limit):
