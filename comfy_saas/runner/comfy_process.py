@@ -86,7 +86,7 @@ class ComfyProcess:
         """Start ComfyUI and wait until /system_stats answers; ComfyUnavailable if it never does."""
         if not (self.comfy_dir / "main.py").is_file():
             raise ComfyUnavailable(f"no main.py in ComfyUI directory {self.comfy_dir}")
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
         self.proc = _LAUNCHER.submit(
             subprocess.Popen, self.command(), cwd=self.comfy_dir, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **(self.env or {})}, start_new_session=True,
