@@ -54,15 +54,14 @@ def worker(args: argparse.Namespace) -> int:
     import threading
 
     from comfy_saas.jobs.services import local_services
-    from comfy_saas.local import job_models, launch_comfyui
-    from comfy_saas.runner.comfy_client import ComfyClient
+    from comfy_saas.local import comfy_at_url, job_models, launch_comfyui
     from comfy_saas.runner.worker import Worker
 
     settings = _settings(args)
     svc = local_services(settings)
     proc, root = None, settings.data_dir / "comfy" / f"worker-{os.getpid()}"
     if settings.comfyui.url:
-        client = ComfyClient(settings.comfyui.url)
+        client = comfy_at_url(settings)
     else:
         proc = launch_comfyui(settings, root)
         client = proc.client

@@ -9,6 +9,7 @@
     ├── NotFound                no such job, or not visible to this caller          (HTTP 404)
     ├── Unauthorized            missing or wrong API key                            (HTTP 401)
     ├── Conflict                the job's state forbids the request                 (HTTP 409)
+    │   ├── AlreadyFinished     the job is already completed, failed or cancelled; names its status
     │   ├── IllegalTransition   a status move the lifecycle does not allow
     │   └── NotOwner            a write by a worker whose attempt was taken over
     ├── Overloaded              try again later; carries retry_after_s              (HTTP 429)
@@ -19,6 +20,7 @@
     ├── ModelError              a model file could not be downloaded or verified    (job fails)
     └── ComfyUIError            ComfyUI said no, or is not there
         ├── ComfyUnavailable    the process died or stopped answering               (attempt requeued)
+        ├── OutputUnavailable   /view refused or lacks an output the prompt reported (job fails)
         └── PromptRejected      /prompt answered 400; carries node_errors           (job fails)
 
 The HTTP layer maps these in one place; nothing below it knows about status codes.
@@ -97,6 +99,17 @@ class Conflict(ComfySaasError):
     type = "conflict"
 
 
+class AlreadyFinished(Conflict):
+    type = "already_finished"
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "details": {"status": self.status}}
+
+
 class IllegalTransition(Conflict):
     type = "illegal_transition"
 
@@ -149,6 +162,10 @@ class ComfyUIError(ComfySaasError):
 
 class ComfyUnavailable(ComfyUIError):
     type = "comfyui_unavailable"
+
+
+class OutputUnavailable(ComfyUIError):
+    type = "output_unavailable"
 
 
 class PromptRejected(ComfyUIError):

@@ -7,22 +7,29 @@ built-in protocol double.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
+import signal
 import socket
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from comfy_saas.config import Settings
 from comfy_saas.jobs.services import local_services
 from comfy_saas.runner.comfy_client import ComfyClient
+from comfy_saas.runner.comfy_files import ComfyFolders
 from comfy_saas.runner.comfy_process import DOUBLE_DIR, ComfyProcess
 from comfy_saas.runner.model_links import ModelLinks
 from comfy_saas.runner.worker import Worker
 
 log = logging.getLogger(__name__)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -83,7 +90,7 @@ class LocalStack:
 
     def _comfy_for(self, i: int) -> ComfyClient:
         if self.settings.comfyui.url:
-            return ComfyClient(self.settings.comfyui.url)
+            return comfy_at_url(self.settings)
         proc = launch_comfyui(self.settings, self._dir(f"comfy/{i}"))
         self.processes.append(proc)
         return proc.client
@@ -128,13 +135,24 @@ class LocalStack:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def stop(self) -> None:
-        """Stop taking jobs, let running ones see the stop, then stop ComfyUI."""
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop taking jobs, give the threads grace_s to notice, then stop ComfyUI (a job still running then
+        loses its ComfyUI and is requeued, as after any crash). Bounded, so a stop signal is honoured fast."""
         self._stop.set()
+        deadline = time.monotonic() + grace_s
         for thread in self._threads:
-            thread.join(timeout=15)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for proc in self.processes:
-            proc.stop()
+            proc.stop(grace_s=grace_s)
+
+
+def comfy_at_url(settings: Settings) -> ComfyClient:
+    """A client for the configured ComfyUI URL; with its base directory configured, the worker can delete
+    each job's files from its folders."""
+    client = ComfyClient(settings.comfyui.url)
+    if settings.comfyui.base_dir:
+        client.folders = ComfyFolders.under(settings.comfyui.base_dir)
+    return client
 
 
 def job_models(settings: Settings, root: Path) -> dict:
@@ -170,15 +188,58 @@ def serve(settings: Settings, options: StackOptions) -> None:
     stack = LocalStack(settings, options)
     print(f"comfy-saas: data in {settings.data_dir.resolve()}", flush=True)
     print(f"comfy-saas: starting {stack._worker_count()} worker(s) on {stack.comfy_source}", flush=True)
-    stack.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(stack.services), host=options.host, port=options.port,
-                                           log_level="warning"))
-    threading.Thread(target=_banner_when_listening, args=(server, options, settings), daemon=True).start()
+    app = create_app(stack.services)  # refuses malformed settings before anything is started
+    server = _signal_safe_server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
+                                                timeout_graceful_shutdown=3))
     try:
+        stack.start()
+        threading.Thread(target=_banner_when_listening, args=(server, options, settings), daemon=True).start()
         server.run()
     finally:
-        print("comfy-saas: stopping workers and ComfyUI", flush=True)
-        stack.stop()
+        with _signals_ignored():
+            print("comfy-saas: stopping workers and ComfyUI", flush=True)
+            stack.stop()
+
+
+def _signal_safe_server(config: Any) -> Any:
+    """uvicorn's server, stopped by SIGTERM exactly as by SIGINT. uvicorn re-raises the signal that stopped
+    it once it has shut down; a re-raised SIGTERM kills the process before `serve` stops the workers and
+    ComfyUI. Here both signals ask it to exit (a second one stops waiting for open connections), and `run`
+    simply returns."""
+    import uvicorn
+
+    class SignalSafeServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            before = {sig: signal.signal(sig, self.ask_to_exit) for sig in _STOP_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in before.items():
+                    signal.signal(sig, handler)
+
+        def ask_to_exit(self, sig: int, frame: Any) -> None:
+            self.force_exit = self.should_exit
+            self.should_exit = True
+
+    return SignalSafeServer(config)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """While cleaning up (bounded), a repeated Ctrl-C or SIGTERM must not cut the cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _banner_when_listening(server, options: StackOptions, settings: Settings) -> None:

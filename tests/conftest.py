@@ -180,6 +180,48 @@ def running_server(data_dir: Path, *, workers: int = 1, **settings: Any) -> Iter
         stack.stop()
 
 
+def start_serve(data_dir: Path, port: int, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, list[str]]:
+    """`comfy-saas serve` as a user runs it, in its own process; returns once its banner says it listens."""
+    import shutil
+
+    exe = shutil.which("comfy-saas", path=str(Path(sys.executable).parent)) or "comfy-saas"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMFY", "R2_"))}
+    proc = subprocess.Popen([exe, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+                            env={**clean, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def listening() -> bool:
+        line = proc.stdout.readline()
+        lines.append(line)
+        return "API listening on" in line or proc.poll() is not None
+
+    wait_until(listening, 60, "the API banner")
+    return proc, lines
+
+
+def children_of(pid: int) -> list[int]:
+    """The direct child processes of pid (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def process_alive(pid: int) -> bool:
+    """True while pid runs; a zombie (dead, not yet reaped by its new parent) counts as gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in {"Z", "X"}
+
+
+def peak_rss_kb(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM), in kB."""
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("VmHWM:"))
+    return int(line.split()[1])
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server shared by a module's tests; tests that need other settings start their own."""

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "comfy_saas"
 
 # Lower numbers sit lower. A module may import its own level or below.
 LAYERS = [
-    ["errors", "logs", "signing", "config", "comfyui_double", "client"],
+    ["errors", "logs", "signing", "config", "comfyui_double", "client", "inputs"],
     ["backends"],
     ["workflows"],
     ["jobs.model", "jobs.keys", "jobs.deliveries"],

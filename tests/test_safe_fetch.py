@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import wait_until
 
-from comfy_saas.backends.safe_fetch import check_public_url, fetch, parse_allowlist
+from comfy_saas.backends.safe_fetch import address_refusal, check_public_url, check_public_urls, fetch, parse_allowlist
 from comfy_saas.errors import MediaError
 
 LOOPBACK_ONLY = parse_allowlist("127.0.0.1/32")
@@ -89,10 +92,50 @@ def test_size_cap_and_redirect_loops(outer: Recorder):
     "http://169.254.169.254/", "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://[::ffff:10.0.0.1]/",
     "http://[fe80::1]/", "http://2130706433/", "http://0x7f000001/", "http://017700000001/", "http://0.0.0.0/",
     "http://100.64.0.1/", "file:///etc/passwd", "ftp://example.com/",
+    # IPv6 forms that carry an IPv4 address inside: 6to4, NAT64, v4-compatible, Teredo
+    "http://[2002:7f00:1::]/", "http://[2002:a9fe:a9fe::]/", "http://[2002:0a00:0001::1]/", "http://[64:ff9b::7f00:1]/",
+    "http://[::127.0.0.1]/", "http://[2001:0:7f00:1::1]/", "http://[2001:0:a9fe:a9fe::]/",
+    # ranges an older ipaddress may call global: IPv6 site-local, IETF protocol assignments, 6to4 relays
+    "http://[fec0::1]/", "http://[fedc::1]/", "http://192.0.0.1/", "http://192.0.0.9/", "http://192.0.0.170/",
+    "http://192.88.99.1/",
+    # ports that are not ports
+    "http://example.com:99999/", "http://example.com:abc/", "http://example.com:-1/", "http://example.com:0/",
 ])
 def test_private_loopback_link_local_and_odd_forms_are_refused(url: str):
     with pytest.raises(MediaError):
         check_public_url(url, [])
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "2606:4700:4700::1111", "2002:808:808::1"])
+def test_public_addresses_pass_including_6to4_of_a_public_one(address: str):
+    assert address_refusal(ipaddress.ip_address(address), []) is None
+
+
+def test_urls_are_resolved_concurrently_under_one_deadline(monkeypatch: pytest.MonkeyPatch):
+    """16 media URLs and a webhook never wait on each other's DNS; a host that never answers is refused."""
+    in_flight, most, lock, never = [0], [0], threading.Lock(), threading.Event()
+    real = socket.getaddrinfo
+
+    def slow_dns(host: str, *args, **kwargs):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            if host == "never.example":
+                never.wait(5)
+            else:
+                wait_until(lambda: most[0] >= 4, 5, "other lookups to start")
+            return real("127.0.0.1", *args, **kwargs) if host != "never.example" else []
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_dns)
+    urls = [f"http://h{i}.example/a.png" for i in range(16)] + ["http://never.example/hook"]
+    verdicts = check_public_urls(urls, LOOPBACK_ONLY, timeout_s=1)
+    never.set()
+    assert most[0] >= 4  # the lookups overlapped
+    assert verdicts[:16] == [None] * 16 and "did not resolve within 1s" in verdicts[16]
 
 
 def test_the_allowlist_is_needed_even_for_loopback(outer: Recorder):

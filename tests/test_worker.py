@@ -103,9 +103,11 @@ def test_a_job_with_image_text_video_and_audio_outputs_returns_them_all(store, s
     kinds = {o.kind: o for o in job.outputs}
     assert set(kinds) == {"image", "text", "video", "audio"}
     assert download(s3.url(kinds["text"].key)) == b"hello from comfy"
+    assert Image.open(io.BytesIO(download(s3.url(kinds["image"].key)))).getpixel((0, 0)) == (0, 255, 0)
+    assert download(s3.url(kinds["audio"].key))[:4] == b"RIFF"
+    # Once uploaded, nothing of the job stays in ComfyUI's folders for a later prompt to read.
     out_dir = Path(double.extra_args[double.extra_args.index("--output-directory") + 1])
-    assert download(s3.url(kinds["image"].key)) == (out_dir / "multi_00001_.png").read_bytes()
-    assert download(s3.url(kinds["audio"].key)) == (out_dir / "a" / "tone_00001_.wav").read_bytes()
+    assert [p for p in out_dir.rglob("*")] == []
     assert download(s3.url(kinds["video"].key))[:6] == b"GIF89a"
     assert kinds["image"].content_type == "image/png" and kinds["audio"].content_type == "audio/wav"
     assert job.progress.percent == 100.0 and job.attempts == 1 and job.finished_at
@@ -234,7 +236,7 @@ def test_media_urls_into_our_network_fail_the_job(store, s3, settings, double, u
 def test_the_timing_breakdown_adds_up_and_marks_cached_nodes(store, s3, settings, double):
     with workers(store, s3, settings, [double]):
         first = finished(store, submit(store, slow(steps=3, delay=0.05)))
-        again = finished(store, submit(store, slow(steps=3, delay=0.05)))  # same graph: all cached
+        again = finished(store, submit(store, slow(steps=3, delay=0.05)))  # same graph: cached but the save
     t = first.timings
     phases = t.queue_wait_ms + t.prepare_ms + t.execute_ms + t.upload_ms + t.finish_ms
     assert abs(phases - t.total_ms) < 5
@@ -242,7 +244,9 @@ def test_the_timing_breakdown_adds_up_and_marks_cached_nodes(store, s3, settings
     assert abs(t.total_ms - expected_total) < 5
     assert t.start_kind == "launched" and again.timings.start_kind == "warm"
     assert set(t.nodes) == {"1", "2", "3"} and t.nodes["2"].ms >= 150 and not t.nodes["2"].cached
-    assert all(n.cached and n.ms == 0 for n in again.timings.nodes.values())
+    # Each job saves into its own folder (its own filename_prefix), so only the save node runs again.
+    assert all(again.timings.nodes[n].cached and again.timings.nodes[n].ms == 0 for n in ("1", "2"))
+    assert not again.timings.nodes["3"].cached
 
 
 def test_a_warmup_runs_before_the_first_job_and_stays_out_of_its_breakdown(store, s3, settings, double, tmp_path):

@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -25,6 +26,12 @@ from comfy_saas.errors import MediaError
 MAX_REDIRECTS = 5
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Not public, yet not flagged by every Python's ipaddress: IETF protocol assignments, the deprecated 6to4
+# relay anycast, IPv6 site-local (deprecated, still routed inside some networks), local-use NAT64.
+_NEVER_PUBLIC = [ipaddress.ip_network(n) for n in ("192.0.0.0/24", "192.88.99.0/24", "fec0::/10",
+                                                    "64:ff9b:1::/48")]
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_RESOLVERS = ThreadPoolExecutor(16, thread_name_prefix="url-check")  # bounded: a slow DNS cannot pile up threads
 
 
 def parse_allowlist(spec: str) -> list[_Network]:
@@ -32,26 +39,50 @@ def parse_allowlist(spec: str) -> list[_Network]:
     return [ipaddress.ip_network(p.strip(), strict=False) for p in spec.split(",") if p.strip()]
 
 
-def _unmapped(addr: _Address) -> _Address:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+def embedded_ipv4(addr: _Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries and that a packet to it may reach: v4-mapped,
+    v4-compatible, 6to4 (2002::/16), Teredo (2001::/32, server and client) and NAT64 (64:ff9b::/96)."""
+    if not isinstance(addr, ipaddress.IPv6Address):
+        return []
+    found = [a for a in (addr.ipv4_mapped, addr.sixtofour) if a is not None]
+    found += list(addr.teredo or ())
+    if addr in _NAT64 or (int(addr) >> 32 == 0 and int(addr) > 1):  # NAT64 and ::a.b.c.d
+        found.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+    return found
 
 
 def address_refusal(addr: _Address, allowlist: list[_Network]) -> str | None:
-    """Why `addr` may not be reached, or None when it may."""
-    addr = _unmapped(addr)
+    """Why `addr` may not be reached, or None when it may. An IPv6 address that carries an IPv4 one is
+    judged by the IPv4 address too, so 2002:7f00:1:: is as loopback as 127.0.0.1."""
+    inner = embedded_ipv4(addr)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # the mapped form is the same host: the allowlist applies to it
     if any(addr in net for net in allowlist):
         return None
+    for v4 in inner:
+        if v4 != addr and (why := address_refusal(v4, allowlist)) is not None:
+            return f"{why} inside an IPv6 address"
     if addr.is_loopback:
         return "a loopback address"
     if addr.is_link_local:
         return "a link-local address"
     if addr.is_private:
         return "a private address"
-    if addr.is_multicast or addr.is_reserved or addr.is_unspecified or not addr.is_global:
+    if addr.is_multicast or addr.is_reserved or addr.is_unspecified or not addr.is_global \
+            or any(addr in net for net in _NEVER_PUBLIC if net.version == addr.version):
         return "a non-public address"
     return None
+
+
+def _port(parts) -> int:
+    """The URL's port (or its scheme's default); MediaError for a port that is not 1-65535."""
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise MediaError("refused: the URL's port must be a whole number from 1 to 65535")
+    return port or (443 if parts.scheme == "https" else 80)
 
 
 def resolve_public(host: str, port: int, allowlist: list[_Network]) -> str:
@@ -71,8 +102,26 @@ def check_public_url(url: str, allowlist: list[_Network]) -> None:
     """Raise MediaError unless url is http(s) and its host resolves only to public addresses."""
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise MediaError(f"refused: {url!r} is not an http(s) URL")
-    resolve_public(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), allowlist)
+        raise MediaError(f"refused: {url[:100]!r} is not an http(s) URL")
+    resolve_public(parts.hostname, _port(parts), allowlist)
+
+
+def check_public_urls(urls: list[str], allowlist: list[_Network], timeout_s: float) -> list[str | None]:
+    """For each URL, why it is refused (None when it may be fetched). The hosts are resolved concurrently,
+    each host once, all within timeout_s together; a host that has not resolved by then is refused."""
+    def check(url: str) -> str | None:
+        try:
+            check_public_url(url, allowlist)
+            return None
+        except MediaError as exc:
+            return exc.message
+
+    distinct = list(dict.fromkeys(urls))
+    futures = {url: _RESOLVERS.submit(check, url) for url in distinct}
+    wait(futures.values(), timeout=timeout_s)
+    late = f"its host did not resolve within {timeout_s:g}s"
+    verdicts = {url: f.result() if f.done() else late for url, f in futures.items()}
+    return [verdicts[url] for url in urls]
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -111,8 +160,8 @@ def _pinned(url: str, timeout_s: float, allowlist: list[_Network]) -> tuple[http
     """A connection to url's vetted address, and the path to request."""
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise MediaError(f"refused: {url!r} is not an http(s) URL")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+        raise MediaError(f"refused: {url[:100]!r} is not an http(s) URL")
+    port = _port(parts)
     ip = resolve_public(parts.hostname, port, allowlist)
     cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

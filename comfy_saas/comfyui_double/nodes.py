@@ -7,7 +7,6 @@ import hashlib
 import math
 import os
 import random
-import re
 import struct
 import wave
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageFilter, ImageOps
 
+from comfy_saas.comfyui_double import folder_paths
 from comfy_saas.comfyui_double.model_paths import full_path, list_models
 
 SCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
@@ -75,24 +75,18 @@ def node(name: str, required: dict[str, tuple], returns: tuple[str, ...] = (), o
 
 
 def list_inputs(input_dir: Path) -> list[str]:
+    """LoadImage's choices: the regular files at the top of the input folder (subfolders are not listed,
+    though a name with a subfolder is still accepted, as in ComfyUI)."""
     if not input_dir.is_dir():
         return []
-    return [p.relative_to(input_dir).as_posix() for p in input_dir.rglob("*") if p.is_file()]
-
-
-def next_counter(folder: Path, prefix: str) -> int:
-    """ComfyUI's save-path rule: one more than the highest `{prefix}_NNNNN_` in the folder."""
-    pattern = re.compile(rf"^{re.escape(prefix)}_(\d{{5}})_")
-    nums = [int(m.group(1)) for p in folder.glob("*") if (m := pattern.match(p.name))] if folder.is_dir() else []
-    return max(nums, default=0) + 1
+    return sorted(p.name for p in input_dir.iterdir() if p.is_file())
 
 
 def save_path(ctx: Context, kind: str, filename_prefix: str, ext: str) -> tuple[Path, dict[str, str]]:
-    subfolder, _, prefix = filename_prefix.rpartition("/")
-    folder = ctx.dirs[kind] / subfolder
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{prefix}_{next_counter(folder, prefix):05}_.{ext}"
-    return folder / name, {"filename": name, "subfolder": subfolder, "type": kind}
+    """ComfyUI's get_save_image_path: refuses (at run time) a prefix that leaves the folder."""
+    folder, prefix, counter, subfolder = folder_paths.get_save_image_path(filename_prefix, ctx.dirs[kind])
+    name = f"{prefix}_{counter:05}_.{ext}"
+    return Path(folder) / name, {"filename": name, "subfolder": subfolder, "type": kind}
 
 
 @node("EmptyImage", {"width": ("INT", INT), "height": ("INT", INT),
@@ -117,7 +111,7 @@ def noise_image(ctx: Context, width: int, height: int, seed: int) -> tuple:
 
 @node("LoadImage", {"image": ([], {"image_upload": True})}, ("IMAGE", "MASK"))
 def load_image(ctx: Context, image: str) -> tuple:
-    path = ctx.dirs["input"] / image.removesuffix(" [input]")
+    path = folder_paths.get_annotated_filepath(image, ctx.dirs)
     with Image.open(path) as img:
         rgba = img.convert("RGBA")
     return ([rgba.convert("RGB")], [rgba.getchannel("A")]), None
@@ -287,3 +281,9 @@ def model_swatch(ctx: Context, model: dict, width: int, height: int) -> tuple:
     """The double's stand-in for sampling: an image whose colour is the model's digest."""
     rgb = tuple(bytes.fromhex(model["digest"][:6]))
     return ([Image.new("RGB", (width, height), rgb)],), None
+@node("ReportOutput", {"filename": ("STRING", {"default": "ComfyUI_00001_.png"}),
+                       "subfolder": ("STRING", {"default": ""}),
+                       "folder_type": (["output", "temp", "input"], {})}, output_node=True)
+def report_output(ctx: Context, filename: str, subfolder: str, folder_type: str) -> tuple:
+    """Reports an output file it never wrote, as a misbehaving custom node might (tests of /view refusals)."""
+    return (), {"images": [{"filename": filename, "subfolder": subfolder, "type": folder_type}]}

@@ -25,8 +25,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from comfy_saas.comfyui_double import folder_paths
 from comfy_saas.comfyui_double.model_paths import list_models
-from comfy_saas.comfyui_double.nodes import NODES, list_inputs
+from comfy_saas.comfyui_double.nodes import NODES
 
 log = logging.getLogger("comfyui_double")
 
@@ -96,7 +97,7 @@ def _check_model(name: str, ispec: tuple, value: Any, choices: list[str]) -> dic
                  "received_value": value})
 
 
-def _validate_node(prompt: dict, node_id: str, errors: dict[str, list], seen: set, input_dir: Path,
+def _validate_node(prompt: dict, node_id: str, errors: dict[str, list], seen: set, dirs: dict[str, Path],
                    model_paths: dict[str, list[Path]]) -> None:
     if node_id in seen:
         return
@@ -127,9 +128,9 @@ def _validate_node(prompt: dict, node_id: str, errors: dict[str, list], seen: se
                                  {"input_name": name, "input_config": list(ispec), "received_type": got,
                                   "linked_node": value}))
                 continue
-            _validate_node(prompt, src, errors, seen, input_dir, model_paths)
-        elif spec.name == "LoadImage" and name == "image":
-            if value.removesuffix(" [input]") not in list_inputs(input_dir):
+            _validate_node(prompt, src, errors, seen, dirs, model_paths)
+        elif spec.name == "LoadImage" and name == "image":  # its VALIDATE_INPUTS replaces the list check
+            if not isinstance(value, str) or not folder_paths.exists_annotated_filepath(value, dirs):
                 mine.append(_err("custom_validation_failed", "Custom validation failed for node",
                                  f"image - Invalid image file: {value}", {"input_name": "image"}))
         elif name in spec.folders:
@@ -141,7 +142,7 @@ def _validate_node(prompt: dict, node_id: str, errors: dict[str, list], seen: se
         errors[node_id] = mine
 
 
-def validate_prompt(prompt: Any, input_dir: Path, model_paths: dict[str, list[Path]] | None = None
+def validate_prompt(prompt: Any, dirs: dict[str, Path], model_paths: dict[str, list[Path]] | None = None
                     ) -> tuple[list[str], dict, dict | None]:
     """(good outputs, node_errors, error) the way ComfyUI's validate_prompt reports them."""
     if not isinstance(prompt, dict):
@@ -159,7 +160,7 @@ def validate_prompt(prompt: Any, input_dir: Path, model_paths: dict[str, list[Pa
     good, node_errors = [], {}
     for out in outputs:
         errors: dict[str, list] = {}
-        _validate_node(prompt, out, errors, set(), input_dir, model_paths or {})
+        _validate_node(prompt, out, errors, set(), dirs, model_paths or {})
         if not errors:
             good.append(out)
         for nid, errs in errors.items():
@@ -543,8 +544,7 @@ class DoubleServer:
         if "prompt" not in body:
             return web.json_response({"error": _err("no_prompt", "No prompt provided", "No prompt provided"),
                                       "node_errors": {}}, status=400)
-        outputs, node_errors, error = validate_prompt(body["prompt"], self.config.dirs["input"],
-                                                      self.config.model_paths)
+        outputs, node_errors, error = validate_prompt(body["prompt"], self.config.dirs, self.config.model_paths)
         if error is not None:
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
@@ -605,37 +605,31 @@ class DoubleServer:
         return web.Response()
 
     async def view(self, request: web.Request) -> web.StreamResponse:
-        q = request.query
-        filename, kind = q.get("filename", ""), q.get("type", "output")
-        if not filename or filename.startswith("/") or ".." in filename:
-            return web.Response(status=400)
-        if kind not in self.config.dirs:
-            return web.Response(status=400)
-        base = self.config.dirs[kind].resolve()
-        folder = (base / q.get("subfolder", "")).resolve()
-        if not folder.is_relative_to(base):
-            return web.Response(status=403)
-        path = folder / filename
-        if not path.is_file():
-            return web.Response(status=404)
-        return web.FileResponse(path, headers={"Content-Disposition": f'filename="{filename}"'})
+        status, path = folder_paths.view_path(dict(request.query), self.config.dirs)
+        if path is None:
+            return web.Response(status=status)
+        name = os.path.basename(path)
+        return web.FileResponse(path, headers={"Content-Disposition": f'filename="{name}"'})
 
     async def upload_image(self, request: web.Request) -> web.Response:
         post = await request.post()
         image = post.get("image")
-        if image is None or not hasattr(image, "file"):
+        if image is None or not hasattr(image, "file") or not image.filename:
             return web.Response(status=400)
         kind = str(post.get("type") or "input")
         subfolder = str(post.get("subfolder") or "")
         base = self.config.dirs.get(kind)
-        if base is None:
+        if base is None:  # ComfyUI's get_dir_by_type has no else branch: UnboundLocalError, a plain 500
+            return web.Response(status=500)
+        target = folder_paths.upload_path(base, subfolder, image.filename)
+        if target is None:
             return web.Response(status=400)
-        folder = (base / subfolder).resolve()
-        if not folder.is_relative_to(base.resolve()) or "/" in image.filename or ".." in image.filename:
-            return web.Response(status=400)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = Path(target[0])
+        if not folder.exists():
+            folder.mkdir(parents=True)
         data = image.file.read()
-        name = _free_name(folder, image.filename, data, str(post.get("overwrite", "")).lower() == "true")
+        overwrite = str(post.get("overwrite", "")).lower() in {"true", "1"}
+        name = _free_name(folder, image.filename, data, overwrite)
         (folder / name).write_bytes(data)
         return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
 

@@ -14,6 +14,8 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from comfy_saas.inputs import IDENTIFIER, matches
+
 ENV_PREFIX = "COMFY_"
 # Modal keeps a Dict entry 7 days after its last read or write; records cannot be kept longer.
 DICT_ENTRY_TTL_DAYS = 7
@@ -46,6 +48,7 @@ class Limits:
     max_timeout_s: int = opt(24 * 3600, "longest timeout_s a job may ask for")
     max_models: int = opt(8, "model files (checkpoints, LoRAs, ...) one job may name by URL")
     max_body_bytes: int = opt(100 * 1024 * 1024, "size of a request body")
+    max_json_depth: int = opt(64, "nesting of arrays and objects in a request body")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class ComfyUISource:
     args: str = opt("", "extra ComfyUI command-line flags, e.g. --cpu")
     models_dir: str = opt("", "with a ComfyUI at a URL: a models folder tree it reads (an extra model path) where "
                               "job models are linked; launched ComfyUIs get their own")
+    base_dir: str = opt("", "with url: that ComfyUI's base directory on this machine, so each job's files are "
+                            "deleted from its input/output/temp folders after upload")
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class Settings:
     retention_days: int = opt(7, "finished jobs and their files are deleted after this")
     private_url_allowlist: str = opt("", "CIDRs media and webhook URLs may reach although private")
     media_fetch_timeout_s: float = opt(30.0, "time to fetch one media URL")
+    url_check_timeout_s: float = opt(5.0, "time to resolve the hosts of a submission's media and webhook URLs")
     webhook_secret: str = opt("", "Standard Webhooks secret (whsec_...); locally derived per data dir")
     webhook_max_attempts: int = opt(8, "attempts per webhook delivery")
     webhook_backoff_s: float = opt(30.0, "first retry delay, doubling (8 attempts span about an hour)")
@@ -169,6 +175,7 @@ class Settings:
             raise ValueError("COMFY_RETENTION_DAYS must be at least 1")
         if self.model_cache.poll_s <= 0 or self.model_cache.claim_ttl_s <= 0:
             raise ValueError("COMFY_MODEL_CACHE_POLL_S and COMFY_MODEL_CACHE_CLAIM_TTL_S must be positive")
+        parse_api_keys(self.api_keys)
 
     def model_cache_dir(self) -> Path:
         """Where cached model files live: COMFY_MODEL_CACHE_DIR, else <data_dir>/models-cache."""
@@ -180,6 +187,20 @@ class Settings:
             raise ValueError(f"COMFY_RETENTION_DAYS={self.retention_days}: Modal expires a job record "
                              f"{DICT_ENTRY_TTL_DAYS} days after its last read or write, so jobs cannot be kept "
                              f"longer; set it to {DICT_ENTRY_TTL_DAYS} or less")
+
+
+def parse_api_keys(spec: str) -> list[tuple[str, str | None]]:
+    """COMFY_API_KEYS: 'k1, k2:alice' -> [('k1', None), ('k2', 'alice')]. ValueError for an entry that would
+    be read wrongly: `key:` (an empty user must not become an unbound admin key), `:user`, a bad user id."""
+    keys = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part:
+            key, sep, user = part.partition(":")
+            if not key or (sep and not matches(IDENTIFIER, user)):
+                raise ValueError(f"COMFY_API_KEYS entry #{len(keys) + 1} must be `key` or `key:user_id`, with a "
+                                 "non-empty key and a user id of letters, digits and _ . : @ -")
+            keys.append((key, user if sep else None))
+    return keys
 
 
 def environment() -> Mapping[str, str]:

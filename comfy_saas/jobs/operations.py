@@ -8,18 +8,18 @@ the lifecycle.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from comfy_saas import logs
+from comfy_saas import inputs, logs
 from comfy_saas.backends import safe_fetch
+from comfy_saas.backends.parallel import run_all
 from comfy_saas.errors import (
+    AlreadyFinished,
     BodyTooLarge,
     CatalogueUnavailable,
     InvalidInput,
-    MediaError,
     NotFound,
     PreflightFailed,
 )
@@ -29,13 +29,14 @@ from comfy_saas.jobs.model_cache import ModelCache
 from comfy_saas.jobs.prepare import Prepared, prepare
 from comfy_saas.jobs.request import JobRequest, parse_submission
 from comfy_saas.jobs.services import Services
+from comfy_saas.jobs.store import MAX_PAGE
 from comfy_saas.jobs.views import job_view
 from comfy_saas.workflows import preflight
 from comfy_saas.workflows.edits import apply_overrides
 from comfy_saas.workflows.ui_graph import is_ui_format
 
 log = logging.getLogger(__name__)
-_JOB_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}\Z")
+MAX_CURSOR = 10**18 - 1
 
 
 @dataclass(frozen=True)
@@ -73,24 +74,24 @@ def catalogue(svc: Services, pool: str | None, needed: bool) -> dict[str, Any] |
 
 
 def check_urls(svc: Services, request: JobRequest) -> None:
-    """Refuse media, model and webhook URLs whose host resolves into our own network (SSRF), naming the field."""
+    """Refuse media, model and webhook URLs whose host resolves into our own network (SSRF), naming the
+    field. The hosts are resolved concurrently under one deadline, never one after another on the request."""
     allowlist = safe_fetch.parse_allowlist(svc.settings.private_url_allowlist)
     targets = [("webhook_url", request.webhook_url)] + [(f"media[{i}].url", m.url) for i, m in
                                                           enumerate(request.media)]
     targets += [(f"models[{i}].url", m.url) for i, m in enumerate(request.models)]
-    for field, url in targets:
-        if url:
-            try:
-                safe_fetch.check_public_url(url, allowlist)
-            except MediaError as exc:
-                raise InvalidInput(f"{field}: {exc.message}", field=field) from None
+    targets = [(field, url) for field, url in targets if url]
+    verdicts = safe_fetch.check_public_urls([url for _, url in targets], allowlist, svc.settings.url_check_timeout_s)
+    for (field, _), why in zip(targets, verdicts, strict=True):
+        if why is not None:
+            raise InvalidInput(f"{field}: {why}", field=field)
 
 
-def submit_job(svc: Services, caller: Caller, body: bytes | str | dict[str, Any],
+def submit_job(svc: Services, caller: Caller, body: bytes | bytearray | str | dict[str, Any],
                recorded: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
     """Validate and enqueue; (job view, created). A user-bound key always submits as its user. `recorded` are
     fields for the job record from the caller (the template it came from, seeds it drew)."""
-    if isinstance(body, bytes | str) and len(body) > svc.settings.limits.max_body_bytes:
+    if isinstance(body, bytes | bytearray | str) and len(body) > svc.settings.limits.max_body_bytes:
         raise BodyTooLarge(f"the body is larger than {svc.settings.limits.max_body_bytes} bytes", field="body")
     request = parse_submission(body, svc.settings.limits)
     if caller.user_id is not None:
@@ -142,8 +143,8 @@ def wake(svc: Services, pool: str) -> None:
 
 def visible_job(svc: Services, caller: Caller, job_id: str) -> Job:
     """The job if this caller may see it; NotFound otherwise (never says which)."""
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
-        raise NotFound("no such job")
+    if not inputs.matches(inputs.JOB_ID, job_id):
+        raise NotFound("no such job")  # never echoes what it was given
     return svc.store.require(job_id, caller.user_id)
 
 
@@ -162,20 +163,43 @@ def job_workflow(svc: Services, job_id: str) -> dict[str, Any]:
     return apply_overrides(graph["workflow"], graph.get("overrides", []))
 
 
-def list_jobs(svc: Services, caller: Caller, *, status: str | None = None, cursor: str | None = None,
-              limit: int = 20, user_id: str | None = None) -> dict[str, Any]:
-    """A page of jobs, newest first. A user-bound key lists its own; others may filter by user_id."""
+def list_jobs(svc: Services, caller: Caller, *, status: str | None = None, cursor: str | int | None = None,
+              limit: int | str | None = 20, user_id: str | None = None) -> dict[str, Any]:
+    """A page of jobs, newest first. A user-bound key lists its own; others may filter by user_id.
+    A cursor beyond the newest job is not one this API handed out: an empty last page."""
     try:
         wanted = Status(status) if status else None
     except ValueError:
         raise InvalidInput(f"status must be one of {', '.join(s.value for s in Status)}", field="status") from None
-    page = svc.store.list_jobs(user_id=caller.user_id or user_id, status=wanted, cursor=cursor, limit=limit)
+    size = inputs.whole_number(_text(limit), "limit", 1, MAX_PAGE, default=20)
+    start = None if cursor in (None, "") else inputs.whole_number(_text(cursor), "cursor", 0, MAX_CURSOR)
+    if user_id is not None and not inputs.matches(inputs.IDENTIFIER, user_id):
+        raise InvalidInput("user_id must be 1-128 letters, digits and _ . : @ -", field="user_id")
+    owner = caller.user_id or user_id
+    if start is None:
+        page = svc.store.list_jobs(user_id=owner, status=wanted, limit=size)
+    else:  # the head is read alongside the page, so checking the cursor costs no extra round trip
+        head, page = run_all([lambda: svc.store.index.head(keys.scope(owner)),
+                              lambda: svc.store.list_jobs(user_id=owner, status=wanted, cursor=str(start), limit=size)])
+        if start > head:
+            return {"jobs": [], "next_cursor": None}
     return {"jobs": [job_view(svc, j) for j in page.jobs], "next_cursor": page.next_cursor}
 
 
+def _text(value: Any) -> str | None:
+    """A number from a query string or a remote caller, as text for the one strict parser."""
+    if value is None or isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else "invalid"
+
+
 def cancel_job(svc: Services, caller: Caller, job_id: str) -> dict[str, Any]:
-    """Ask for cancellation; a queued job is cancelled at once, a running one within about a second."""
+    """Ask for cancellation; a queued job is cancelled at once, a running one within about a second.
+    A job that already finished cannot be cancelled: Conflict naming its status."""
     job = visible_job(svc, caller, job_id)
+    if job.terminal:
+        raise AlreadyFinished(f"the job is already {job.status.value}; only queued or running jobs can be "
+                              "cancelled", job.status.value)
     return job_view(svc, svc.lifecycle.cancel(job.id, caller.user_id))
 
 

@@ -14,8 +14,9 @@ from typing import Any
 from comfy_saas.config import Limits
 from comfy_saas.errors import InvalidInput
 from comfy_saas.jobs.request import JobRequest, check_workflow
-from comfy_saas.workflows import seeds
+from comfy_saas.workflows import files, seeds
 from comfy_saas.workflows.convert import convert
+from comfy_saas.workflows.edits import apply_overrides
 from comfy_saas.workflows.ui_graph import is_ui_format
 
 WARNINGS_KEPT = 20
@@ -49,6 +50,7 @@ def prepare(request: JobRequest, nodes: dict[str, Any] | None, limits: Limits,
                                "bypassed)", field="workflow")
         check_workflow(workflow, limits)
         _check_override_nodes(request, workflow)
+        files.check(apply_overrides(workflow, [o.model_dump() for o in request.overrides]))
     else:
         workflow = copy.deepcopy(request.workflow)
     overrides = [o.model_dump(mode="json") for o in request.overrides]

@@ -21,14 +21,14 @@ from pydantic import (
     model_validator,
 )
 
+from comfy_saas import inputs
 from comfy_saas.config import Limits
 from comfy_saas.errors import InvalidInput, MalformedBody
 from comfy_saas.jobs.model import Job, OutputOptions
+from comfy_saas.workflows import files
+from comfy_saas.workflows.edits import apply_overrides
 from comfy_saas.workflows.ui_graph import count_nodes, is_ui_format
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()\-]{0,254}$")
-_IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
-_POOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 _DATA_URL_PREFIX = re.compile(r"^data:[\w.+\-]+/[\w.+\-]+;base64,")
 SHA256_PATTERN = re.compile(r"^[0-9a-fA-F]{64}\Z")
 
@@ -50,9 +50,17 @@ def check_url(url: str, limits: Limits) -> str:
         raise ValueError(f"URL is longer than {limits.max_url_length} characters")
     parts = urlsplit(url)
     if parts.scheme.lower() not in {"http", "https"}:
-        raise ValueError(f"URL scheme must be http or https, not {parts.scheme or 'missing'!r}")
+        raise ValueError(f"URL scheme must be http or https, not {inputs.shown(parts.scheme or 'missing')}")
     if not parts.hostname:
         raise ValueError("URL has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("URL port must be a whole number from 1 to 65535")
+    if any(ord(c) < 33 or c == "\x7f" for c in url):
+        raise ValueError("URL must not contain spaces or control characters")
     return url
 
 
@@ -68,7 +76,7 @@ class MediaInput(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _SAFE_NAME.match(v) or ".." in v:
+        if not inputs.file_name_ok(v):
             raise ValueError("must be a plain file name (letters, digits, space, . _ - ( ); no paths)")
         return v
 
@@ -144,7 +152,7 @@ class ModelInput(BaseModel):
             return None  # the URL itself is refused
         name = v if v is not None else unquote(urlsplit(info.data["url"]).path.rsplit("/", 1)[-1])
         where = "" if v is not None else f"the URL's file name {name!r} is not usable; give a name: "
-        if not _SAFE_NAME.match(name) or ".." in name:
+        if not inputs.file_name_ok(name):
             raise ValueError(f"{where}must be a plain file name (letters, digits, space, . _ - ( ); no paths)")
         if not name.lower().endswith(MODEL_EXTENSIONS):
             raise ValueError(f"{where}must end with one of {' '.join(MODEL_EXTENSIONS)} (ComfyUI lists no other "
@@ -157,9 +165,16 @@ class Override(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    node: str = Field(min_length=1, max_length=64)
+    node: str = Field(min_length=1, max_length=128)
     input: str = Field(min_length=1, max_length=128)
     value: Any
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        if not inputs.matches(inputs.IDENTIFIER, v):
+            raise ValueError("must be a node id: letters, digits and _ . : @ -, starting with a letter or digit")
+        return v
 
 
 def _check_workflow(wf: dict[str, Any], limits: Limits) -> None:
@@ -173,6 +188,9 @@ def _check_workflow(wf: dict[str, Any], limits: Limits) -> None:
     if len(wf) > limits.max_workflow_nodes:
         raise ValueError(f"has {len(wf)} nodes; the limit is {limits.max_workflow_nodes}")
     for node_id, node in wf.items():
+        if not inputs.matches(inputs.IDENTIFIER, node_id):
+            raise ValueError(f"node id {inputs.shown(node_id)} must be 1-128 letters, digits and _ . : @ -, "
+                             "starting with a letter or digit")
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str) or not node["class_type"]:
             raise ValueError(f"node {node_id!r} needs a non-empty string 'class_type' (API format)")
         if not isinstance(node.get("inputs", {}), dict):
@@ -277,14 +295,14 @@ class JobRequest(BaseModel):
     @field_validator("user_id")
     @classmethod
     def _ident(cls, v: str | None) -> str | None:
-        if v is not None and not _IDENT.match(v):
+        if v is not None and not inputs.matches(inputs.IDENTIFIER, v):
             raise ValueError("must be 1-128 characters of letters, digits and _ . : @ -")
         return v
 
     @field_validator("pool")
     @classmethod
     def _pool(cls, v: str | None) -> str | None:
-        if v is not None and not _POOL.match(v):
+        if v is not None and not inputs.matches(inputs.POOL, v):
             raise ValueError("must be 1-64 characters of letters, digits and _ -")
         return v
 
@@ -314,18 +332,26 @@ class JobRequest(BaseModel):
                 raise ValueError(f"overrides[{i}].node: no node {o.node!r} in the workflow")
         return self
 
+    @model_validator(mode="after")
+    def _files_stay_the_jobs_own(self) -> JobRequest:
+        # Checked as it will run: an override may set a file input or a save prefix too. A UI-format graph is
+        # checked once converted (jobs/prepare.py).
+        if not is_ui_format(self.workflow):
+            files.check(apply_overrides(self.workflow, [o.model_dump() for o in self.overrides]))
+        return self
 
-def parse_submission(body: bytes | str | dict[str, Any], limits: Limits | None = None) -> JobRequest:
+
+def parse_submission(body: bytes | bytearray | str | dict[str, Any], limits: Limits | None = None) -> JobRequest:
     """Validate a raw submission; raise InvalidInput naming the first bad field."""
-    if isinstance(body, bytes | str):
-        try:
-            body = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedBody(f"request body is not valid JSON: {exc}", field="body") from None
+    limits = limits or Limits()
+    if isinstance(body, bytes | bytearray | str):
+        body = inputs.loads(body, limits.max_json_depth)
+    else:
+        inputs.check_plain(body, limits.max_json_depth)
     if not isinstance(body, dict):
         raise MalformedBody("request body must be a JSON object", field="body")
     try:
-        return JobRequest.model_validate(body, context={"limits": limits or Limits()})
+        return JobRequest.model_validate(body, context={"limits": limits})
     except ValidationError as exc:
         raise invalid_input_from(exc) from None
 

@@ -10,12 +10,12 @@ deployment (new models appear in the choices without storing the template again)
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from comfy_saas import inputs as input_rules
 from comfy_saas.backends.parallel import run_all
 from comfy_saas.config import Limits
 from comfy_saas.errors import Conflict, InvalidInput, MalformedBody, NotFound, PreflightFailed
@@ -43,20 +43,20 @@ class TemplateRequest(BaseModel):
     pool: str | None = Field(default=None, description="worker pool of its jobs (and whose catalogue types it)")
 
 
-def _json_object(body: bytes | str | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(body, bytes | str):
-        try:
-            body = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedBody(f"request body is not valid JSON: {exc}", field="body") from None
+def _json_object(body: bytes | bytearray | str | dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """The body as a JSON object, under the same nesting and number rules as a job submission."""
+    if isinstance(body, bytes | bytearray | str):
+        body = input_rules.loads(body, limits.max_json_depth)
+    else:
+        input_rules.check_plain(body, limits.max_json_depth)
     if not isinstance(body, dict):
         raise MalformedBody("request body must be a JSON object", field="body")
     return body
 
 
-def _parse(body: bytes | str | dict[str, Any], limits: Limits) -> TemplateRequest:
+def _parse(body: bytes | bytearray | str | dict[str, Any], limits: Limits) -> TemplateRequest:
     try:
-        req = TemplateRequest.model_validate(_json_object(body))
+        req = TemplateRequest.model_validate(_json_object(body, limits))
     except ValidationError as exc:
         raise invalid_input_from(exc) from None
     if req.pool is not None and not _POOL.match(req.pool):
@@ -121,7 +121,7 @@ def _shown(spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
 # --- operations ----------------------------------------------------------------------------------------
 
 
-def put_template(svc: Services, caller: Caller, name: str, body: bytes | str | dict[str, Any]
+def put_template(svc: Services, caller: Caller, name: str, body: bytes | bytearray | str | dict[str, Any]
                  ) -> tuple[dict[str, Any], bool]:
     """Store (or replace) a template after checking it converts, passes pre-flight and its inputs resolve;
     (view, created)."""
@@ -210,10 +210,10 @@ def delete_template(svc: Services, caller: Caller, name: str) -> dict[str, Any]:
     return {"name": name, "deleted": True}
 
 
-def submit_from_template(svc: Services, caller: Caller, name: str, body: bytes | str | dict[str, Any]
+def submit_from_template(svc: Services, caller: Caller, name: str, body: bytes | bytearray | str | dict[str, Any]
                          ) -> tuple[dict[str, Any], bool]:
     """A job from a template: `inputs` checked against its schema, plus the usual job options."""
-    options = _json_object(body)
+    options = _json_object(body, svc.settings.limits)
     if "workflow" in options:
         raise InvalidInput("workflow: a job from a template uses the template's workflow", field="workflow")
     values = options.pop("inputs", None) or {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from comfy_saas.errors import ComfyUnavailable, PromptRejected
+from comfy_saas.errors import ComfyUnavailable, MediaError, OutputUnavailable, PromptRejected
 
 _MULTIPART_BOUNDARY = "----comfy-saas-boundary"
 
@@ -62,6 +62,7 @@ class ComfyClient:
         self._host, self._port = parts.hostname or "127.0.0.1", parts.port
         self._local = threading.local()
         self._last_answer = float("-inf")
+        self.folders: Any = None  # ComfyFolders, when this ComfyUI's files are reachable from here
 
     def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
         """This thread's kept-alive connection (a new TCP handshake per call costs more than the call)."""
@@ -165,17 +166,24 @@ class ComfyClient:
         body = _multipart(fields, "image", filename, data)
         headers = {"Content-Type": f"multipart/form-data; boundary={_MULTIPART_BOUNDARY}"}
         status, raw = self._request("POST", "/upload/image", body, headers)
+        if 400 <= status < 500:  # ComfyUI judged the file or its name: the job's problem, not ComfyUI's
+            raise MediaError(f"ComfyUI refused the upload of {filename!r} (HTTP {status})")
         if status != 200:
             raise ComfyUnavailable(f"ComfyUI refused the upload of {filename!r} ({status})")
         stored = json.loads(raw)
         return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else stored["name"]
 
     def download(self, ref: dict[str, Any], target: Path) -> int:
-        """Stream a /view file to `target`; its size in bytes."""
+        """Stream a /view file to `target`; its size in bytes. OutputUnavailable when ComfyUI refuses the
+        name (400), the folder (403) or has no such file (404): the prompt reported an output it cannot serve."""
         query = urllib.parse.urlencode({"filename": ref["filename"], "subfolder": ref.get("subfolder", ""),
                                         "type": ref.get("type", "output")})
         resp = self._open("GET", f"/view?{query}", None, None, None)
         try:
+            if 400 <= resp.status < 500:
+                resp.read()
+                raise OutputUnavailable(f"ComfyUI answered {resp.status} for output {str(ref['filename'])[:100]!r}"
+                                        f" (subfolder {str(ref.get('subfolder', ''))[:100]!r})")
             if resp.status != 200:
                 resp.read()
                 raise ComfyUnavailable(f"ComfyUI answered {resp.status} for output {ref['filename']!r}")

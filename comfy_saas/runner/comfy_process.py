@@ -2,24 +2,59 @@
 
 `python main.py --listen 127.0.0.1 --port N [flags]` from a ComfyUI directory: the real ComfyUI on
 Modal or from COMFYUI_DIR locally, or the project's protocol double (comfyui_double/) otherwise.
+
+A launched ComfyUI dies with the process that launched it, even on `kill -9` of that process: on Linux
+the child asks the kernel for SIGKILL when its parent goes (PR_SET_PDEATHSIG). The kernel sends it when
+the *thread* that forked the child exits, not the process, so every launch (and restart, which a worker
+thread may ask for) happens on one long-lived launcher thread that ends only with the process.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from comfy_saas.errors import ComfyUnavailable
 from comfy_saas.runner.comfy_client import ComfyClient
+from comfy_saas.runner.comfy_files import ComfyFolders
 
 log = logging.getLogger(__name__)
 
 DOUBLE_DIR = Path(__file__).resolve().parent.parent / "comfyui_double"
+_PR_SET_PDEATHSIG = 1
+# One thread for every launch, never shut down: its exit is what PR_SET_PDEATHSIG watches.
+_LAUNCHER = ThreadPoolExecutor(1, thread_name_prefix="comfyui-launcher")
+
+
+def _prctl():
+    """libc's prctl, looked up before any fork (a forked child should call, not load); None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, between fork and exec: SIGKILL me when the launching thread (and so our process) ends;
+    if the parent is already gone (it died before the request took effect), go at once."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 class ComfyProcess:
@@ -35,7 +70,9 @@ class ComfyProcess:
         self.python = python
         self.env = env
         self.proc: subprocess.Popen | None = None
+        self.folders = ComfyFolders.from_command(self.comfy_dir, self.extra_args)
         self.client = ComfyClient(self.url)
+        self.client.folders = self.folders  # the worker deletes each job's files from them
         self.restarts = 0
 
     @property
@@ -49,9 +86,13 @@ class ComfyProcess:
         """Start ComfyUI and wait until /system_stats answers; ComfyUnavailable if it never does."""
         if not (self.comfy_dir / "main.py").is_file():
             raise ComfyUnavailable(f"no main.py in ComfyUI directory {self.comfy_dir}")
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
-        self.proc = subprocess.Popen(self.command(), cwd=self.comfy_dir, stdout=out, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(self.env or {})}, start_new_session=True)
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+        self.proc = _LAUNCHER.submit(
+            subprocess.Popen, self.command(), cwd=self.comfy_dir, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **(self.env or {})}, start_new_session=True,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid())).result()
+        if out is not subprocess.DEVNULL:
+            out.close()  # the child has its own copy
         self.wait_ready(ready_timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:

@@ -25,7 +25,15 @@ from typing import Any
 from comfy_saas import logs
 from comfy_saas.backends import safe_fetch
 from comfy_saas.backends.parallel import run_all
-from comfy_saas.errors import BackendError, ComfyUnavailable, MediaError, ModelError, NotFound, PromptRejected
+from comfy_saas.errors import (
+    BackendError,
+    ComfyUnavailable,
+    MediaError,
+    ModelError,
+    NotFound,
+    OutputUnavailable,
+    PromptRejected,
+)
 from comfy_saas.jobs import keys, payloads, webhooks
 from comfy_saas.jobs.lifecycle import CANCELLED_QUEUED, AttemptMoved
 from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, Timings, utcnow
@@ -38,7 +46,7 @@ from comfy_saas.runner.models import JobModels, Stopped
 from comfy_saas.runner.monitor import PROGRESS_WRITE_S, AttemptMonitor
 from comfy_saas.runner.outputs import OutputItem, collect
 from comfy_saas.runner.progress import ProgressTracker
-from comfy_saas.workflows import preflight
+from comfy_saas.workflows import files, preflight
 from comfy_saas.workflows.edits import apply_overrides, rewrite_media
 
 log = logging.getLogger(__name__)
@@ -68,6 +76,7 @@ class Run:
     payload: dict[str, Any] = field(default_factory=dict)  # from the wake-up, or read once when it had none
     monitor: Any = None  # the AttemptMonitor watching this attempt
     workflow: dict[str, Any] = field(default_factory=dict)
+    files: list[dict[str, Any]] = field(default_factory=list)  # every file ComfyUI reported, to delete after
     phases: dict[str, float] = field(default_factory=dict)
     nodes: dict[str, Any] = field(default_factory=dict)
     renames: dict[str, str] = field(default_factory=dict)  # workflow names -> names ComfyUI knows them by
@@ -160,12 +169,13 @@ class Worker:
         started = time.monotonic()
         prompt_id = f"warmup-{self.worker_id}"
         self.events.ensure_open()
-        self.comfy.queue_prompt(workflow, self.events.client_id, prompt_id)
+        self.comfy.queue_prompt(files.isolate(workflow, prompt_id), self.events.client_id, prompt_id)
         deadline = time.monotonic() + self.settings.job_timeout_s
-        while self.comfy.history(prompt_id) is None:
+        while (entry := self.comfy.history(prompt_id)) is None:
             if time.monotonic() > deadline:
                 raise ComfyUnavailable("the warmup workflow did not finish")
             self.events.next(timeout_s=0.1)  # keep the socket drained while waiting
+        self.remove_files(prompt_id, reported_files(entry))  # its saves are nobody's outputs
         self.warmup_ms = round((time.monotonic() - started) * 1000, 1)
         self.start_kind = "warm"
         logs.event(log, "worker.warmed_up", worker_id=self.worker_id, phase="warmup")
@@ -269,6 +279,7 @@ class Worker:
             run.monitor.close()
             self.job_models.release(run)
             self.current_job = None
+            self.remove_files(run.prompt_id, run.files, job_id)
 
     def _run_steps(self, run: Run) -> None:
         try:
@@ -289,20 +300,27 @@ class Worker:
         run.nodes = outcome.nodes
         run.lap("execute")
         if outcome.status is Status.COMPLETED:
+            run.files = reported_files(outcome.history)
             items = collect(outcome.history.get("outputs", {}), include_temp=run.job.include_previews)
-            uploaded = self.upload_outputs(run, items)
+            try:
+                uploaded = self.upload_outputs(run, items)
+            except OutputUnavailable as exc:  # ComfyUI will not serve what it reported: the job's failure
+                return self.finish(run, Outcome(Status.FAILED, error=JobError(type="output_unavailable",
+                                                                              message=exc.message)))
             run.lap("upload")
             return self.finish(run, outcome, outputs=uploaded)
         return self.finish(run, outcome)
 
     def prepare_inputs(self, run: Run) -> dict[str, Any]:
-        """Fetch media, upload them to ComfyUI under collision-free names, apply overrides."""
+        """Fetch media, upload them into this attempt's own input subfolder, apply overrides, and point every
+        save prefix into its own output subfolder (the attempt's prompt id names both)."""
         names = dict(run.renames)
         for i, item in enumerate(run.payload.get("media", [])):
             data = self._media_bytes(i, item)
-            names[item["name"]] = self.comfy.upload_image(f"{run.job.id}-{item['name']}", data)
+            names[item["name"]] = self.comfy.upload_image(item["name"], data, subfolder=run.prompt_id)
         graph = payloads.graph(self.objects, run.payload)
-        return rewrite_media(apply_overrides(graph["workflow"], graph.get("overrides", [])), names)
+        workflow = rewrite_media(apply_overrides(graph["workflow"], graph.get("overrides", [])), names)
+        return files.isolate(workflow, run.prompt_id)
 
     def _media_bytes(self, index: int, item: dict[str, Any]) -> bytes:
         data = payloads.media_bytes(self.objects, item)
@@ -337,14 +355,20 @@ class Worker:
         """Copy every output from ComfyUI to object storage under {job}/{node}/{stable name}."""
         uploaded = []
         for item in items:
-            if item.text is not None:
-                key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
-                size = self.objects.put_bytes(key, item.text.encode(), item.content_type)
-            else:
-                item, key, size = self._copy_file(run, item)
+            try:
+                item, key, size = self._store_output(run, item)
+            except OutputUnavailable as exc:
+                raise OutputUnavailable(f"node {item.node_id}: {exc.message}") from None
             uploaded.append(Output(node_id=item.node_id, kind=item.kind, filename=item.name, key=key,
                                    content_type=item.content_type, size_bytes=size))
         return uploaded
+
+    def _store_output(self, run: Run, item: OutputItem) -> tuple[OutputItem, str, int]:
+        """(the output as stored, its key, its size); a text output is stored as it was reported."""
+        if item.text is None:
+            return self._copy_file(run, item)
+        key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
+        return item, key, self.objects.put_bytes(key, item.text.encode(), item.content_type)
 
     def _copy_file(self, run: Run, item: OutputItem) -> tuple[OutputItem, str, int]:
         with tempfile.NamedTemporaryFile(dir=self.scratch, prefix="out-", delete=True) as tmp:
@@ -368,6 +392,19 @@ class Worker:
             return
         logs.event(log, "job.finished", job_id=job.id, attempt=job.attempts, worker_id=self.worker_id,
                    phase="finish", status=job.status.value, error=outcome.error.type if outcome.error else None)
+
+    def remove_files(self, tag: str, refs: list[dict[str, Any]], job_id: str | None = None) -> None:
+        """Delete a prompt's files (its `tag` subfolders and every file its history named) from ComfyUI's
+        folders, however it ended, so no later prompt on this ComfyUI (another tenant's) can read them.
+        A failure here is logged, never the job's."""
+        folders = getattr(self.comfy, "folders", None)
+        if folders is None:
+            return
+        try:
+            folders.remove_job_files(tag, refs)
+        except OSError as exc:
+            logs.event(log, "job.files_not_removed", logging.WARNING, job_id=job_id, worker_id=self.worker_id,
+                       error=str(exc))
 
     def release(self, run: Run, reason: str) -> None:
         """ComfyUI went away mid-job: requeue the job while attempts remain, else fail it."""
@@ -494,6 +531,11 @@ class _Watch:
         if job.webhook_url and job.webhook_progress:
             shown = job.model_copy(update={"progress": self.progress})
             threading.Thread(target=webhooks.send_progress, args=(self.w.services, shown), daemon=True).start()
+
+
+def reported_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every file (output, preview, input) a history entry says the prompt wrote or showed."""
+    return [item.ref for item in collect(entry.get("outputs") or {}, include_temp=True) if item.ref]
 
 
 def outcome_from_history(entry: dict[str, Any], stopping: Outcome | None = None) -> Outcome:

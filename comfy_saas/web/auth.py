@@ -6,18 +6,11 @@ import hashlib
 import hmac
 
 from comfy_saas.config import Settings
+from comfy_saas.config.settings import parse_api_keys
 from comfy_saas.errors import Unauthorized
 from comfy_saas.jobs.operations import Caller
 
-
-def parse_api_keys(spec: str) -> list[tuple[str, str | None]]:
-    """'k1, k2:alice' -> [('k1', None), ('k2', 'alice')]."""
-    keys = []
-    for part in (p.strip() for p in spec.split(",")):
-        if part:
-            key, _, user = part.partition(":")
-            keys.append((key, user or None))
-    return keys
+__all__ = ["authenticate", "parse_api_keys"]
 
 
 def authenticate(settings: Settings, authorization: str | None) -> Caller:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -27,8 +27,8 @@ from comfy_saas.jobs.request import JobRequest
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.templates import TemplateRequest
 from comfy_saas.jobs.views import job_view
-from comfy_saas.web import waiting
-from comfy_saas.web.auth import authenticate
+from comfy_saas.web import params, waiting
+from comfy_saas.web.auth import authenticate, parse_api_keys
 from comfy_saas.web.errors_http import error_response
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 def _error(exc: Exception) -> JSONResponse:
     if not isinstance(exc, ComfySaasError):
         log.exception("unhandled error")
+    _let_frames_go(exc)
     return _json(*error_response(exc))
 
 
@@ -67,40 +68,53 @@ async def respond_waiting(svc: Services, request: Request, call: Callable[[], tu
     return _json(200 if finished else 202, waited or view)
 
 
+def _let_frames_go(exc: BaseException | None) -> None:
+    """Drop the tracebacks of an answered error. They hold every frame the error passed through, and so
+    the request body; the awaiting frames form a reference cycle that only the garbage collector frees,
+    which kept a few 100 MB bodies alive long after their 4xx had been sent."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__context__
+
+
 def _caller(svc: Services, request: Request) -> api.Caller:
     return authenticate(svc.settings, request.headers.get("authorization"))
 
 
-async def _body(svc: Services, request: Request) -> bytes:
+async def _body(svc: Services, request: Request) -> bytearray:
+    """The body, streamed into one buffer under the size cap (a declared size over it is refused unread):
+    one growing bytearray rather than a list of chunks joined at the end, so one copy instead of two."""
     limit = svc.settings.limits.max_body_bytes
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if not declared.isascii() or (declared.isdigit() and int(declared) > limit):
         raise BodyTooLarge(f"the body is larger than {limit} bytes", field="body")
-    chunks, size = [], 0
+    body = bytearray()
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise BodyTooLarge(f"the body is larger than {limit} bytes", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body
 
 
-def _limit(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return 20
-    if not raw.isdigit():
-        raise InvalidInput("limit must be a whole number", field="limit")
-    return int(raw)
+def _refused_unread(exc: Exception) -> JSONResponse:
+    # The rest of the body is never read: ask the client to close the connection rather than send it.
+    status, body, headers = error_response(exc)
+    return _json(status, body, {**headers, "Connection": "close"})
 
 
 async def handle_submit(svc: Services, request: Request) -> JSONResponse:
+    """Authenticate from the headers before a byte of the body is read, so a caller without a valid key
+    costs no memory however much it sends; then stream the body under the size cap."""
     try:
+        caller = _caller(svc, request)
         body = await _body(svc, request)
-    except BodyTooLarge as exc:
-        return _json(*error_response(exc))
+    except ComfySaasError as exc:
+        return _refused_unread(exc)
 
     def call() -> tuple[int, dict]:
-        view, created = api.submit_job(svc, _caller(svc, request), body)
+        view, created = api.submit_job(svc, caller, body)
         return (201 if created else 200), view
 
     return await respond_waiting(svc, request, call)
@@ -132,7 +146,7 @@ async def handle_get(svc: Services, request: Request, job_id: str | None) -> JSO
 async def handle_list(svc: Services, request: Request) -> JSONResponse:
     q = request.query_params
     return await respond(lambda: (200, api.list_jobs(svc, _caller(svc, request), status=q.get("status"),
-                                                     cursor=q.get("cursor"), limit=_limit(q.get("limit")),
+                                                     cursor=q.get("cursor"), limit=q.get("limit"),
                                                      user_id=q.get("user_id"))))
 
 
@@ -212,11 +226,12 @@ async def handle_events(svc: Services, request: Request, job_id: str | None, max
     """Server-Sent Events: every progress event (id = its sequence number), then the terminal event.
     Resume with Last-Event-ID. After max_s the stream asks the client to reconnect (Modal's web limit)."""
     try:  # the same visibility rules as GET
-        await run_in_threadpool(lambda: api.get_job(svc, _caller(svc, request), job_id or ""))
+        await run_in_threadpool(lambda: api.visible_job(svc, _caller(svc, request), job_id or ""))
+        after = params.last_event_id(request.headers.get("last-event-id"), request.query_params.get("last_event_id"))
     except Exception as exc:
+        if not isinstance(exc, ComfySaasError):
+            log.exception("unhandled error")
         return _json(*error_response(exc))
-    last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
-    after = int(last) if last.isdigit() else 0
     return StreamingResponse(_event_stream(svc, job_id or "", after, max_s, poll_s), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -252,7 +267,8 @@ async def handle_health(svc: Services) -> JSONResponse:
 
 def _file_response(svc: Services, key: str, expires: str, sig: str) -> FileResponse:
     store = svc.objects
-    if not isinstance(store, LocalStore) or not expires.isdigit() or not store.verify(key, int(expires), sig):
+    at, signature = params.link_expiry(expires), params.link_signature(sig)
+    if not isinstance(store, LocalStore) or at is None or signature is None or not store.verify(key, at, signature):
         raise NotFound("no such file, or its link expired")
     path = store.path(key)
     if not path.is_file():
@@ -262,6 +278,7 @@ def _file_response(svc: Services, key: str, expires: str, sig: str) -> FileRespo
 
 def create_app(svc: Services) -> FastAPI:
     """The local server: /v1/jobs routes, /health, signed /files, OpenAPI at /docs."""
+    parse_api_keys(svc.settings.api_keys)  # a malformed COMFY_API_KEYS stops the server before it listens
     app = FastAPI(title="comfy-saas", version="0.1.0", description="ComfyUI jobs: submit, watch, cancel, collect.")
     body_doc = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/JobRequest"}}}}}
@@ -283,7 +300,8 @@ def create_app(svc: Services) -> FastAPI:
         return await handle_get(svc, request, job_id)
 
     @app.get("/v1/jobs/{job_id}/events", summary="Stream progress as Server-Sent Events")
-    async def events(request: Request, job_id: str) -> Response:
+    async def events(request: Request, job_id: str, last_event_id: str | None = None,
+                     last_event_header: str | None = Header(default=None, alias="Last-Event-ID")) -> Response:
         return await handle_events(svc, request, job_id)
 
     @app.post("/v1/jobs/{job_id}/cancel", summary="Cancel a job")
@@ -311,7 +329,7 @@ def create_app(svc: Services) -> FastAPI:
     async def metrics_page(request: Request) -> Response:
         return await handle_metrics(svc, request)
 
-    @app.get("/files/{key:path}", include_in_schema=False)
+    @app.get("/files/{key:path}", summary="Download an output through a signed link")
     async def files(key: str, expires: str = "", sig: str = "") -> Any:
         try:
             return await run_in_threadpool(_file_response, svc, key, expires, sig)
