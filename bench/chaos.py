@@ -86,7 +86,7 @@ class Chaos:
                     "COMFY_HEARTBEAT_STALE_S": "2", "COMFY_MAX_ATTEMPTS": "50", "COMFY_CANCEL_POLL_S": "0.2",
                     "COMFY_WEBHOOK_SECRET": SECRET, "COMFY_WEBHOOK_BACKOFF_S": "0.2",
                     "COMFY_PRIVATE_URL_ALLOWLIST": "127.0.0.1/32", "COMFY_URL_SIGNING_SECRET": "chaos",
-                    "COMFY_WEBHOOK_TIMEOUT_S": "30"}
+                    "COMFY_WEBHOOK_TIMEOUT_S": "10"}
         if args.rpc_ms:
             self.env.update({"COMFY_TWIN_PROFILE": "modal", "COMFY_TWIN_RPC_MS": str(args.rpc_ms)})
         self.settings = Settings.from_env(self.env)

@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # the container sits above; only its shape is used here
 
 log = logging.getLogger(__name__)
 
-STALE_ATTEMPT_S = 300  # an attempt claimed this long ago but never recorded died with its sender
 Sender = Callable[[str, bytes, dict[str, str]], int]
 
 
@@ -87,7 +86,8 @@ def _record(svc: Services, delivery: dict[str, Any], entry: dict[str, Any], now:
 def _recover_lost_attempt(svc: Services, delivery: dict[str, Any], n: int, now: datetime) -> bool:
     claim = svc.store.webhook_attempt_claim(delivery["job_id"], n) or {}
     claimed_at = datetime.fromisoformat(claim.get("at", now.isoformat()))
-    if (now - claimed_at).total_seconds() < STALE_ATTEMPT_S:
+    # A sender gives up after webhook_timeout_s; one silent for twice that (and a little) died with its attempt.
+    if (now - claimed_at).total_seconds() < 2 * svc.settings.webhook_timeout_s + 5:
         return False  # someone is sending it right now
     _record(svc, delivery, {"n": n, "at": now.isoformat(), "status_code": None, "error": "sender lost"}, now)
     return True
