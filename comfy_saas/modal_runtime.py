@@ -37,14 +37,14 @@ def deployed_services() -> Services:
     return services(modal.Dict.from_name(names.JOBS_DICT), modal.Queue.from_name(names.WORK_QUEUE))
 
 
-def sweep(svc: Services, wake: Callable[[str], None]) -> dict[str, int]:
-    """The scheduled sweep: lost workers, timeouts, lost wake-ups, webhook retries; wakes pools with work."""
+def sweep(svc: Services, wake_all: Callable[[], dict[str, int]]) -> dict[str, int]:
+    """The scheduled sweep: lost workers, timeouts, lost wake-ups, webhook retries; then every pool is woken
+    (Wakeups.wake_all): drains for pools with queued work and no drain to take it, and each pool's floor."""
     from comfy_saas.jobs import sweeper, webhooks
 
     done = sweeper.sweep(svc)
     done.update({f"webhook_{k}": v for k, v in webhooks.dispatch(svc, owner="sweep").items()})
-    if done.get("reenqueue") or done.get("requeue"):
-        wake(svc.settings.default_pool)
+    done.update({f"spawned_{pool}": n for pool, n in wake_all().items() if n})
     return dict(done)
 
 

@@ -19,7 +19,7 @@ LAYERS = [
     ["jobs.lifecycle"],
     ["jobs.views", "jobs.webhooks"],
     ["jobs.services"],
-    ["jobs.operations", "jobs.sweeper", "jobs.cleanup"],
+    ["jobs.operations", "jobs.sweeper", "jobs.cleanup", "jobs.wakeups"],
     ["jobs.ops"],
     ["runner", "web"],
     ["local", "modal_runtime"],

@@ -14,6 +14,8 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from comfy_saas.config.pools import PoolSpec, parse_pool_gpus, parse_pools
+
 ENV_PREFIX = "COMFY_"
 # Modal keeps a Dict entry 7 days after its last read or write; records cannot be kept longer.
 DICT_ENTRY_TTL_DAYS = 7
@@ -44,7 +46,8 @@ class Limits:
     max_metadata_bytes: int = opt(8 * 1024, "metadata as JSON")
     max_url_length: int = opt(2_048, "length of a media or webhook URL")
     max_string_length: int = opt(256, "length of short identifiers")
-    max_timeout_s: int = opt(24 * 3600, "longest timeout_s a job may ask for")
+    max_timeout_s: int = opt(24 * 3600, "longest timeout_s a job may ask for (a pool's own cap, set from its "
+                                          "worker timeout in COMFY_POOLS, may be lower)")
     max_body_bytes: int = opt(100 * 1024 * 1024, "size of a request body")
 
 
@@ -97,7 +100,8 @@ class Settings:
     public_base_url: str = opt("http://127.0.0.1:8000", "base of local download URLs")
     presign_expiry_s: int = opt(3_600, "lifetime of download URLs (R2 caps it at 7 days)")
     default_pool: str = opt("default", "pool of jobs that name none")
-    api_keys: str = opt("", "`key` or `key:user_id`, comma-separated; a bound key sees only its user's jobs")
+    api_keys: str = opt("", "`key` or `key:user_id`, each optionally `@pool1|pool2` (the only pools it may use), "
+                            "comma-separated; a bound key sees only its user's jobs")
     require_auth: bool = opt(True, "refuse requests without a key even when no keys are configured")
     max_attempts: int = opt(3, "attempts per job before a lost worker fails it")
     heartbeat_stale_s: float = opt(60.0, "a running job silent this long has lost its worker")
@@ -115,7 +119,14 @@ class Settings:
     warmup_workflow: str = opt("", "workflow file each worker runs once before its first job")
     max_active_jobs: int = opt(0, "queued + running jobs allowed at once (0: no cap)")
     max_active_jobs_per_user: int = opt(0, "the same per user (0: no cap)")
-    gpu_config: str = opt("", "at deploy time: GPU types in fallback order, comma-separated, instead of deploy.toml's")
+    gpu_config: str = opt("", "at deploy time: the default pool's GPU types in fallback order, comma-separated, "
+                              "instead of deploy.toml's (shorthand for its COMFY_POOL_GPUS entry)")
+    pools: str = opt("default", "pools a job may name, comma-separated, each `name[:floor=N][:ceiling=N]"
+                                "[:max_timeout_s=N]`; on Modal written from deploy.toml at deploy")
+    pool_gpus: str = opt("", "at deploy time: per-pool GPU lists replacing deploy.toml's, `pool=GPU,GPU;pool2=GPU`")
+    drain_lease_s: float = opt(120.0, "a running drain renews its slot every third of this; a slot not renewed "
+                                      "for this long is free again (its container died)")
+    drain_start_grace_s: float = opt(900.0, "a spawned drain that has not started after this long is counted lost")
     limits: Limits = section(Limits, "COMFY_LIMIT_*")
     r2: R2Config = section(R2Config, "COMFY_R2_*")
     comfyui: ComfyUISource = section(ComfyUISource, "COMFY_COMFYUI_*")
@@ -140,6 +151,18 @@ class Settings:
             raise ValueError(f"COMFY_TWIN_PROFILE={self.twin.profile!r}: use local or modal")
         if self.retention_days < 1:
             raise ValueError("COMFY_RETENTION_DAYS must be at least 1")
+        self.pool_table()
+
+    def pool_table(self) -> dict[str, PoolSpec]:
+        """The pools jobs may name (COMFY_POOLS), with the default pool always among them."""
+        try:
+            pools = parse_pools(self.pools)
+            parse_pool_gpus(self.pool_gpus)
+        except ValueError as exc:
+            raise ValueError(f"COMFY_POOLS / COMFY_POOL_GPUS: {exc}") from None
+        if self.default_pool not in pools:
+            raise ValueError(f"COMFY_DEFAULT_POOL={self.default_pool!r} is not in COMFY_POOLS ({', '.join(pools)})")
+        return pools
 
     def check_retention(self, entries_expire: bool) -> None:
         """Records live at most 7 days after their last use on Modal: a longer retention cannot be honoured."""

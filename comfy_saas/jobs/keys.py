@@ -78,6 +78,11 @@ def object_info(pool: str) -> str:
     return f"object_info:{pool}"
 
 
+def drain_slot(pool: str, n: int) -> str:
+    """Slot n (0 .. ceiling-1) of a pool's drains: spawned, idle or busy, and until when (wakeups.py)."""
+    return f"drain:{pool}:{n}"
+
+
 def partition(pool: str) -> str:
     return pool
 

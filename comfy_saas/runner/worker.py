@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from comfy_saas import logs
 from comfy_saas.backends import safe_fetch
@@ -83,6 +83,17 @@ class Run:
                        prepare_ms=ms(self.phases.get("prepare", 0.0)), execute_ms=ms(self.phases.get("execute", 0.0)),
                        upload_ms=ms(self.phases.get("upload", 0.0)), finish_ms=ms(rest),
                        total_ms=ms(finished.timestamp() - created), nodes=self.nodes, warmup_ms=self.warmup_ms)
+
+
+class DrainLease(Protocol):
+    """What a drain tells its slot (jobs/wakeups.py): busy while it runs a job, idle while it waits."""
+
+    def busy(self) -> None: ...
+    def idle(self) -> None: ...
+
+
+def _time_left(deadline: float | None) -> float:
+    return float("inf") if deadline is None else deadline - time.monotonic()
 
 
 def new_worker_id() -> str:
@@ -166,22 +177,43 @@ class Worker:
         except ComfyUnavailable as exc:
             logs.event(log, "object_info.capture_failed", logging.WARNING, worker_id=self.worker_id, error=str(exc))
 
-    def drain(self, idle_s: float, first_wait_s: float = 0.5) -> int:
+    def drain(self, idle_s: float, first_wait_s: float = 0.5, deadline: float | None = None,
+              lease: DrainLease | None = None, keep_pulling: bool = False, max_job_s: float | None = None) -> int:
         """Take jobs until the queue stays empty for idle_s (one Modal input); how many wake-ups it handled.
-        A drain that finds nothing at first returns at once: many are spawned, few are needed."""
+        A drain that finds nothing at first returns at once. With a deadline (time.monotonic) it takes no job
+        whose timeout would run past it: it hands that wake-up back and stops (a job longer than max_job_s,
+        which no drain could finish, fails instead). A floor drain (keep_pulling) does not stop when idle, only
+        at its deadline. `lease` hears when the drain turns busy and idle."""
         handled = 0
         self.prepare()
-        wait_s = first_wait_s
+        wait_s = idle_s if keep_pulling else first_wait_s
         try:
-            while (job_id := self.store.next_job_id(self.pool, timeout_s=wait_s)) is not None:
+            while (left := _time_left(deadline)) > 0:
+                job_id = self.store.next_job_id(self.pool, timeout_s=min(wait_s, left))
+                if job_id is None:
+                    if keep_pulling:
+                        continue
+                    break
                 handled, wait_s = handled + 1, idle_s
-                if not self.process(job_id):
+                if lease is not None:
+                    lease.busy()
+                try:
+                    carry_on = self.process(job_id, deadline, max_job_s)
+                finally:
+                    if lease is not None:
+                        lease.idle()
+                if not carry_on:
                     break
         finally:
             self.events.close()
         return handled
 
-    def process(self, job_id: str) -> bool:
+    def has_time_for(self, job: Job, deadline: float | None) -> bool:
+        """Whether the job's whole timeout fits before the drain's deadline (always, without one)."""
+        limit = job.timeout_s or self.settings.job_timeout_s
+        return deadline is None or time.monotonic() + limit <= deadline
+
+    def process(self, job_id: str, deadline: float | None = None, max_job_s: float | None = None) -> bool:
         """Handle one wake-up; False when this worker should stop taking jobs."""
         job = self.store.get(job_id)
         if job is None or job.status is not Status.QUEUED:
@@ -189,6 +221,15 @@ class Worker:
         if self.store.cancel_requested(job_id):
             self.lifecycle.cancel(job_id)
             return True
+        if max_job_s is not None and (job.timeout_s or self.settings.job_timeout_s) > max_job_s:
+            self.lifecycle.fail(job, JobError(type="timeout_too_long", message=f"the job's timeout is above the "
+                                              f"{max_job_s:.0f} s its pool's workers can run"), self.worker_id)
+            return True
+        if not self.has_time_for(job, deadline):
+            # Modal would kill the job at the input's timeout: a fresh drain (a new input) takes it instead.
+            self.store.enqueue(job)
+            logs.event(log, "worker.deadline_near", job_id=job_id, worker_id=self.worker_id, pool=job.pool)
+            return False
         if not self.comfy.healthy():
             self.store.enqueue(job)  # hand the wake-up back before anything is claimed
             return self.on_unhealthy()
