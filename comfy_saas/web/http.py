@@ -169,43 +169,15 @@ def _file_response(svc: Services, key: str, expires: str, sig: str) -> FileRespo
 
 
 def create_app(svc: Services) -> FastAPI:
-    """The local server: /v1/jobs routes, /health, signed /files, OpenAPI at /docs."""
+    """The local server: every operation of web/routes.py at its REST path, signed /files, OpenAPI at /docs."""
+    from comfy_saas.web import routes
+
     app = FastAPI(title="comfy-saas", version="0.1.0", description="ComfyUI jobs: submit, watch, cancel, collect.")
-    body_doc = {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/JobRequest"}}}}}
-
-    @app.post("/v1/jobs", status_code=201, openapi_extra=body_doc, summary="Submit a job")
-    async def submit(request: Request) -> JSONResponse:
-        return await handle_submit(svc, request)
-
-    @app.get("/v1/jobs", summary="List jobs, newest first")
-    async def list_(request: Request, status: str | None = None, cursor: str | None = None,
-                    limit: str | None = None, user_id: str | None = None) -> JSONResponse:
-        return await handle_list(svc, request)
-
-    @app.get("/v1/jobs/{job_id}", summary="Get a job with fresh output URLs")
-    async def get(request: Request, job_id: str) -> JSONResponse:
-        return await handle_get(svc, request, job_id)
-
-    @app.get("/v1/jobs/{job_id}/events", summary="Stream progress as Server-Sent Events")
-    async def events(request: Request, job_id: str) -> Response:
-        return await handle_events(svc, request, job_id)
-
-    @app.post("/v1/jobs/{job_id}/cancel", summary="Cancel a job")
-    async def cancel(request: Request, job_id: str) -> JSONResponse:
-        return await handle_cancel(svc, request, job_id)
-
-    @app.delete("/v1/jobs/{job_id}", summary="Cancel a job")
-    async def delete(request: Request, job_id: str) -> JSONResponse:
-        return await handle_cancel(svc, request, job_id)
-
-    @app.get("/health", summary="Store and queue reachability, queue depth")
-    async def health() -> JSONResponse:
-        return await handle_health(svc)
-
-    @app.get("/metrics", summary="Prometheus metrics over recent jobs")
-    async def metrics_page(request: Request) -> Response:
-        return await handle_metrics(svc, request)
+    for route in routes.ROUTES:
+        handler = routes.endpoint(route, lambda: svc, "local")
+        extra = routes.body_doc() if route.body else None
+        for method, path in ((route.method, route.path), *route.aliases):
+            app.add_api_route(path, handler, methods=[method], openapi_extra=extra)
 
     @app.get("/files/{key:path}", include_in_schema=False)
     async def files(key: str, expires: str = "", sig: str = "") -> Any:
