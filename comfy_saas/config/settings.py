@@ -98,7 +98,7 @@ class Settings:
     storage_backend: str = opt("local", "local (folder + signed URLs) or s3 (R2)")
     url_signing_secret: str = opt("", "HMAC key of local download URLs (default: random per data dir)")
     public_base_url: str = opt("http://127.0.0.1:8000", "base of local download URLs")
-    presign_expiry_s: int = opt(3_600, "lifetime of download URLs (R2 caps it at 7 days)")
+    presign_expiry_s: int = opt(3_600, "lifetime of download URLs (R2 caps it at 7 days; longer values are clamped)")
     default_pool: str = opt("default", "pool of jobs that name none")
     api_keys: str = opt("", "`key` or `key:user_id`, each optionally `@pool1|pool2` (the only pools it may use), "
                             "comma-separated; a bound key sees only its user's jobs")
