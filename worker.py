@@ -79,10 +79,6 @@ def pool_image(pool: Pool) -> modal.Image:
     return image
 
 
-def plan(pool: Pool) -> DrainPlan:
-    return DrainPlan(pool.name, pool.timeout_s, pool.drain_margin_s, pool.drain_idle_s, pool.floor)
-
-
 def spawn(pool: str, slot: int) -> None:
     """Start one drain input of a pool's class (jobs/wakeups.py decides when, and which slot it holds)."""
     POOL_CLASSES[pool]().drain.spawn(slot)
@@ -121,7 +117,7 @@ class PoolWorker:
         started = time.monotonic()  # this input's timeout runs from here: its deadline derives from it
         from comfy_saas.runner.drains import run_drain
 
-        return run_drain(self.worker, self.wakeups, plan(CONFIG.pool(self.pool)), slot, started)
+        return run_drain(self.worker, self.wakeups, DrainPlan.for_pool(CONFIG.pool(self.pool)), slot, started)
 
     @modal.exit()
     def stop_comfyui(self) -> None:

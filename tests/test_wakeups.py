@@ -16,6 +16,8 @@ from conftest import WORKFLOW, submit, wait_until
 from fake_comfy import InstantComfy
 
 from comfy_saas import modal_runtime
+from comfy_saas.config.deploy import Pool
+from comfy_saas.config.pools import format_pools
 from comfy_saas.errors import QueueFull
 from comfy_saas.jobs import keys
 from comfy_saas.jobs.model import Status
@@ -166,6 +168,19 @@ def test_a_drain_near_its_deadline_hands_the_job_to_a_fresh_one(pooled: Services
     wait_until(lambda: pooled.store.get(job.id).status is Status.COMPLETED, 10, "the job")
     spawner.finish()
     assert spawner.calls == [("default", 0), ("default", 0)] and pooled.store.get(job.id).attempts == 1
+
+
+def test_a_job_capped_at_its_pools_maximum_fits_a_fresh_drain(pooled: Services, tmp_path: Path):
+    pool = Pool(name="default", gpus=["L4"], timeout_s=900, drain_margin_s=120, drain_idle_s=0.2)
+    svc_settings = replace(pooled.settings, pools=format_pools([pool.spec()]))
+    pooled.settings = pooled.store.settings = pooled.lifecycle.settings = svc_settings
+    spawner = Spawner(pooled, tmp_path)
+    spawner.plans["default"] = DrainPlan.for_pool(pool)
+    view, _ = submit_job(pooled, Caller("k"), {"workflow": WORKFLOW})  # no timeout_s: the default, capped
+    assert view["timeout_s"] == pool.max_job_timeout_s == 900 - 120 - 60
+    wait_until(lambda: pooled.store.get(view["id"]).status is Status.COMPLETED, 10, "the capped job")
+    spawner.finish()
+    assert spawner.calls == [("default", 0)]
 
 
 def test_a_job_no_drain_could_finish_fails_instead_of_circling(pooled: Services, tmp_path: Path):

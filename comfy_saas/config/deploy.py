@@ -39,6 +39,11 @@ class Model(BaseModel):
     subdir: str
 
 
+# A drain's own start (reading its first wake-up, claiming the job) may take this long before a job whose
+# timeout is its pool's maximum still fits; without it such a job would never fit any drain.
+DRAIN_START_ALLOWANCE_S = 60
+
+
 class Pool(BaseModel):
     """One worker pool: its own Modal class, GPU fallback list, container floor and ceiling, timeouts, and
     optionally extra custom nodes and models on top of the shared image."""
@@ -68,8 +73,8 @@ class Pool(BaseModel):
 
     @property
     def max_job_timeout_s(self) -> int:
-        """The longest job a drain of this pool can run start to finish: jobs above it are refused (422)."""
-        return self.timeout_s - self.drain_margin_s
+        """The longest job a fresh drain of this pool can run start to finish: jobs above it are refused (422)."""
+        return self.timeout_s - self.drain_margin_s - DRAIN_START_ALLOWANCE_S
 
     @property
     def class_name(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from comfy_saas.config.deploy import Pool
 from comfy_saas.jobs.wakeups import Wakeups
 from comfy_saas.runner.worker import Worker
 
@@ -23,6 +24,13 @@ class DrainPlan:
     margin_s: float = 300.0  # kept back for the last job's upload and finish
     idle_s: float = 10.0  # an ordinary drain returns after its queue has been empty this long
     floor: int = 0  # slots below this hold floor drains, which keep pulling while idle
+    max_job_s: float | None = None  # a longer job fits no drain and fails (default: timeout_s - margin_s)
+
+    @classmethod
+    def for_pool(cls, pool: Pool) -> DrainPlan:
+        """The plan of a deploy.toml pool: its jobs are capped (at submit) at what a fresh drain can run."""
+        return cls(pool.name, pool.timeout_s, pool.drain_margin_s, pool.drain_idle_s, pool.floor,
+                   pool.max_job_timeout_s)
 
     def deadline(self, started: float) -> float:
         """The last moment (time.monotonic) a job may still be running, for an input started at `started`."""
@@ -36,7 +44,8 @@ def run_drain(worker: Worker, wakeups: Wakeups, plan: DrainPlan, slot: int, star
     lease.start()
     try:
         handled = worker.drain(plan.idle_s, deadline=plan.deadline(started), lease=lease,
-                               keep_pulling=slot < plan.floor, max_job_s=plan.timeout_s - plan.margin_s)
+                               keep_pulling=slot < plan.floor,
+                               max_job_s=plan.max_job_s or plan.timeout_s - plan.margin_s)
     finally:
         lease.release()
     wakeups.wake(plan.pool)  # a wake-up handed back at the deadline, or work that arrived as this drain left

@@ -222,8 +222,9 @@ class Worker:
             self.lifecycle.cancel(job_id)
             return True
         if max_job_s is not None and (job.timeout_s or self.settings.job_timeout_s) > max_job_s:
-            self.lifecycle.fail(job, JobError(type="timeout_too_long", message=f"the job's timeout is above the "
-                                              f"{max_job_s:.0f} s its pool's workers can run"), self.worker_id)
+            error = JobError(type="timeout_too_long", message=f"the job's timeout is above the {max_job_s:.0f} s "
+                                                              f"its pool's workers can run")
+            self.lifecycle.take_over(job, Status.FAILED, error, self.worker_id)  # None: decided elsewhere
             return True
         if not self.has_time_for(job, deadline):
             # Modal would kill the job at the input's timeout: a fresh drain (a new input) takes it instead.
