@@ -206,9 +206,15 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _body(self) -> bytes | None:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return None
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        """The body as sent; None for a chunked one (read to its end all the same, so the client, still
+        sending, gets the refusal rather than a connection reset)."""
+        if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        while (size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)) > 0:
+            self.rfile.read(size + 2)  # the chunk and its CRLF
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers (aws-chunked checksums)
+            pass
+        return None
 
     def _serve(self) -> None:
         body = self._body()
@@ -219,7 +225,6 @@ class _Handler(BaseHTTPRequestHandler):
                 raise Refused(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
         except Refused as refused:
             self.server.refusals.append((refused.code, refused.message))
-            self.close_connection = body is None
             return self._reply(refused.status, {"Content-Type": "application/xml"}, _xml(refused))
         status, headers, answer = self._forward(req)
         if req.op == "UploadPart" and status == 200:

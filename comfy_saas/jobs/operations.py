@@ -48,7 +48,7 @@ def route_to_pool(svc: Services, caller: Caller, request: JobRequest) -> JobRequ
     cap, timeout = table[pool].max_timeout_s, request.timeout_s
     if cap is not None and timeout is not None and timeout > cap:
         raise InvalidInput(f"timeout_s: pool {pool!r} runs jobs of at most {cap} seconds (its workers' Modal "
-                           f"timeout less the drain margin)", field="timeout_s")
+                           f"timeout less the time a drain keeps back)", field="timeout_s")
     if cap is not None and timeout is None and svc.settings.job_timeout_s > cap:
         timeout = cap
     return request.model_copy(update={"pool": pool, "timeout_s": timeout})
