@@ -1,31 +1,39 @@
-"""Modal wiring only: the API image, one web endpoint per operation, remote-callable functions for other
-Modal apps, the schedules, and the GPU worker pool from worker.py. `modal deploy app.py` deploys it all.
+"""Modal wiring only: the API image, one web endpoint per operation (from the route table the local server
+uses too), remote-callable functions for other Modal apps, the schedules, and the GPU worker pools from
+worker.py. `modal deploy app.py` deploys it all.
 
-Every function hands over to plain code in the comfy_saas package; named Modal objects come from storage.py.
+Every function hands over to plain code in the comfy_saas package; named Modal objects come from storage.py,
+sizes and timeouts from deploy.toml.
 """
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import modal
-from fastapi import Request
 
 import storage
 import worker
 from comfy_saas.config import names
+from comfy_saas.web import routes
 
 HERE = Path(__file__).resolve().parent
+API = worker.CONFIG.api
 
 app = modal.App(names.APP_NAME)
 app.include(worker.worker_app)
 
+# `comfy-saas` on the PATH, for `modal shell app.py::sweep` (the package itself is mounted under /root).
+CLI = "/usr/local/bin/comfy-saas"
+CLI_SHIM = "#!/usr/bin/env python3\nimport sys\nsys.path.insert(0, '/root')\nfrom comfy_saas.cli import main\n" \
+           "sys.exit(main())\n"
 api_image = (
     modal.Image.debian_slim(python_version=worker.CONFIG.comfyui.python)
     .pip_install_from_pyproject(str(HERE / "pyproject.toml"))
-    .env(storage.RUNTIME_ENV)
-    .add_local_python_source("comfy_saas", "storage", "worker")
-    .add_local_dir(HERE / "memory_snapshot_helper", "/root/memory_snapshot_helper")
+    .run_commands(f"printf %s {shlex.quote(CLI_SHIM)} > {CLI} && chmod +x {CLI}")
+    # The project last, mounted when a container starts: a code edit rebuilds no layer.
+    .add_local_python_source("comfy_saas", "storage", "worker", "model_download")
     .add_local_file(HERE / "deploy.toml", "/root/deploy.toml")
     .add_local_file(HERE / "pyproject.toml", "/root/pyproject.toml")
 )
@@ -33,142 +41,54 @@ api_image = (
 # Per-function options in one table, so the offline test reads exactly what was registered.
 SCHEDULES = {"sweep": modal.Cron("* * * * *", timezone="UTC"),
              "cleanup_expired": modal.Cron("0 3 * * *", timezone="UTC")}
-TIMEOUTS_S = {"endpoint": 60, "events": 150, "remote": 60, "sweep": 55, "cleanup_expired": 3600,
-              "worker": worker.WORKER_TIMEOUT_S}
-EVENTS_STREAM_S = 120.0  # an SSE stream ends before its function's timeout; the client reconnects
+TIMEOUTS_S = {"endpoint": API.timeout_s, "events": API.events_timeout_s, "remote": API.timeout_s, "sweep": 55,
+              "cleanup_expired": 3600}
+EVENTS_STREAM_S = API.events_stream_s  # an SSE stream ends before its function's timeout; the client resumes
+WARM_ENDPOINTS = {"submit", "job"}  # kept at api.min_containers: the calls a client makes first and most
+COMMON = {"image": api_image, "env": worker.RUNTIME_ENV, "secrets": storage.SECRETS}
 
 
 def _services():
-    return storage.services(worker.wake)
+    storage.wakeups(worker.spawn)  # every accepted submission wakes its pool (coalesced; jobs/wakeups.py)
+    return storage.services()
 
 
-# --- web endpoints: one per operation; ids travel as query parameters ---------------------------
-def endpoint(method: str, timeout_s: int = TIMEOUTS_S["endpoint"]):
-    def wrap(fn):
-        web = modal.fastapi_endpoint(method=method, docs=True)(fn)
-        return app.function(image=api_image, secrets=storage.SECRETS, timeout=timeout_s)(web)
-    return wrap
+def _concurrent(fn):
+    # The handlers wait on the Dict, the Queue and R2, not on the CPU: one container serves many at once.
+    return modal.concurrent(max_inputs=API.max_inputs, target_inputs=API.target_inputs)(fn)
 
 
-@endpoint("POST")
-async def submit(request: Request):
-    from comfy_saas.web import http
-
-    return await http.handle_submit(_services(), request)
-
-
-@endpoint("GET")
-async def job(request: Request, id: str = ""):
-    from comfy_saas.web import http
-
-    return await http.handle_get(_services(), request, id)
+# --- web endpoints: one per operation of web/routes.py; ids travel as ?id= ---------------------------------
+ENDPOINTS: dict[str, modal.Function] = {}
+for _route in routes.ROUTES:
+    _handler = routes.endpoint(_route, _services, "modal", events_stream_s=EVENTS_STREAM_S)
+    _handler.__module__ = __name__  # a module global of this file: the container finds it by name
+    _web = _concurrent(modal.fastapi_endpoint(method=_route.method, docs=True)(_handler))
+    globals()[_route.name] = ENDPOINTS[_route.name] = app.function(
+        **COMMON, timeout=TIMEOUTS_S["events" if _route.name == "events" else "endpoint"],
+        min_containers=API.min_containers if _route.name in WARM_ENDPOINTS else 0)(_web)
 
 
-@endpoint("GET")
-async def jobs(request: Request):
-    from comfy_saas.web import http
-
-    return await http.handle_list(_services(), request)
+# --- remote-callable functions for other Modal apps (modal.Function.from_name) -------------------------------
+def remote(fn):
+    return app.function(**COMMON, timeout=TIMEOUTS_S["remote"])(_concurrent(fn))
 
 
-@endpoint("POST")
-async def cancel(request: Request, id: str = ""):
-    from comfy_saas.web import http
-
-    return await http.handle_cancel(_services(), request, id)
-
-
-@endpoint("GET", timeout_s=TIMEOUTS_S["events"])
-async def events(request: Request, id: str = ""):
-    from comfy_saas.web import http
-
-    return await http.handle_events(_services(), request, id, max_s=EVENTS_STREAM_S)
-
-
-@endpoint("GET")
-async def metrics(request: Request):
-    from comfy_saas.web import http
-
-    return await http.handle_metrics(_services(), request)
-
-
-@endpoint("GET")
-async def models(request: Request):
-    from comfy_saas.web import http
-
-    return await http.handle_models(_services(), request)
-
-
-@endpoint("DELETE")
-async def delete_model(request: Request, sha256: str = ""):
-    from comfy_saas.web import http
-
-    return await http.handle_model_delete(_services(), request, sha256)
-
-
-@endpoint("GET")
-async def health():
-    from comfy_saas.web import http
-
-    return await http.handle_health(_services())
-
-
-# --- workflow templates: names travel as query parameters -----------------------------------------
-@endpoint("PUT")
-async def put_workflow(request: Request, name: str = ""):
-    from comfy_saas.web import http
-
-    return await http.handle_template_put(_services(), request, name)
-
-
-@endpoint("GET")
-async def workflow(request: Request, name: str = ""):
-    from comfy_saas.web import http
-
-    return await http.handle_template_get(_services(), request, name)
-
-
-@endpoint("GET")
-async def workflows(request: Request):
-    from comfy_saas.web import http
-
-    return await http.handle_template_list(_services(), request)
-
-
-@endpoint("DELETE")
-async def delete_workflow(request: Request, name: str = ""):
-    from comfy_saas.web import http
-
-    return await http.handle_template_delete(_services(), request, name)
-
-
-@endpoint("POST")
-async def workflow_jobs(request: Request, name: str = ""):
-    from comfy_saas.web import http
-
-    return await http.handle_template_run(_services(), request, name)
-
-
-# --- remote-callable functions for other Modal apps (modal.Function.from_name) -------------------
-def remote():
-    return app.function(image=api_image, secrets=storage.SECRETS, timeout=TIMEOUTS_S["remote"])
-
-
-@remote()
+@remote
 def submit_job(request: dict, user_id: str | None = None) -> dict:
     from comfy_saas.web import remote as calls
 
     return calls.submit_job(_services(), request, user_id)
 
 
-@remote()
+@remote
 def get_job(job_id: str, user_id: str | None = None) -> dict:
     from comfy_saas.web import remote as calls
 
     return calls.get_job(_services(), job_id, user_id)
 
 
-@remote()
+@remote
 def list_jobs(user_id: str | None = None, status: str | None = None, cursor: str | None = None,
               limit: int = 20) -> dict:
     from comfy_saas.web import remote as calls
@@ -176,42 +96,42 @@ def list_jobs(user_id: str | None = None, status: str | None = None, cursor: str
     return calls.list_jobs(_services(), user_id, status=status, cursor=cursor, limit=limit)
 
 
-@remote()
+@remote
 def cancel_job(job_id: str, user_id: str | None = None) -> dict:
     from comfy_saas.web import remote as calls
 
     return calls.cancel_job(_services(), job_id, user_id)
 
 
-@remote()
+@remote
 def put_template(name: str, template: dict, user_id: str | None = None) -> dict:
     from comfy_saas.web import remote as calls
 
     return calls.put_template(_services(), name, template, user_id)
 
 
-@remote()
+@remote
 def get_template(name: str, user_id: str | None = None) -> dict:
     from comfy_saas.web import remote as calls
 
     return calls.get_template(_services(), name, user_id)
 
 
-@remote()
+@remote
 def list_templates(user_id: str | None = None) -> dict:
     from comfy_saas.web import remote as calls
 
     return calls.list_templates(_services(), user_id)
 
 
-@remote()
+@remote
 def delete_template(name: str, user_id: str | None = None) -> dict:
     from comfy_saas.web import remote as calls
 
     return calls.delete_template(_services(), name, user_id)
 
 
-@remote()
+@remote
 def submit_template_job(name: str, request: dict, user_id: str | None = None) -> dict:
     from comfy_saas.web import remote as calls
 
@@ -219,16 +139,25 @@ def submit_template_job(name: str, request: dict, user_id: str | None = None) ->
 
 
 # --- schedules ------------------------------------------------------------------------------------
-@app.function(image=api_image, secrets=storage.SECRETS, schedule=SCHEDULES["sweep"], timeout=TIMEOUTS_S["sweep"])
+@app.function(**COMMON, schedule=SCHEDULES["sweep"], timeout=TIMEOUTS_S["sweep"])
 def sweep() -> dict:
+    """Lost workers, timeouts, lost wake-ups, webhook retries; then every pool is woken (and its floor kept)."""
     from comfy_saas import modal_runtime
 
-    return modal_runtime.sweep(_services(), worker.wake)
+    return modal_runtime.sweep(_services(), storage.wakeups(worker.spawn).wake_all)
 
 
-@app.function(image=api_image, secrets=storage.SECRETS, schedule=SCHEDULES["cleanup_expired"],
-              timeout=TIMEOUTS_S["cleanup_expired"])
+@app.function(**COMMON, schedule=SCHEDULES["cleanup_expired"], timeout=TIMEOUTS_S["cleanup_expired"])
 def cleanup_expired() -> dict:
     from comfy_saas.jobs import cleanup
 
     return dict(cleanup.cleanup(_services()))
+
+
+@app.local_entrypoint()
+def verify_setup(pool: str = "") -> None:
+    """`modal run app.py::verify_setup [--pool NAME]`: each pool's models and custom nodes, and that ComfyUI
+    starts in its image."""
+    for name, verify in worker.VERIFY.items():
+        if pool in ("", name):
+            print(name, verify.remote())

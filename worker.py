@@ -1,100 +1,157 @@
-"""The GPU worker pool: one ComfyUI per memory-snapshotted container, draining its pool's queue.
+"""The GPU worker pools: one memory-snapshotted Modal class per `[[pools]]` entry of deploy.toml, named
+ComfyWorker_<pool>, each with its own GPU fallback list, floor (min_containers) and ceiling (max_containers),
+timeouts and image, and each draining only its own queue partition.
 
 ComfyUI starts during the snapshot phase on the CPU (kept CUDA-free by memory_snapshot_helper/); after a
 restore `POST /cuda/set_device` moves it to the GPU before any job, and the worker id is made then. app.py
-includes this module's App; the container imports this module on its own.
+includes this module's App; a container imports this module on its own and finds its class by name, so each
+pool class is a module global whose name is its class name.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import modal
 
+import model_download
 import storage
 from comfy_saas.config import Settings
-from comfy_saas.config.deploy import load
-from comfy_saas.modal_runtime import download_models, extra_model_paths
+from comfy_saas.config.deploy import CustomNode, Pool, load
+from comfy_saas.modal_runtime import extra_model_paths
+from comfy_saas.runner.drains import DrainPlan
 
 HERE = Path(__file__).resolve().parent
 CONFIG = load(HERE / "deploy.toml")
+DEPLOY_SETTINGS = Settings.from_env()  # at deploy time: COMFY_GPU_CONFIG / COMFY_POOL_GPUS override GPU lists
 COMFY_DIR = "/root/comfy/ComfyUI"
 MODELS_DIR = "/models"
-WORKER_TIMEOUT_S = CONFIG.pool.timeout_s
+# Every deployed container's environment (passed as function env, so changing it rebuilds no image layer):
+# the pools from deploy.toml, R2's checksum rules for any boto3 client, and a bound on how long one spawn may
+# wait out Modal's rate limiting (unbounded by default) before it raises and our backoff takes over.
+RUNTIME_ENV = {**storage.RUNTIME_ENV, **CONFIG.pools_env(), "MODAL_MAX_THROTTLE_WAIT": "5",
+               "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required", "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
 
 worker_app = modal.App()  # unnamed: deployed only as part of app.py
 
 pin = CONFIG.comfyui
-gpu_image = (
+TORCH = [f"torch=={pin.torch}", f"torchvision=={pin.torchvision}", f"torchaudio=={pin.torchaudio}"]
+CONSTRAINTS = "/root/torch-constraints.txt"  # ComfyUI and custom nodes may not move torch, torchvision, torchaudio
+
+
+def _node_commands(nodes: list[CustomNode]) -> list[str]:
+    return [f"git clone {n.repo} {COMFY_DIR}/custom_nodes/{n.name} && cd {COMFY_DIR}/custom_nodes/{n.name} && "
+            f"git checkout {n.ref} && (test ! -f requirements.txt || pip install -r requirements.txt -c {CONSTRAINTS})"
+            for n in nodes]
+
+
+# Slow, rarely changing layers first; the model download before any project file, which is mounted last
+# (copy=False) so a code edit rebuilds nothing.
+base_image = (
     modal.Image.debian_slim(python_version=pin.python)
     .apt_install("git", "ffmpeg", "libgl1", "libglib2.0-0")
-    .pip_install(f"torch=={pin.torch}", f"torchvision=={pin.torchvision}", index_url=pin.torch_index_url)
+    .pip_install(*TORCH, index_url=pin.torch_index_url)
     .pip_install_from_pyproject(str(HERE / "pyproject.toml"))
-    .pip_install("huggingface_hub[hf_transfer]>=0.24")
+    .pip_install(f"huggingface_hub[hf_xet]=={pin.huggingface_hub}")
     .run_commands(
+        "printf '" + "\\n".join(TORCH) + "\\n' > " + CONSTRAINTS,
         f"git clone {pin.repo} {COMFY_DIR}",
         f"cd {COMFY_DIR} && git checkout {pin.commit}",
-        f"pip install -r {COMFY_DIR}/requirements.txt",
-        *[f"git clone {n.repo} {COMFY_DIR}/custom_nodes/{n.name} && cd {COMFY_DIR}/custom_nodes/{n.name} && "
-          f"git checkout {n.ref} && (test ! -f requirements.txt || pip install -r requirements.txt)"
-          for n in CONFIG.custom_nodes],
+        f"pip install -r {COMFY_DIR}/requirements.txt -c {CONSTRAINTS}",
+        *_node_commands(CONFIG.custom_nodes),
         f"printf '{extra_model_paths(MODELS_DIR)}' > {COMFY_DIR}/extra_model_paths.yaml",
     )
-    .env({**storage.RUNTIME_ENV, "HF_HUB_ENABLE_HF_TRANSFER": "1"})
-    .add_local_dir(HERE / "memory_snapshot_helper", f"{COMFY_DIR}/custom_nodes/memory_snapshot_helper", copy=True)
-    .add_local_python_source("comfy_saas", copy=True)
-    .run_function(download_models, volumes={MODELS_DIR: storage.models_volume}, args=(CONFIG, MODELS_DIR))
-    .add_local_python_source("storage", "worker")
 )
-if CONFIG.warm.warmup_workflow:
-    gpu_image = gpu_image.add_local_file(HERE / CONFIG.warm.warmup_workflow, f"/root/{CONFIG.warm.warmup_workflow}")
 
 
-def wake(pool: str) -> None:
-    """Start a drain of a pool's queue (Modal runs at most max_containers of them at once)."""
-    ComfyWorker().drain.spawn(pool)
+def pool_image(pool: Pool) -> modal.Image:
+    """The base image plus the pool's own custom nodes, its models in the Volume, then the project (mounted)."""
+    image = base_image.run_commands(*_node_commands(pool.custom_nodes)) if pool.custom_nodes else base_image
+    models = [m.model_dump() for m in CONFIG.models_for(pool.name)]
+    image = (image.run_function(model_download.download, args=(models, MODELS_DIR),
+                                env={"HF_XET_HIGH_PERFORMANCE": "1"}, volumes={MODELS_DIR: storage.models_volume})
+             .add_local_dir(HERE / "memory_snapshot_helper", f"{COMFY_DIR}/custom_nodes/memory_snapshot_helper")
+             .add_local_python_source("comfy_saas", "storage", "worker", "model_download")
+             .add_local_file(HERE / "deploy.toml", "/root/deploy.toml"))
+    if CONFIG.warm.warmup_workflow:
+        image = image.add_local_file(HERE / CONFIG.warm.warmup_workflow, f"/root/{CONFIG.warm.warmup_workflow}")
+    return image
 
 
-@worker_app.cls(image=gpu_image, gpu=CONFIG.gpus(Settings.from_env().gpu_config), enable_memory_snapshot=True,
-                secrets=storage.SECRETS, volumes={MODELS_DIR: storage.models_volume}, timeout=WORKER_TIMEOUT_S,
-                min_containers=CONFIG.pool.min_containers, max_containers=CONFIG.pool.max_containers,
-                scaledown_window=CONFIG.pool.scaledown_window_s)
-class ComfyWorker:
+def spawn(pool: str, slot: int) -> None:
+    """Start one drain input of a pool's class (jobs/wakeups.py decides when, and which slot it holds)."""
+    POOL_CLASSES[pool]().drain.spawn(slot)
+
+
+class PoolWorker:
+    """What every pool's class does; the subclass built per pool sets `pool`."""
+
+    pool: str = ""
+
     @modal.enter(snap=True)
     def launch_comfyui(self) -> None:
-        """Snapshot phase: no GPU; memory_snapshot_helper keeps ComfyUI on the CPU."""
+        """Snapshot phase: no GPU (unless gpu_snapshot); memory_snapshot_helper keeps ComfyUI on the CPU."""
         from comfy_saas import modal_runtime
         from comfy_saas.runner.comfy_process import ComfyProcess
 
+        pool = CONFIG.pool(self.pool)
         self.comfy = ComfyProcess(COMFY_DIR, CONFIG.comfyui.port, modal_runtime.job_model_args())
-        self.comfy.start(ready_timeout_s=600)
-        modal_runtime.preload_checkpoints(self.comfy, CONFIG.warm.preload_checkpoints)
+        self.comfy.start(ready_timeout_s=pool.startup_timeout_s)
+        modal_runtime.warm_checkpoints(self.comfy, CONFIG.warm.preload_checkpoints, load=pool.gpu_snapshot)
 
     @modal.enter(snap=False)
     def attach_gpu(self) -> None:
         from comfy_saas import modal_runtime
 
         modal_runtime.attach_gpu(self.comfy)
+        if not CONFIG.pool(self.pool).gpu_snapshot:
+            modal_runtime.preload_checkpoints(self.comfy, CONFIG.warm.preload_checkpoints)
         warmup = f"/root/{CONFIG.warm.warmup_workflow}" if CONFIG.warm.warmup_workflow else ""
-        self.worker = modal_runtime.restored_worker(storage.services(wake, MODELS_DIR), self.comfy, Path("/tmp"),
-                                                    warmup, model_shadows=[MODELS_DIR, f"{COMFY_DIR}/models"])
+        self.wakeups = storage.wakeups(spawn)
+        self.worker = modal_runtime.restored_worker(storage.services(MODELS_DIR), self.comfy, Path("/tmp"), warmup,
+                                                    model_shadows=[MODELS_DIR, f"{COMFY_DIR}/models"], pool=self.pool)
 
     @modal.method()
-    def drain(self, pool: str = "default") -> int:
-        self.worker.pool = pool
-        return self.worker.drain(CONFIG.pool.drain_idle_s)
+    def drain(self, slot: int = 0) -> int:
+        """One drain of this pool's queue, holding wake-up slot `slot`; how many wake-ups it handled."""
+        started = time.monotonic()  # this input's timeout runs from here: its deadline derives from it
+        from comfy_saas.runner.drains import run_drain
+
+        return run_drain(self.worker, self.wakeups, DrainPlan.for_pool(CONFIG.pool(self.pool)), slot, started)
 
     @modal.exit()
     def stop_comfyui(self) -> None:
         self.comfy.stop()
 
 
-@worker_app.function(image=gpu_image, gpu=CONFIG.gpus(Settings.from_env().gpu_config),
-                     volumes={MODELS_DIR: storage.models_volume}, timeout=900)
-def verify_setup() -> dict:
-    """`modal run app.py::verify_setup`: models and custom nodes present/missing, and ComfyUI starts."""
-    from comfy_saas import modal_runtime
+def _verify(pool: str):
+    def verify() -> dict:
+        """`modal run app.py::verify_setup`: the pool's models and custom nodes present/missing, ComfyUI starts."""
+        from comfy_saas import modal_runtime
 
-    report = modal_runtime.verify_setup(CONFIG, Path(COMFY_DIR), Path(MODELS_DIR), CONFIG.comfyui.port)
-    print(report)
-    return report
+        report = modal_runtime.verify_setup(CONFIG, Path(COMFY_DIR), Path(MODELS_DIR), CONFIG.comfyui.port, pool)
+        print(report)
+        return report
+
+    verify.__name__ = verify.__qualname__ = f"verify_{pool}"  # a module global: the container finds it by name
+    return verify
+
+
+IMAGES: dict[str, modal.Image] = {}
+POOL_CLASSES: dict[str, modal.Cls] = {}
+VERIFY: dict[str, modal.Function] = {}
+for _pool in CONFIG.pools:
+    _gpus = CONFIG.gpus(_pool.name, DEPLOY_SETTINGS.gpu_config, DEPLOY_SETTINGS.pool_gpus)
+    IMAGES[_pool.name] = _image = pool_image(_pool)
+    _user_cls = type(_pool.class_name, (PoolWorker,),
+                     {"pool": _pool.name, "__module__": __name__, "__qualname__": _pool.class_name})
+    globals()[_pool.class_name] = POOL_CLASSES[_pool.name] = worker_app.cls(
+        image=_image, gpu=_gpus, env=RUNTIME_ENV, secrets=storage.SECRETS, volumes={MODELS_DIR: storage.models_volume},
+        min_containers=_pool.floor, max_containers=_pool.ceiling, scaledown_window=_pool.scaledown_window_s,
+        timeout=_pool.timeout_s, startup_timeout=_pool.startup_timeout_s, enable_memory_snapshot=True,
+        experimental_options={"enable_gpu_snapshot": True} if _pool.gpu_snapshot else None,
+    )(_user_cls)
+    _fn = _verify(_pool.name)
+    globals()[_fn.__name__] = VERIFY[_pool.name] = worker_app.function(
+        image=_image, gpu=_gpus, env=RUNTIME_ENV, volumes={MODELS_DIR: storage.models_volume}, timeout=900)(_fn)

@@ -294,7 +294,7 @@ def ops(args: argparse.Namespace) -> int:
 
         svc = local_services(_settings(args))
     if args.ops_command == "queue":
-        result: Any = operations.queue_depths(svc, args.pool or [svc.settings.default_pool])
+        result: Any = operations.queue_depths(svc, args.pool or list(svc.settings.pool_table()))
     elif args.ops_command == "inspect":
         result = operations.inspect(svc, args.job_id)
     elif args.ops_command == "requeue":
@@ -427,7 +427,7 @@ def _add_ops(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--modal", action="store_true", help="the deployed Dict/Queue instead of the local ones")
     ops_sub = p.add_subparsers(dest="ops_command", required=True)
-    q = ops_sub.add_parser("queue", help="queue depth per pool")
+    q = ops_sub.add_parser("queue", help="queue depth per pool (every pool in COMFY_POOLS unless --pool)")
     q.add_argument("--pool", action="append")
     for name in ("inspect", "requeue"):
         ops_sub.add_parser(name).add_argument("job_id")

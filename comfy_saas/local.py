@@ -41,6 +41,7 @@ class StackOptions:
     workers: int = 1
     sweep_interval_s: float = 5.0
     webhook_interval_s: float = 1.0
+    pools: list[str] | None = None  # the pools local workers serve (each gets `workers`); None: every pool
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -71,13 +72,18 @@ class LocalStack:
             return f"ComfyUI launched from {source.dir}"
         return "the built-in ComfyUI stand-in (protocol double: no models, a few Pillow nodes)"
 
+    @property
+    def pools(self) -> list[str]:
+        """The pools this stack's workers serve (COMFY_POOLS, or StackOptions.pools)."""
+        return self.options.pools or list(self.settings.pool_table())
+
     def start(self) -> None:
-        for i in range(self._worker_count()):
+        for i, pool in enumerate(p for p in self.pools for _ in range(self._worker_count())):
             client = self._comfy_for(i)
-            worker = Worker(self.services, client, scratch_dir=self._dir(f"workers/{i}/scratch"),
+            worker = Worker(self.services, client, pool=pool, scratch_dir=self._dir(f"workers/{i}/scratch"),
                             on_unhealthy=self._recovery_for(i), **job_models(self.settings, self._dir(f"comfy/{i}")))
             self.workers.append(worker)
-            self._spawn(f"worker-{i}", worker.run, self._stop)
+            self._spawn(f"worker-{i}-{pool}", worker.run, self._stop)
         self._spawn("sweeper", self._sweep_loop)
         self._spawn("webhooks", self._webhook_loop)
 
@@ -187,7 +193,8 @@ def serve(settings: Settings, options: StackOptions) -> None:
     settings = replace(settings, allow_anonymous=not settings.api_keys)
     stack = LocalStack(settings, options)
     print(f"comfy-saas: data in {settings.data_dir.resolve()}", flush=True)
-    print(f"comfy-saas: starting {stack._worker_count()} worker(s) on {stack.comfy_source}", flush=True)
+    print(f"comfy-saas: starting {stack._worker_count()} worker(s) per pool ({', '.join(stack.pools)}) on "
+          f"{stack.comfy_source}", flush=True)
     app = create_app(stack.services)  # refuses malformed settings before anything is started
     server = _signal_safe_server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
                                                 timeout_graceful_shutdown=3))

@@ -12,6 +12,7 @@ from typing import Any
 from comfy_saas.config import Settings
 from comfy_saas.config.deploy import DeployConfig, installation_report
 from comfy_saas.jobs.services import Services
+from comfy_saas.jobs.wakeups import Wakeups
 from comfy_saas.runner.comfy_process import ComfyProcess
 from comfy_saas.runner.worker import Worker, new_worker_id
 
@@ -21,21 +22,30 @@ MODEL_CACHE_SUBDIR = "job-cache"  # the model cache's folder inside the models V
 JOB_MODELS_DIR = "/tmp/comfy-saas-job-models"  # each container's own links: what its ComfyUI sees by name
 
 
-def services(jobs_dict: Any, work_queue: Any, wake: Callable[[str], None] | None = None,
-             models_volume: Any = None, models_mount: str | None = None) -> Services:
+def services(jobs_dict: Any, work_queue: Any, models_volume: Any = None, models_mount: str | None = None) -> Services:
     """The services over the deployed Dict and Queue, with settings from the attached Secrets; the model cache
-    on the models Volume (mounted at models_mount in worker containers, reached through its API elsewhere)."""
+    on the models Volume (mounted at models_mount in worker containers, reached through its API elsewhere).
+    Its `wake` is set by `wakeups()`."""
     from comfy_saas import logs
     from comfy_saas.backends.model_files import VolumeModelFiles
 
     logs.configure()
     settings = Settings.from_env()
     settings.check_retention(entries_expire=True)
-    svc = Services.over(jobs_dict, work_queue, settings, wake=wake)
+    svc = Services.over(jobs_dict, work_queue, settings)
     if models_volume is not None:
         root = Path(models_mount or "/models") / MODEL_CACHE_SUBDIR
         svc.model_files = VolumeModelFiles(models_volume, root, MODEL_CACHE_SUBDIR, mounted=models_mount is not None)
     return svc
+
+
+def wakeups(svc: Services, spawn: Callable[[str, int], None]) -> Wakeups:
+    """The wake-up component over these services, retrying spawns Modal rate-limits; it becomes svc.wake."""
+    import modal.exception
+
+    component = Wakeups(svc.store, spawn, retry_on=(modal.exception.ResourceExhaustedError,))
+    svc.wake = component.wake
+    return component
 
 
 def deployed_services() -> Services:
@@ -58,14 +68,14 @@ def job_model_args(links_dir: str = JOB_MODELS_DIR) -> list[str]:
     return ["--extra-model-paths-config", str(config)]
 
 
-def sweep(svc: Services, wake: Callable[[str], None]) -> dict[str, int]:
-    """The scheduled sweep: lost workers, timeouts, lost wake-ups, webhook retries; wakes pools with work."""
+def sweep(svc: Services, wake_all: Callable[[], dict[str, int]]) -> dict[str, int]:
+    """The scheduled sweep: lost workers, timeouts, lost wake-ups, webhook retries; then every pool is woken
+    (Wakeups.wake_all): drains for pools with queued work and no drain to take it, and each pool's floor."""
     from comfy_saas.jobs import sweeper, webhooks
 
     done = sweeper.sweep(svc)
     done.update({f"webhook_{k}": v for k, v in webhooks.dispatch(svc, owner="sweep").items()})
-    if done.get("reenqueue") or done.get("requeue"):
-        wake(svc.settings.default_pool)
+    done.update({f"spawned_{pool}": n for pool, n in wake_all().items() if n})
     return dict(done)
 
 
@@ -77,43 +87,74 @@ def attach_gpu(comfy: ComfyProcess) -> None:
 
 
 def restored_worker(svc: Services, comfy: ComfyProcess, scratch: Path, warmup_workflow: str = "",
-                    model_shadows: list[str] | None = None) -> Worker:
-    """A worker with a fresh id (never made during the snapshot, so restored containers differ). Job models are
-    linked in JOB_MODELS_DIR; `model_shadows` are the other model roots its ComfyUI reads."""
+                    model_shadows: list[str] | None = None, pool: str | None = None) -> Worker:
+    """A worker of `pool` with a fresh id (never made during the snapshot, so restored containers differ). Job
+    models are linked in JOB_MODELS_DIR; `model_shadows` are the other model roots its ComfyUI reads."""
     def unhealthy() -> bool:
         import modal.experimental
 
         modal.experimental.stop_fetching_inputs()  # this container takes no more drains
         return False
 
-    worker = Worker(svc, comfy.client, worker_id=new_worker_id(), on_unhealthy=unhealthy, scratch_dir=scratch,
-                    start_kind="restored", warmup_workflow=warmup_workflow or None, models_dir=JOB_MODELS_DIR,
-                    model_shadows=model_shadows)
-    worker.prepare()  # catalogue and warmup before the first input arrives
+    worker = Worker(svc, comfy.client, worker_id=new_worker_id(), pool=pool, on_unhealthy=unhealthy,
+                    scratch_dir=scratch, start_kind="restored", warmup_workflow=warmup_workflow or None,
+                    models_dir=JOB_MODELS_DIR, model_shadows=model_shadows)
+    worker.prepare()  # this pool's node catalogue, and the warmup, before the first input arrives
     return worker
 
 
-def preload_checkpoints(comfy: ComfyProcess, checkpoints: list[str], timeout_s: float = 900) -> None:
-    """Snapshot phase: load checkpoints into ComfyUI's cache on the CPU, so the snapshot holds them."""
+def warm_checkpoints(comfy: ComfyProcess, checkpoints: list[str], load: bool = False) -> dict[str, Any]:
+    """Snapshot phase. Without a GPU, read the checkpoint files through (memory_snapshot_helper's
+    /snapshot/warm: no torch, no CUDA), so the snapshot holds their pages and the load after restore finds
+    them in memory. With a GPU snapshot (`load`), load them onto the GPU now: the snapshot holds them there.
+    What was done: {"warmed": {name: bytes}} or {"loaded": bool}."""
     if not checkpoints:
-        return
+        return {}
+    if load:
+        return {"loaded": preload_checkpoints(comfy, checkpoints)}
+    body = json.dumps({"checkpoints": checkpoints}).encode()
+    req = urllib.request.Request(f"{comfy.url}/snapshot/warm", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=900) as resp:
+            answer = json.loads(resp.read())
+    except (OSError, ValueError) as exc:  # the restore then reads from disk: slower, never wrong
+        log.warning("warming checkpoints failed: %s", exc, extra={"event": "snapshot.warm_failed"})
+        return {"warmed": {}}
+    log.info("snapshot/warm: %s", answer, extra={"event": "snapshot.warmed"})
+    return {"warmed": answer.get("warmed", {})}
+
+
+def preload_checkpoints(comfy: ComfyProcess, checkpoints: list[str], timeout_s: float = 900) -> bool:
+    """On the GPU (after restore, or during a GPU snapshot): load the checkpoints into ComfyUI's cache through
+    the helper's SnapshotHold node, so the first job finds them loaded. False (logged) if it did not work;
+    the job then loads them itself."""
+    if not checkpoints:
+        return True
     import time
 
     from comfy_saas.config.deploy import preload_workflow
 
-    prompt_id = "snapshot-preload"
-    comfy.client.queue_prompt(preload_workflow(checkpoints), "snapshot", prompt_id)
-    deadline = time.monotonic() + timeout_s
-    while (entry := comfy.client.history(prompt_id)) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError("preloading checkpoints did not finish")
-        time.sleep(0.5)
-    log.info("preloaded %s: %s", checkpoints, entry.get("status", {}).get("status_str"))
+    prompt_id = f"preload-{time.monotonic_ns()}"
+    try:
+        comfy.client.queue_prompt(preload_workflow(checkpoints), "preload", prompt_id)
+        deadline = time.monotonic() + timeout_s
+        while (entry := comfy.client.history(prompt_id)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("preloading checkpoints did not finish")
+            time.sleep(0.2)
+    except Exception as exc:  # a failed preload costs the first job its head start, never the container
+        log.error("preloading %s failed: %s", checkpoints, exc, extra={"event": "worker.preload_failed"})
+        return False
+    status = entry.get("status", {}).get("status_str")
+    log.info("preloaded %s: %s", checkpoints, status, extra={"event": "worker.preloaded"})
+    return status == "success"
 
 
-def verify_setup(config: DeployConfig, comfy_dir: Path, models_dir: Path, port: int) -> dict[str, Any]:
-    """Models and custom nodes present or missing against deploy.toml, and whether ComfyUI starts."""
-    report = installation_report(config, comfy_dir, models_dir)
+def verify_setup(config: DeployConfig, comfy_dir: Path, models_dir: Path, port: int, pool: str | None = None
+                 ) -> dict[str, Any]:
+    """A pool's models and custom nodes present or missing against deploy.toml, and whether ComfyUI starts."""
+    report = installation_report(config, comfy_dir, models_dir, pool)
     comfy = ComfyProcess(comfy_dir, port)
     try:
         comfy.start(ready_timeout_s=300)
@@ -133,15 +174,3 @@ def extra_model_paths(models_dir: str) -> str:
     kinds = ["checkpoints", "clip", "clip_vision", "configs", "controlnet", "diffusion_models", "embeddings",
              "loras", "text_encoders", "unet", "upscale_models", "vae", "vae_approx"]
     return "comfy_saas:\\n  base_path: " + models_dir + "\\n" + "".join(f"  {k}: {k}\\n" for k in kinds)
-
-
-def download_models(config: DeployConfig, models_dir: str) -> None:
-    """Fetch each configured model from Hugging Face into the Volume (skips files already there)."""
-    from huggingface_hub import hf_hub_download
-
-    for m in config.models:
-        target = Path(models_dir) / m.subdir
-        if (target / m.file).is_file():
-            continue
-        target.mkdir(parents=True, exist_ok=True)
-        hf_hub_download(repo_id=m.repo, filename=m.file, local_dir=target)

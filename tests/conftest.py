@@ -165,8 +165,9 @@ def running_server(data_dir: Path, *, workers: int = 1, **settings: Any) -> Iter
     from comfy_saas.web.http import create_app
 
     port = free_port()
-    stack = LocalStack(Settings(data_dir=data_dir, **{"api_keys": KEYS, **settings}),
-                       StackOptions(port=port, workers=workers, sweep_interval_s=3600))
+    # Jobs sent to the "idle" pool stay queued: it is declared, but no local worker serves it.
+    stack = LocalStack(Settings(data_dir=data_dir, **{"api_keys": KEYS, "pools": "default,idle", **settings}),
+                       StackOptions(port=port, workers=workers, sweep_interval_s=3600, pools=["default"]))
     stack.start()
     uv = uvicorn.Server(uvicorn.Config(create_app(stack.services), host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=uv.run, daemon=True)

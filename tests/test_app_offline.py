@@ -1,26 +1,31 @@
-"""The Modal app, checked offline: it imports without credentials, and a test reads what it registered
-through each function's public `info()` (modal 1.6)."""
+"""The Modal app, checked offline: it imports without credentials, and a test reads what it registered through
+each function's public `info()` (modal 1.6), and the few things 1.6 keeps private (autoscaler bounds, a
+Secret's required keys, image layers and mounts) through tests/modal_private.py."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from comfy_saas.config.settings import describe
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Runs in a clean interpreter with no Modal credentials; prints what the app registered.
 INTROSPECT = r"""
-import json, warnings
-warnings.simplefilter("error", DeprecationWarning)  # nothing deprecated on the way
+import json, sys, warnings
+warnings.simplefilter("error")  # nothing deprecated on the way (modal's DeprecationError is a UserWarning)
+sys.path.insert(0, sys.argv[1])
 import modal
-import app, worker
-from modal._partial_function import _PartialFunctionFlags
+import modal_private as private
+import app, storage, worker
 sync = modal._utils.async_utils.synchronizer
-report = {"functions": {}, "timeouts": app.TIMEOUTS_S, "schedules": {}}
+report = {"functions": {}, "classes": {}, "timeouts": app.TIMEOUTS_S, "schedules": {}, "images": {}}
 for module in (app, worker):
     for name, obj in vars(module).items():
         if isinstance(obj, modal.Function):
@@ -28,25 +33,66 @@ for module in (app, worker):
             report["functions"][name] = {
                 "gpus": [g for g, _ in info.gpus], "timeout": info.timeout, "schedule": info.schedule,
                 "web": info.web_info.method if info.web_info else None,
-                "concurrency": info.concurrency_info.max_inputs if info.concurrency_info else None}
+                "concurrency": [info.concurrency_info.max_inputs, info.concurrency_info.target_inputs]
+                               if info.concurrency_info else None,
+                "secrets": info.secrets, **private.function_options(obj)}
         elif isinstance(obj, modal.Cls):
             info = obj().drain.info()
             user_cls = sync._translate_in(obj)._user_cls
-            hooks = {k: int(sync._translate_in(v).flags) for k, v in vars(user_cls).items() if not k.startswith("__")}
-            report["functions"][name] = {"gpus": [g for g, _ in info.gpus], "timeout": info.timeout,
-                                         "startup_timeout": info.startup_timeout, "hooks": hooks}
+            hooks = {k: int(sync._translate_in(v).flags) for c in user_cls.__mro__ for k, v in vars(c).items()
+                     if hasattr(v, "flags") or type(v).__name__ == "PartialFunction"}
+            report["classes"][name] = {"gpus": [g for g, _ in info.gpus], "timeout": info.timeout,
+                                       "startup_timeout": info.startup_timeout, "hooks": hooks,
+                                       "secrets": info.secrets, **private.function_options(obj)}
 for name, cron in app.SCHEDULES.items():
     report["schedules"][name] = [cron.proto_message.cron.cron_string, cron.proto_message.cron.timezone]
+report["secrets"] = {s.name: private.required_keys(s) for s in storage.SECRETS}
+for name, image in {"api": app.api_image, **worker.IMAGES}.items():
+    report["images"][name] = {"files": sorted(private.mounted_files(image)), "steps": private.build_steps(image)}
+report["pools"] = [p.model_dump() for p in worker.CONFIG.pools]
+report["api"] = worker.CONFIG.api.model_dump()
+report["events_stream_s"] = app.EVENTS_STREAM_S
 print(json.dumps(report))
 """
 
+TWO_POOLS = """
+[[pools]]
+name = "default"
+gpus = ["L40S", "A10G"]
+floor = 1
+ceiling = 3
+timeout_s = 3600
+startup_timeout_s = 600
 
-def introspect(tmp_path: Path, **env: str) -> dict:
-    clean_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env}  # no MODAL_TOKEN_*, no ~/.modal.toml
-    out = subprocess.run([sys.executable, "-c", INTROSPECT], cwd=ROOT, env=clean_env, capture_output=True,
-                         text=True, timeout=120)
+[[pools]]
+name = "video"
+gpus = ["H100", "A100-80GB"]
+floor = 0
+ceiling = 2
+timeout_s = 14400
+gpu_snapshot = true
+custom_nodes = [{ repo = "https://github.com/example/video-nodes.git", ref = "0123456789abcdef" }]
+models = [{ repo = "example/video", file = "video.safetensors", subdir = "diffusion_models" }]
+"""
+
+
+def introspect(home: Path, cwd: Path = ROOT, **env: str) -> dict:
+    clean_env = {"PATH": "/usr/bin:/bin", "HOME": str(home), **env}  # no MODAL_TOKEN_*, no ~/.modal.toml
+    out = subprocess.run([sys.executable, "-c", INTROSPECT, str(ROOT / "tests")], cwd=cwd, env=clean_env,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def two_pool_checkout(tmp: Path) -> Path:
+    """The deployment files with a deploy.toml declaring two pools (the package comes from the venv)."""
+    for name in ("app.py", "worker.py", "storage.py", "model_download.py", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp / name)
+    shutil.copytree(ROOT / "memory_snapshot_helper", tmp / "memory_snapshot_helper")
+    text = (ROOT / "deploy.toml").read_text()
+    head, _, rest = text.partition("[[pools]]")
+    (tmp / "deploy.toml").write_text(head + TWO_POOLS + "\n[warm]" + rest.partition("[warm]")[2])
+    return tmp
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +100,25 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return introspect(tmp_path_factory.mktemp("home"))
 
 
+@pytest.fixture(scope="module")
+def two_pools(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return introspect(tmp_path_factory.mktemp("home"), two_pool_checkout(tmp_path_factory.mktemp("checkout")))
+
+
 def test_every_operation_is_registered(report: dict):
     expected = {"submit", "job", "jobs", "cancel", "health", "metrics", "events", "submit_job", "get_job", "list_jobs",
-                "cancel_job", "ComfyWorker", "sweep", "cleanup_expired", "verify_setup", "put_workflow", "workflow",
+                "cancel_job", "sweep", "cleanup_expired", "verify_default", "put_workflow", "workflow",
                 "workflows", "delete_workflow", "workflow_jobs", "put_template", "get_template", "list_templates",
-                "delete_template", "submit_template_job"}
+                "delete_template", "submit_template_job", "models", "delete_model"}
     assert expected <= set(report["functions"])
+    assert set(report["classes"]) == {"ComfyWorker_default"}
 
 
-def test_web_endpoints_have_one_method_each(report: dict):
+def test_web_endpoints_come_from_the_route_table_one_method_each(report: dict):
+    from comfy_saas.web.routes import ROUTES
+
     web = {name: f["web"] for name, f in report["functions"].items() if f.get("web")}
+    assert web == {r.name: r.method for r in ROUTES}
     assert web == {"submit": "POST", "job": "GET", "jobs": "GET", "cancel": "POST", "health": "GET",
                    "metrics": "GET", "events": "GET", "put_workflow": "PUT", "workflow": "GET", "workflows": "GET",
                    "delete_workflow": "DELETE", "workflow_jobs": "POST", "models": "GET", "delete_model": "DELETE"}
@@ -76,14 +131,48 @@ def test_wait_mode_is_capped_below_the_endpoint_timeout(report: dict):
     assert all(report["functions"][name]["timeout"] > cap for name in ("submit", "job", "workflow_jobs"))
 
 
-def test_gpus_come_from_deploy_config_in_fallback_order(report: dict):
-    assert report["functions"]["ComfyWorker"]["gpus"] == ["L40S", "A100-40GB", "A10G"]
+def test_web_and_remote_functions_serve_many_requests_per_container(report: dict):
+    api = report["api"]
+    for name in ("submit", "job", "jobs", "cancel", "health", "metrics", "events", "submit_job", "get_job",
+                 "list_jobs", "cancel_job"):
+        assert report["functions"][name]["concurrency"] == [api["max_inputs"], api["target_inputs"]], name
+    assert report["functions"]["sweep"]["concurrency"] is None  # one sweep at a time
+
+
+def test_submit_and_get_keep_the_configured_warm_floor(two_pools: dict, report: dict):
+    floors = {n: f["min_containers"] for n, f in report["functions"].items() if f.get("web")}
+    assert floors == {n: (report["api"]["min_containers"] if n in {"submit", "job"} else 0) for n in floors}
+
+
+def test_each_pool_is_its_own_worker_with_its_gpus_floor_and_ceiling(two_pools: dict):
+    assert set(two_pools["classes"]) == {"ComfyWorker_default", "ComfyWorker_video"}
+    for pool in two_pools["pools"]:
+        worker = two_pools["classes"][f"ComfyWorker_{pool['name']}"]
+        assert worker["gpus"] == pool["gpus"]
+        assert (worker["min_containers"], worker["max_containers"]) == (pool["floor"], pool["ceiling"])
+        assert (worker["timeout"], worker["startup_timeout"]) == (pool["timeout_s"], pool["startup_timeout_s"])
+        assert worker["memory_snapshot"] is True
+        assert worker["experimental"] == ({"enable_gpu_snapshot": "True"} if pool["gpu_snapshot"] else {})
+        assert two_pools["functions"][f"verify_{pool['name']}"]["gpus"] == pool["gpus"]
+
+
+def test_the_running_service_is_told_the_pools(two_pools: dict):
+    secrets = two_pools["functions"]["submit"]["secrets"]
+    assert any("COMFY_POOLS" in s and "COMFY_DEFAULT_POOL" in s and "MODAL_MAX_THROTTLE_WAIT" in s for s in secrets)
+    assert secrets == two_pools["classes"]["ComfyWorker_video"]["secrets"]
+
+
+def test_gpu_lists_are_overridden_per_pool_from_the_environment(tmp_path: Path):
+    (tmp_path / "checkout").mkdir()
+    checkout = two_pool_checkout(tmp_path / "checkout")
+    got = introspect(tmp_path, checkout, COMFY_POOL_GPUS="video=B200", COMFY_GPU_CONFIG="H100, A100-80GB")
+    assert got["classes"]["ComfyWorker_video"]["gpus"] == ["B200"]
+    assert got["classes"]["ComfyWorker_default"]["gpus"] == ["H100", "A100-80GB"]
+
+
+def test_the_default_deploy_toml_gpus_in_fallback_order(report: dict):
+    assert report["classes"]["ComfyWorker_default"]["gpus"] == ["L40S", "A100-40GB", "A10G"]
     assert report["functions"]["submit"]["gpus"] == [] and report["functions"]["sweep"]["gpus"] == []
-
-
-def test_gpu_config_overrides_the_gpu_list(tmp_path: Path):
-    gpus = introspect(tmp_path, COMFY_GPU_CONFIG="H100, A100-80GB")["functions"]["ComfyWorker"]["gpus"]
-    assert gpus == ["H100", "A100-80GB"]
 
 
 def test_schedules_sweep_every_minute_and_clean_up_at_three(report: dict):
@@ -92,13 +181,40 @@ def test_schedules_sweep_every_minute_and_clean_up_at_three(report: dict):
 
 
 def test_events_stream_ends_before_its_function_times_out(report: dict):
-    import app
+    assert report["functions"]["events"]["timeout"] > report["events_stream_s"]
 
-    assert report["functions"]["events"]["timeout"] > app.EVENTS_STREAM_S
+
+def test_secrets_name_the_keys_they_must_hold(report: dict):
+    assert report["secrets"] == {
+        "comfy-saas-api": ["COMFY_API_KEYS"],
+        "comfy-saas-r2": ["COMFY_R2_BUCKET", "COMFY_R2_ENDPOINT_URL", "COMFY_R2_ACCESS_KEY_ID",
+                          "COMFY_R2_SECRET_ACCESS_KEY"]}
+    names = {variable for variable, _, _ in describe()}
+    assert {k for keys in report["secrets"].values() for k in keys} <= names  # every required key is a setting
+
+
+def test_the_api_image_carries_the_cli_and_the_operator_commands(report: dict):
+    files = set(report["images"]["api"]["files"])
+    assert {"/root/comfy_saas/cli.py", "/root/comfy_saas/jobs/ops.py", "/root/comfy_saas/modal_runtime.py",
+            "/root/storage.py", "/root/worker.py", "/root/deploy.toml"} <= files
+
+
+def test_project_files_are_mounted_after_every_build_step(report: dict, two_pools: dict):
+    for images in (report["images"], two_pools["images"]):
+        for name, image in images.items():
+            assert all(not s["after_mount"] and not s["sources"] for s in image["steps"]), name
+
+
+def test_models_download_without_the_project_before_it_is_added(two_pools: dict):
+    for pool in ("default", "video"):
+        image = two_pools["images"][pool]
+        downloads = [s for s in image["steps"] if s["runs"] == ["model_download.download"]]
+        assert len(downloads) == 1 and downloads[0]["sources"] == []
+        assert "/root/comfy_saas/cli.py" in image["files"]
 
 
 def test_worker_snapshots_comfyui_then_attaches_the_gpu(report: dict):
-    hooks = report["functions"]["ComfyWorker"]["hooks"]
+    hooks = report["classes"]["ComfyWorker_default"]["hooks"]
     assert hooks == {"launch_comfyui": 2, "attach_gpu": 4, "drain": 16, "stop_comfyui": 8}  # pre/post snap, exit
 
 
@@ -109,3 +225,15 @@ def test_app_module_imports_nothing_heavy(tmp_path: Path):
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
+
+
+def test_the_cli_shim_runs_the_operator_commands(tmp_path: Path):
+    import app
+
+    shim = tmp_path / "comfy-saas"
+    shim.write_text(app.CLI_SHIM.replace("'/root'", repr(str(ROOT))))  # the image mounts the package at /root
+    out = subprocess.run([sys.executable, str(shim), "ops", "--data-dir", str(tmp_path / "data"), "queue"],
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COMFY_POOLS": "default,video"},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"default": 0, "video": 0, "(all partitions)": 0}

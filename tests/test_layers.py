@@ -20,7 +20,7 @@ LAYERS = [
     ["jobs.lifecycle", "jobs.watchlist"],
     ["jobs.views", "jobs.webhooks"],
     ["jobs.services"],
-    ["jobs.operations", "jobs.sweeper", "jobs.cleanup", "jobs.templates", "jobs.model_cache"],
+    ["jobs.operations", "jobs.sweeper", "jobs.cleanup", "jobs.templates", "jobs.model_cache", "jobs.wakeups"],
     ["jobs.ops"],
     ["runner", "web"],
     ["local", "modal_runtime"],

@@ -176,6 +176,7 @@ def _take_wakeups(svc: Services) -> None:
 
     worker = Worker.__new__(Worker)
     worker.store, worker.lifecycle, worker.comfy, worker.worker_id = svc.store, svc.lifecycle, NoComfy(), "w"
+    worker.settings = svc.settings
     while (wakeup := svc.store.next_wakeup("default", 0.01)) is not None:
         worker.run_job = lambda job, payload: None  # nothing to run here: only whether it would start
         worker.process(wakeup)

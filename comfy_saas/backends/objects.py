@@ -49,12 +49,33 @@ class ObjectStore(Protocol):
     def delete_prefix(self, prefix: str) -> int: ...
 
 
+# R2 caps a presigned URL at 7 days (longer ones are refused with 400 InvalidArgument).
+PRESIGN_MAX_S = 7 * 24 * 3600
+# R2 (like S3) wants every multipart part but the last at least 5 MiB, and all of them the same size.
+PART_MIN_BYTES = 5 * 1024 * 1024
+
+
+def r2_client_config() -> Any:
+    """boto3's client config the way Cloudflare documents it for R2: SigV4 in region "auto", path-style
+    addressing, and checksums only where an operation requires one. boto3 >= 1.36 otherwise adds a CRC32 to
+    every upload (over https as an aws-chunked trailer), which R2 refuses (Unauthorized / NotImplemented)."""
+    from botocore.config import Config
+
+    return Config(signature_version="s3v4", region_name="auto", s3={"addressing_style": "path"},
+                  request_checksum_calculation="when_required", response_checksum_validation="when_required",
+                  retries={"max_attempts": 5, "mode": "standard"})
+
+
 class S3Store:
-    """R2 through boto3: streamed multipart uploads, presigned GETs, prefix deletes."""
+    """R2 through boto3: streamed multipart uploads (equal parts), presigned GETs (at most 7 days), prefix
+    deletes (1,000 keys per request)."""
 
     def __init__(self, config: R2Config, expiry_s: int = 3600) -> None:
         if not config.bucket:
             raise ValueError("COMFY_R2_BUCKET is not set")
+        if config.multipart_threshold_bytes < PART_MIN_BYTES:
+            raise ValueError(f"COMFY_R2_MULTIPART_THRESHOLD_BYTES must be at least {PART_MIN_BYTES} (R2's smallest "
+                             f"multipart part)")
         self.config = config
         self.bucket = config.bucket
         self.expiry_s = expiry_s
@@ -64,19 +85,18 @@ class S3Store:
     def _client(self) -> Any:
         if self._client_obj is None:
             import boto3  # heavy: only where outputs are really uploaded
-            from botocore.config import Config
 
             self._client_obj = boto3.client(
                 "s3", endpoint_url=self.config.endpoint_url or None, region_name=self.config.region,
                 aws_access_key_id=self.config.access_key_id or None,
-                aws_secret_access_key=self.config.secret_access_key or None,
-                config=Config(signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"}),
+                aws_secret_access_key=self.config.secret_access_key or None, config=r2_client_config(),
             )
         return self._client_obj
 
     def _transfer_config(self) -> Any:
         from boto3.s3.transfer import TransferConfig
 
+        # One fixed chunk size: s3transfer then cuts equal parts (only the last is shorter), as R2 requires.
         threshold = self.config.multipart_threshold_bytes
         return TransferConfig(multipart_threshold=threshold, multipart_chunksize=threshold)
 
@@ -101,10 +121,10 @@ class S3Store:
             raise BackendError(f"upload of {key!r} failed: {exc}") from exc
 
     def url(self, key: str, expires_s: int | None = None) -> str:
+        """A presigned GET, valid for expires_s (clamped to R2's 1 s .. 7 days)."""
+        expires = min(max(1, int(expires_s or self.expiry_s)), PRESIGN_MAX_S)
         return self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": check_key(key)},
-            ExpiresIn=expires_s or self.expiry_s,
-        )
+            "get_object", Params={"Bucket": self.bucket, "Key": check_key(key)}, ExpiresIn=expires)
 
     def read(self, key: str) -> bytes:
         return self._client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"].read()
@@ -113,7 +133,9 @@ class S3Store:
         """Delete every object under prefix, 1,000 per request; how many were deleted."""
         check_key(prefix.rstrip("/"))
         deleted = 0
-        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
+        for page in pages:
             objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if objects:
                 self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})

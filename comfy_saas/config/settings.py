@@ -12,8 +12,10 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from comfy_saas.config.pools import NAME as POOL_NAME
+from comfy_saas.config.pools import PoolSpec, parse_pool_gpus, parse_pools
 from comfy_saas.inputs import IDENTIFIER, matches
 
 ENV_PREFIX = "COMFY_"
@@ -45,7 +47,8 @@ class Limits:
     max_metadata_keys: int = opt(32, "metadata keys per job")
     max_metadata_bytes: int = opt(8 * 1024, "metadata as JSON")
     max_url_length: int = opt(2_048, "length of a media or webhook URL")
-    max_timeout_s: int = opt(24 * 3600, "longest timeout_s a job may ask for")
+    max_timeout_s: int = opt(24 * 3600, "longest timeout_s a job may ask for (a pool's own cap, set from its "
+                                          "worker timeout in COMFY_POOLS, may be lower)")
     max_models: int = opt(8, "model files (checkpoints, LoRAs, ...) one job may name by URL")
     max_body_bytes: int = opt(100 * 1024 * 1024, "size of a request body")
     max_json_depth: int = opt(64, "nesting of arrays and objects in a request body")
@@ -121,9 +124,10 @@ class Settings:
     storage_backend: str = opt("local", "local (folder + signed URLs) or s3 (R2)")
     url_signing_secret: str = opt("", "HMAC key of local download URLs (default: random per data dir)")
     public_base_url: str = opt("", "base of local download URLs (default: the local server's own address)")
-    presign_expiry_s: int = opt(3_600, "lifetime of download URLs (R2 caps it at 7 days)")
+    presign_expiry_s: int = opt(3_600, "lifetime of download URLs (R2 caps it at 7 days; longer values are clamped)")
     default_pool: str = opt("default", "pool of jobs that name none")
-    api_keys: str = opt("", "`key` or `key:user_id`, comma-separated; a bound key sees only its user's jobs")
+    api_keys: str = opt("", "`key` or `key:user_id`, each optionally `@pool1|pool2` (the only pools it may use), "
+                            "comma-separated; a bound key sees only its user's jobs")
     allow_anonymous: bool = opt(False, "accept requests without a key while no keys are configured (`comfy-saas "
                                        "serve` turns it on when COMFY_API_KEYS is empty)")
     max_attempts: int = opt(3, "attempts per job before a lost worker fails it")
@@ -147,7 +151,14 @@ class Settings:
     max_templates: int = opt(200, "workflow templates per owner (each user, and the shared set)")
     hf_token: str = secret("Hugging Face token, sent only to huggingface.co and *.hf.co over https")
     civitai_token: str = secret("Civitai API token, sent only to civitai.com (and its subdomains) over https")
-    gpu_config: str = opt("", "at deploy time: GPU types in fallback order, comma-separated, instead of deploy.toml's")
+    gpu_config: str = opt("", "at deploy time: the default pool's GPU types in fallback order, comma-separated, "
+                              "instead of deploy.toml's (shorthand for its COMFY_POOL_GPUS entry)")
+    pools: str = opt("default", "pools a job may name, comma-separated, each `name[:floor=N][:ceiling=N]"
+                                "[:max_timeout_s=N]`; on Modal written from deploy.toml at deploy")
+    pool_gpus: str = opt("", "at deploy time: per-pool GPU lists replacing deploy.toml's, `pool=GPU,GPU;pool2=GPU`")
+    drain_lease_s: float = opt(120.0, "a running drain renews its slot every third of this; a slot not renewed "
+                                      "for this long is free again (its container died)")
+    drain_start_grace_s: float = opt(900.0, "a spawned drain that has not started after this long is counted lost")
     limits: Limits = section(Limits, "COMFY_LIMIT_*")
     r2: R2Config = section(R2Config, "COMFY_R2_*")
     comfyui: ComfyUISource = section(ComfyUISource, "COMFY_COMFYUI_*")
@@ -176,10 +187,22 @@ class Settings:
         if self.model_cache.poll_s <= 0 or self.model_cache.claim_ttl_s <= 0:
             raise ValueError("COMFY_MODEL_CACHE_POLL_S and COMFY_MODEL_CACHE_CLAIM_TTL_S must be positive")
         parse_api_keys(self.api_keys)
+        self.pool_table()
 
     def model_cache_dir(self) -> Path:
         """Where cached model files live: COMFY_MODEL_CACHE_DIR, else <data_dir>/models-cache."""
         return Path(self.model_cache.dir) if self.model_cache.dir else self.data_dir / "models-cache"
+
+    def pool_table(self) -> dict[str, PoolSpec]:
+        """The pools jobs may name (COMFY_POOLS), with the default pool always among them."""
+        try:
+            pools = parse_pools(self.pools)
+            parse_pool_gpus(self.pool_gpus)
+        except ValueError as exc:
+            raise ValueError(f"COMFY_POOLS / COMFY_POOL_GPUS: {exc}") from None
+        if self.default_pool not in pools:
+            raise ValueError(f"COMFY_DEFAULT_POOL={self.default_pool!r} is not in COMFY_POOLS ({', '.join(pools)})")
+        return pools
 
     def check_retention(self, entries_expire: bool) -> None:
         """Records live at most 7 days after their last use on Modal: a longer retention cannot be honoured."""
@@ -189,17 +212,28 @@ class Settings:
                              f"longer; set it to {DICT_ENTRY_TTL_DAYS} or less")
 
 
-def parse_api_keys(spec: str) -> list[tuple[str, str | None]]:
-    """COMFY_API_KEYS: 'k1, k2:alice' -> [('k1', None), ('k2', 'alice')]. ValueError for an entry that would
-    be read wrongly: `key:` (an empty user must not become an unbound admin key), `:user`, a bad user id."""
+class ApiKey(NamedTuple):
+    key: str
+    user: str | None = None
+    pools: tuple[str, ...] | None = None
+
+
+def parse_api_keys(spec: str) -> list[ApiKey]:
+    """COMFY_API_KEYS: `key`, `key:user`, `key@pool1|pool2` or `key:user@pool1|pool2`, comma-separated. The text
+    after the last `@` is a pool list when it is made of pool names, so a user id like `alice@example.com` stays
+    whole. ValueError for an entry that would be read wrongly: `key:` (an empty user must not become an
+    unbound admin key), `:user`, a bad user id."""
     keys = []
     for part in (p.strip() for p in spec.split(",")):
-        if part:
-            key, sep, user = part.partition(":")
-            if not key or (sep and not matches(IDENTIFIER, user)):
-                raise ValueError(f"COMFY_API_KEYS entry #{len(keys) + 1} must be `key` or `key:user_id`, with a "
-                                 "non-empty key and a user id of letters, digits and _ . : @ -")
-            keys.append((key, user if sep else None))
+        if not part:
+            continue
+        head, at, tail = part.rpartition("@")
+        pools = tuple(tail.split("|")) if at and all(POOL_NAME.match(p) for p in tail.split("|")) else None
+        key, sep, user = (head if pools else part).partition(":")
+        if not key or (sep and not matches(IDENTIFIER, user)):
+            raise ValueError(f"COMFY_API_KEYS entry #{len(keys) + 1} must be `key` or `key:user_id` (optionally "
+                             "`@pool|pool`), with a non-empty key and a user id of letters, digits and _ . : @ -")
+        keys.append(ApiKey(key, user if sep else None, pools))
     return keys
 
 

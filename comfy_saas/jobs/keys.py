@@ -93,6 +93,9 @@ def template(scope_name: str, name: str) -> str:
 def template_workflow(scope_name: str, name: str) -> str:
     """A template's workflow as it was stored (either format), kept apart from the record listing reads."""
     return f"tplwf:{scope_name}:{name}"
+def drain_slot(pool: str, n: int) -> str:
+    """Slot n (0 .. ceiling-1) of a pool's drains: spawned, idle or busy, and until when (wakeups.py)."""
+    return f"drain:{pool}:{n}"
 
 
 def partition(pool: str) -> str:

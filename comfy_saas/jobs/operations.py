@@ -45,6 +45,34 @@ class Caller:
 
     key_id: str
     user_id: str | None = None
+    pools: tuple[str, ...] | None = None  # the pools this key may submit to; None: every pool
+
+
+def route_to_pool(svc: Services, caller: Caller, request: JobRequest) -> JobRequest:
+    """The request with its pool and timeout settled: a pool this deployment serves (422 naming them) that
+    this key may use (a limited key's first pool is its default), and a timeout the pool's workers can honour
+    (422 above the pool's cap; a job naming none gets the default, capped)."""
+    table = svc.settings.pool_table()
+    pool = request.pool or (caller.pools[0] if caller.pools else svc.settings.default_pool)
+    if pool not in table:
+        raise InvalidInput(f"pool: no pool {pool!r} here; pools: {', '.join(table)}", field="pool")
+    if caller.pools is not None and pool not in caller.pools:
+        raise InvalidInput(f"pool: this API key may use pool(s) {', '.join(caller.pools)} only", field="pool")
+    cap, timeout = table[pool].max_timeout_s, request.timeout_s
+    if cap is not None and timeout is not None and timeout > cap:
+        raise InvalidInput(f"timeout_s: pool {pool!r} runs jobs of at most {cap} seconds (its workers' Modal "
+                           f"timeout less the time a drain keeps back)", field="timeout_s")
+    if cap is not None and timeout is None and svc.settings.job_timeout_s > cap:
+        timeout = cap
+    return request.model_copy(update={"pool": pool, "timeout_s": timeout})
+
+
+def check_webhook_secret(svc: Services, request: JobRequest) -> None:
+    """A deployment without a webhook signing secret refuses webhook_url up front rather than fail to sign."""
+    deployed = svc.settings.storage_backend != "local"  # locally a secret is derived per data dir
+    if request.webhook_url and deployed and not svc.settings.webhook_secret:
+        raise InvalidInput("webhook_url: this deployment has no webhook signing secret; set COMFY_WEBHOOK_SECRET "
+                           "(an optional key of the comfy-saas-api Secret) to use webhooks", field="webhook_url")
 
 
 def preflight_check(svc: Services, request: JobRequest, schema: dict[str, Any] | None = None,
@@ -93,7 +121,8 @@ def submit_job(svc: Services, caller: Caller, body: bytes | bytearray | str | di
     fields for the job record from the caller (the template it came from, seeds it drew)."""
     if isinstance(body, bytes | bytearray | str) and len(body) > svc.settings.limits.max_body_bytes:
         raise BodyTooLarge(f"the body is larger than {svc.settings.limits.max_body_bytes} bytes", field="body")
-    request = parse_submission(body, svc.settings.limits)
+    request = route_to_pool(svc, caller, parse_submission(body, svc.settings.limits))
+    check_webhook_secret(svc, request)
     if caller.user_id is not None:
         request = request.model_copy(update={"user_id": caller.user_id})
     check_urls(svc, request)

@@ -135,8 +135,13 @@ class JobStore:
         self.d.put(keys.payload(job_id), payload)
 
     def put_record(self, job: Job, extra: dict[str, Any] | None = None) -> None:
-        """Store a new job's record (and any `extra` keys) in one call."""
-        self.d.update({keys.job(job.id): job.to_record(), **(extra or {})})
+        """Store a new job's record (and any `extra` keys) in one round trip. The record goes in only if it is
+        not there: the wake-up travels beside it, so a fast worker may have started (even finished) the job
+        and written its record first, and a submit's late write must not turn it back to queued."""
+        calls: list[Callable[[], Any]] = [lambda: self.d.put(keys.job(job.id), job.to_record(), skip_if_exists=True)]
+        if extra:
+            calls.append(lambda: self.d.update(extra))
+        run_all(calls)
 
     def forget_new(self, job: Job) -> None:
         """Undo put_new for a submission that could not be completed (one round trip)."""

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from comfy_saas import logs
 from comfy_saas.backends import safe_fetch
@@ -103,6 +103,17 @@ class Run:
                        total_ms=ms(finished.timestamp() - created), nodes=self.nodes, warmup_ms=self.warmup_ms,
                        download_ms=ms(self.phases["download"]) if "download" in self.phases else None,
                        download_bytes=self.download_bytes)
+
+
+class DrainLease(Protocol):
+    """What a drain tells its slot (jobs/wakeups.py): busy while it runs a job, idle while it waits."""
+
+    def busy(self) -> None: ...
+    def idle(self) -> None: ...
+
+
+def _time_left(deadline: float | None) -> float:
+    return float("inf") if deadline is None else deadline - time.monotonic()
 
 
 def new_worker_id() -> str:
@@ -191,16 +202,32 @@ class Worker:
         except ComfyUnavailable as exc:
             logs.event(log, "object_info.capture_failed", logging.WARNING, worker_id=self.worker_id, error=str(exc))
 
-    def drain(self, idle_s: float, first_wait_s: float = 0.5) -> int:
+    def drain(self, idle_s: float, first_wait_s: float = 0.5, deadline: float | None = None,
+              lease: DrainLease | None = None, keep_pulling: bool = False, max_job_s: float | None = None) -> int:
         """Take jobs until the queue stays empty for idle_s (one Modal input); how many wake-ups it handled.
-        A drain that finds nothing at first returns at once: many are spawned, few are needed."""
+        A drain that finds nothing at first returns at once. With a deadline (time.monotonic) it takes no job
+        whose timeout would run past it: it hands that wake-up back and stops (a job longer than max_job_s,
+        which no drain could finish, fails instead). A floor drain (keep_pulling) does not stop when idle, only
+        at its deadline. `lease` hears when the drain turns busy and idle."""
         handled = 0
         self.prepare()
-        wait_s = first_wait_s
+        wait_s = idle_s if keep_pulling else first_wait_s
         try:
-            while (wakeup := self.store.next_wakeup(self.pool, timeout_s=wait_s)) is not None:
+            while (left := _time_left(deadline)) > 0:
+                wakeup = self.store.next_wakeup(self.pool, timeout_s=min(wait_s, left))
+                if wakeup is None:
+                    if keep_pulling:
+                        continue
+                    break
                 handled, wait_s = handled + 1, idle_s
-                if not self.process(wakeup):
+                if lease is not None:
+                    lease.busy()
+                try:
+                    carry_on = self.process(wakeup, deadline, max_job_s)
+                finally:
+                    if lease is not None:
+                        lease.idle()
+                if not carry_on:
                     break
         finally:
             self.events.close()
@@ -208,17 +235,32 @@ class Worker:
             self.lifecycle.flush_counters(wait=True)
         return handled
 
-    def process(self, wakeup: Wakeup | str) -> bool:
+    def has_time_for(self, job: Job, deadline: float | None) -> bool:
+        """Whether the job's whole timeout fits before the drain's deadline (always, without one)."""
+        limit = job.timeout_s or self.settings.job_timeout_s
+        return deadline is None or time.monotonic() + limit <= deadline
+
+    def process(self, wakeup: Wakeup | str, deadline: float | None = None, max_job_s: float | None = None) -> bool:
         """Handle one wake-up; False when this worker should stop taking jobs. The wake-up carries the job
         as it was queued, so starting it is one round trip: the attempt's claim, the cancel flag and the
-        payload together."""
+        payload together. A job whose timeout does not fit before the drain's deadline is handed back."""
         if isinstance(wakeup, str):
             wakeup = Wakeup(wakeup, None, 0.0)
         job = wakeup.job or self.store.get(wakeup.job_id)  # a wake-up from before they carried the job
         if job is None or job.status is not Status.QUEUED:
             return True  # a stale or duplicate wake-up
+        if max_job_s is not None and (job.timeout_s or self.settings.job_timeout_s) > max_job_s:
+            error = JobError(type="timeout_too_long", message=f"the job's timeout is above the {max_job_s:.0f} s "
+                                                              f"its pool's workers can run")
+            self.lifecycle.take_over(job, Status.FAILED, error, self.worker_id)  # None: decided elsewhere
+            return True
+        if not self.has_time_for(job, deadline):
+            # Modal would kill the job at the input's timeout: a fresh drain (a new input) takes it instead.
+            self.store.enqueue(job, wakeup.payload)
+            logs.event(log, "worker.deadline_near", job_id=job.id, worker_id=self.worker_id, pool=job.pool)
+            return False
         if not self.comfy.healthy():
-            self.store.enqueue(job)  # hand the wake-up back before anything is claimed
+            self.store.enqueue(job, wakeup.payload)  # hand the wake-up back before anything is claimed
             return self.on_unhealthy()
         started, cancelled, payload, _ = run_all([
             lambda: self.lifecycle.start(job, self.worker_id), lambda: self.store.cancel_requested(job.id),

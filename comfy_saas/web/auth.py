@@ -6,11 +6,11 @@ import hashlib
 import hmac
 
 from comfy_saas.config import Settings
-from comfy_saas.config.settings import parse_api_keys
+from comfy_saas.config.settings import ApiKey, parse_api_keys
 from comfy_saas.errors import Unauthorized
 from comfy_saas.jobs.operations import Caller
 
-__all__ = ["authenticate", "parse_api_keys"]
+__all__ = ["ApiKey", "authenticate", "parse_api_keys"]
 
 
 def authenticate(settings: Settings, authorization: str | None) -> Caller:
@@ -24,9 +24,9 @@ def authenticate(settings: Settings, authorization: str | None) -> Caller:
     if scheme.lower() != "bearer" or not presented:
         raise Unauthorized("send an Authorization: Bearer <API key> header")
     match = None
-    for key, user in keys:  # compare against every key, so timing says nothing about which one matched
-        if hmac.compare_digest(key.encode(), presented.strip().encode()):
-            match = (key, user)
+    for entry in keys:  # compare against every key, so timing says nothing about which one matched
+        if hmac.compare_digest(entry.key.encode(), presented.strip().encode()):
+            match = entry
     if match is None:
         raise Unauthorized("the API key is not valid")
-    return Caller(key_id=hashlib.sha256(match[0].encode()).hexdigest()[:12], user_id=match[1])
+    return Caller(key_id=hashlib.sha256(match.key.encode()).hexdigest()[:12], user_id=match.user, pools=match.pools)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -277,57 +277,16 @@ def _file_response(svc: Services, key: str, expires: str, sig: str) -> FileRespo
 
 
 def create_app(svc: Services) -> FastAPI:
-    """The local server: /v1/jobs routes, /health, signed /files, OpenAPI at /docs."""
+    """The local server: every operation of web/routes.py at its REST path, signed /files, OpenAPI at /docs."""
+    from comfy_saas.web import routes
+
     parse_api_keys(svc.settings.api_keys)  # a malformed COMFY_API_KEYS stops the server before it listens
     app = FastAPI(title="comfy-saas", version="0.1.0", description="ComfyUI jobs: submit, watch, cancel, collect.")
-    body_doc = {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/JobRequest"}}}}}
-
-    @app.post("/v1/jobs", status_code=201, openapi_extra=body_doc, summary="Submit a job (?wait=N: answer when it "
-              "ends, 200, or after N s, 202)")
-    async def submit(request: Request, wait: float | None = None) -> JSONResponse:
-        return await handle_submit(svc, request)
-
-    @app.get("/v1/jobs", summary="List jobs, newest first")
-    async def list_(request: Request, status: str | None = None, cursor: str | None = None,
-                    limit: str | None = None, user_id: str | None = None) -> JSONResponse:
-        return await handle_list(svc, request)
-
-    @app.get("/v1/jobs/{job_id}", summary="Get a job with fresh output URLs (?wait=N long-polls; "
-             "?include=workflow adds the workflow it ran)")
-    async def get(request: Request, job_id: str, wait: float | None = None, include: str | None = None
-                  ) -> JSONResponse:
-        return await handle_get(svc, request, job_id)
-
-    @app.get("/v1/jobs/{job_id}/events", summary="Stream progress as Server-Sent Events")
-    async def events(request: Request, job_id: str, last_event_id: str | None = None,
-                     last_event_header: str | None = Header(default=None, alias="Last-Event-ID")) -> Response:
-        return await handle_events(svc, request, job_id)
-
-    @app.post("/v1/jobs/{job_id}/cancel", summary="Cancel a job")
-    async def cancel(request: Request, job_id: str) -> JSONResponse:
-        return await handle_cancel(svc, request, job_id)
-
-    @app.delete("/v1/jobs/{job_id}", summary="Cancel a job")
-    async def delete(request: Request, job_id: str) -> JSONResponse:
-        return await handle_cancel(svc, request, job_id)
-
-    _template_routes(app, svc)
-    @app.get("/v1/models", summary="List cached model files (keys not bound to a user)")
-    async def models(request: Request) -> JSONResponse:
-        return await handle_models(svc, request)
-
-    @app.delete("/v1/models/{sha256}", summary="Remove a cached model file that no running job uses")
-    async def delete_model(request: Request, sha256: str) -> JSONResponse:
-        return await handle_model_delete(svc, request, sha256)
-
-    @app.get("/health", summary="Store and queue reachability, queue depth")
-    async def health() -> JSONResponse:
-        return await handle_health(svc)
-
-    @app.get("/metrics", summary="Prometheus metrics over recent jobs")
-    async def metrics_page(request: Request) -> Response:
-        return await handle_metrics(svc, request)
+    for route in routes.ROUTES:
+        handler = routes.endpoint(route, lambda: svc, "local")
+        extra = routes.body_doc(route.body) if route.body else None
+        for method, path in ((route.method, route.path), *route.aliases):
+            app.add_api_route(path, handler, methods=[method], openapi_extra=extra)
 
     @app.get("/files/{key:path}", summary="Download an output through a signed link")
     async def files(key: str, expires: str = "", sig: str = "") -> Any:
@@ -339,35 +298,6 @@ def create_app(svc: Services) -> FastAPI:
     _install_error_shape(app)
     _install_schema(app)
     return app
-
-
-def _template_routes(app: FastAPI, svc: Services) -> None:
-    """/v1/workflows: templates with named, typed inputs, and jobs from them."""
-    put_doc = {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/TemplateRequest"}}}}}
-    run_doc = {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/TemplateJobRequest"}}}}}
-
-    @app.put("/v1/workflows/{name}", openapi_extra=put_doc, summary="Store a workflow template")
-    async def put_template(request: Request, name: str) -> JSONResponse:
-        return await handle_template_put(svc, request, name)
-
-    @app.get("/v1/workflows", summary="List workflow templates")
-    async def list_templates(request: Request) -> JSONResponse:
-        return await handle_template_list(svc, request)
-
-    @app.get("/v1/workflows/{name}", summary="A workflow template and the JSON Schema of its inputs")
-    async def get_template(request: Request, name: str) -> JSONResponse:
-        return await handle_template_get(svc, request, name)
-
-    @app.delete("/v1/workflows/{name}", summary="Delete a workflow template")
-    async def delete_template(request: Request, name: str) -> JSONResponse:
-        return await handle_template_delete(svc, request, name)
-
-    @app.post("/v1/workflows/{name}/jobs", status_code=201, openapi_extra=run_doc,
-              summary="Submit a job from a template (?wait=N as for POST /v1/jobs)")
-    async def run_template(request: Request, name: str, wait: float | None = None) -> JSONResponse:
-        return await handle_template_run(svc, request, name)
 
 
 def _install_error_shape(app: FastAPI) -> None:
