@@ -17,7 +17,7 @@ LAYERS = [
     ["jobs.request", "jobs.index", "jobs.counters", "jobs.prepare", "jobs.model_leases"],
     ["jobs.idempotency", "jobs.quotas", "jobs.payloads"],
     ["jobs.store"],
-    ["jobs.lifecycle", "jobs.watchlist"],
+    ["jobs.lifecycle", "jobs.watchlist", "jobs.rollup"],
     ["jobs.views", "jobs.webhooks"],
     ["jobs.services"],
     ["jobs.operations", "jobs.sweeper", "jobs.cleanup", "jobs.templates", "jobs.model_cache", "jobs.wakeups"],

@@ -168,6 +168,20 @@ def test_a_lost_wake_up_is_enqueued_again(svc: Services, db_path: Path):
     assert svc.store.next_job_id("default", 1) == job.id
 
 
+def test_a_sweep_out_of_time_leaves_the_rest_first_in_line_for_the_next(svc: Services, monkeypatch):
+    waiting = [submit(svc) for _ in range(4)]  # watched for ever: queued with their wake-ups in the queue
+    silent = [running_job(svc).id for _ in range(2)]  # last in the list, and due
+    ticks = itertools.count()
+    monkeypatch.setattr(sweeper, "time", type("Clock", (), {"monotonic": staticmethod(lambda: next(ticks))}))
+    monkeypatch.setattr(sweeper, "BATCH", 2)
+    later = utcnow() + timedelta(seconds=svc.settings.heartbeat_stale_s + 1)
+    runs = [sweeper.sweep(svc, later, budget_s=1.5) for _ in range(3)]  # each run has time for one batch
+    assert [(r["examined"], r["deferred"]) for r in runs] == [(2, 4)] * 3
+    assert sum(r["requeue"] for r in runs) == 2
+    assert all(svc.store.get(i).status is Status.QUEUED and svc.store.get(i).attempts == 1 for i in silent)
+    assert all(svc.store.get(j.id).status is Status.QUEUED for j in waiting)
+
+
 def test_two_sweepers_and_one_stale_job_make_one_outcome(svc: Services):
     job_id = running_job(svc).id
     later = utcnow() + timedelta(seconds=svc.settings.heartbeat_stale_s + 1)

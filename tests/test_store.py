@@ -289,3 +289,15 @@ def test_a_fresh_decision_is_respected_and_left_to_its_winner(svc: Services):
     assert svc.lifecycle.start(job, "worker-b") is None
     svc.store.settle(job.id)
     assert svc.store.get(job.id).worker_id == "worker-a"
+
+
+def test_the_newest_page_is_found_when_writers_raced_far_past_the_head_hint(db_path, settings):
+    d = LocalDict(db_path)
+    ids = _seed(d, 100)
+    d.put(keys.index_head(keys.ALL), 40)  # 60 slots claimed since the hint was last moved
+    d.pop(keys.index_slot(keys.ALL, 95))  # and a hole a cleanup left among them
+    store = JobStore(d, LocalQueue(db_path), settings)
+    page = store.list_jobs(limit=20)
+    newest = [i for i in ids[::-1] if i != ids[94]]
+    assert [j.id for j in page.jobs] == newest[:19] and store.index.head(keys.ALL) == 100  # the hole takes a place
+    assert store.list_jobs(limit=20, cursor=page.next_cursor).jobs[0].id == newest[19]

@@ -14,29 +14,41 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-MAX_IN_FLIGHT = 128  # concurrent calls per process; Modal multiplexes them over one connection
+MAX_IN_FLIGHT = 128  # concurrent calls per process and level; Modal multiplexes them over one connection
 
-_pool: ThreadPoolExecutor | None = None
+# A batch started inside a batched call (a store method that batches its own calls, run beside others) runs
+# on the next level's pool, so it still costs one round trip; a level's threads only ever wait on the level
+# below, so no pool waits on itself. Batches nested deeper than the levels run inline.
+_LEVELS = ("store-call", "store-nested")
+_BACKGROUND = "store-bg"  # fire-and-forget calls; their own batches go one level down
+_pools: dict[str, ThreadPoolExecutor] = {}
 _pool_lock = threading.Lock()
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
+def _executor(name: str) -> ThreadPoolExecutor:
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="store-call")
-        return _pool
+        if name not in _pools:
+            _pools[name] = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix=name)
+        return _pools[name]
+
+
+def _level() -> int:
+    """How deep in batches the calling thread runs: 0 outside any, 1 in a batched call, and so on."""
+    name = threading.current_thread().name
+    if name.startswith(_BACKGROUND):
+        return 1
+    return next((i + 1 for i, prefix in enumerate(_LEVELS) if name.startswith(prefix)), 0)
 
 
 def run_all(calls: Sequence[Callable[[], T]]) -> list[T]:
     """Run the calls concurrently and return their results in order; the first error is raised after all
     have finished, so no call is left running behind the caller's back. The batch costs one round trip
-    (up to MAX_IN_FLIGHT calls at a time)."""
-    if len(calls) <= 1:
+    (up to MAX_IN_FLIGHT calls at a time), also when it is started inside another batch's call."""
+    level = _level()
+    if len(calls) <= 1 or level >= len(_LEVELS):
         return [call() for call in calls]
-    if threading.current_thread().name.startswith("store-call"):
-        return [call() for call in calls]  # nested batches run inline: a full pool must never wait on itself
-    futures = [_executor().submit(call) for call in calls]
+    pool = _executor(_LEVELS[level])
+    futures = [pool.submit(call) for call in calls]
     results, first_error = [], None
     for future in futures:
         try:
@@ -56,7 +68,7 @@ def map_all(fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
 
 def submit(call: Callable[[], T]) -> Future:
     """Run one call in the background; its Future."""
-    return _executor().submit(call)
+    return _executor(_BACKGROUND).submit(call)
 
 
 def settle_all(calls: Sequence[Callable[[], T]]) -> list[T | BaseException]:

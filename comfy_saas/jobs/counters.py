@@ -4,6 +4,10 @@ Each process counts in memory (one `Counters` per Services) and writes its total
 `metrics:{shard}`, at most every FLUSH_EVERY_S, off the caller's path. A scrape sums the registered
 shards; the sweeper folds shards of processes long gone into one rolled-up total. Dict has no atomic
 increment, so every shard has exactly one writer: the process that counts it.
+
+A process whose shard has not been written for ROTATE_AFTER_S leaves it as it is and goes on in a fresh
+shard holding only what it counted since. So a shard idle for longer than that is never written again, and
+the sweeper (jobs/rollup.py) may fold one idle for FOLD_AFTER_S without racing its writer.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from comfy_saas.jobs.model import ACTIVE_STATUSES, Job, Status
 
 FLUSH_EVERY_S = 2.0
+ROTATE_AFTER_S = 600.0
+FOLD_AFTER_S = 1_800.0  # well past ROTATE_AFTER_S, so differing clocks cannot make a fold race a write
 BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 PHASES = ("queue_wait", "prepare", "execute", "upload", "finish", "total")
 
@@ -27,10 +34,12 @@ class Counters:
     """This process's counts: moves into and out of each status (per pool), phase times of finished jobs,
     webhook outcomes."""
 
-    def __init__(self) -> None:
-        self.shard = f"{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.shard = _shard_name()
         self._lock = threading.Lock()
         self._counts: Counter = Counter()
+        self._written: Counter = Counter()  # the counts as the current shard was last written
         self._version = 0
         self._flushed_version = 0
         self._last_flush = 0.0
@@ -69,15 +78,36 @@ class Counters:
 
     def due(self, now: float | None = None) -> bool:
         """Whether there are counts not yet written and the last write is old enough."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         return self._version != self._flushed_version and now - self._last_flush >= FLUSH_EVERY_S
 
     def snapshot(self) -> tuple[int, dict[str, Any]]:
         with self._lock:
             return self._version, {"counts": dict(self._counts), "at": time.time()}
 
-    def flushed(self, version: int) -> None:
-        self._flushed_version, self._last_flush = max(self._flushed_version, version), time.monotonic()
+    def flushed(self, version: int, counts: dict[str, Any]) -> None:
+        """The shard was written with `counts` (the snapshot of `version`)."""
+        with self._lock:
+            if version >= self._flushed_version:
+                self._written = Counter(counts)
+            self._flushed_version, self._last_flush = max(self._flushed_version, version), self.clock()
+
+    def rotate_if_idle(self) -> bool:
+        """Before a write: when the shard was last written ROTATE_AFTER_S ago or more, leave it to the sweeper
+        and go on in a fresh one with only the counts made since. Whether it rotated."""
+        with self._lock:
+            if not self.registered or self.clock() - self._last_flush < ROTATE_AFTER_S:
+                return False
+            self._counts = Counter({k: v - self._written.get(k, 0) for k, v in self._counts.items()
+                                    if v != self._written.get(k, 0)})
+            self._written = Counter()
+            self.shard, self.registered = _shard_name(), False
+            self._version += 1
+            return True
+
+
+def _shard_name() -> str:
+    return f"{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def active_gauge(totals: Counter) -> dict[tuple[str, str], float]:

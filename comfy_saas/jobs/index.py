@@ -78,17 +78,26 @@ class SlotIndex:
         return self._d.get(keys.index_head(scope)) or 0
 
     def head(self, scope: str) -> int:
-        """The highest claimed slot: the hint, corrected by probing forward PROBE_BATCH slots at a time."""
-        n = self.head_hint(scope)
-        while True:
-            probes = run_all([lambda k=k: self._d.contains(keys.index_slot(scope, k))
-                              for k in range(n + 1, n + 1 + PROBE_BATCH)])
-            taken = [n + 1 + i for i, present in enumerate(probes) if present]
-            if not taken:
-                return n
-            n = max(taken)
+        """The highest claimed slot (two round trips while writers do not race far past the hint)."""
+        return self.newest(scope, 0)[0]
 
-    def slots(self, scope: str, numbers: list[int]) -> list[str | None]:
+    def newest(self, scope: str, window: int, hint: int | None = None, low: int = 1) -> tuple[int, dict[int, Any]]:
+        """The highest claimed slot, and the values of the slots read on the way, which include the `window`
+        below the head hint: the hint (unless given), then the probe past it together with the window. The
+        highest claimed slot is the last one followed by PROBE_BATCH free ones; a probe twice that long finds
+        it in one read unless writers raced more than PROBE_BATCH past the hint."""
+        n = self.head_hint(scope) if hint is None else hint
+        seen: dict[int, Any] = {}
+        lo = max(low, n - window + 1)
+        while True:
+            numbers = [k for k in range(lo, n + 2 * PROBE_BATCH + 1) if k not in seen]
+            seen.update(zip(numbers, self.slots(scope, numbers), strict=True))
+            top = max((k for k in range(n + 1, n + 2 * PROBE_BATCH + 1) if seen.get(k) is not None), default=n)
+            if top <= n + PROBE_BATCH:
+                return top, seen
+            n = top
+
+    def slots(self, scope: str, numbers: list[int]) -> list[Any]:
         """The job ids in the given slots (None for empty ones), in one round trip."""
         return run_all([lambda k=k: self._d.get(keys.index_slot(scope, k)) for k in numbers])
 

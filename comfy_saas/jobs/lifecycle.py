@@ -192,17 +192,20 @@ class Lifecycle:
             self.store.flag_cancel(job.id)  # so a live worker interrupts ComfyUI
         return self._move(job, target, owner, error=error)
 
-    def cancel(self, job_id: str, user_id: str | None = None) -> Job:
-        """Flag the job for cancellation; a queued job nobody owns yet is cancelled right here."""
-        job = self.store.require(job_id, user_id)
+    def cancel(self, job: Job | str, user_id: str | None = None) -> Job:
+        """Flag the job (as the caller just read it, or by id) for cancellation; a queued job nobody owns yet
+        is cancelled right here. The flag goes out with the move, so a worker that won the start meanwhile
+        still sees it: one round trip for a running job, two or three for a queued one."""
+        if isinstance(job, str):
+            job = self.store.require(job, user_id)
         if job.terminal:
             return job
-        self.store.flag_cancel(job_id)
-        if job.status is Status.QUEUED:
-            moved = self.take_over(job, Status.CANCELLED, CANCELLED_QUEUED, owner="api:cancel")
-            if moved is not None:
-                return moved
-        return self.store.require(job_id)
+        if job.status is not Status.QUEUED:
+            self.store.flag_cancel(job.id)
+            return job
+        _, moved = run_all([lambda: self.store.flag_cancel(job.id),
+                            lambda: self._move(job, Status.CANCELLED, "api:cancel", error=CANCELLED_QUEUED)])
+        return moved if moved is not None else self.store.require(job.id)
 
     def requeue(self, job: Job, error: JobError, owner: str) -> Job:
         """A queued job's wake-up again, or a running job taken over and queued again."""

@@ -75,10 +75,10 @@ def check_webhook_secret(svc: Services, request: JobRequest) -> None:
                            "(an optional key of the comfy-saas-api Secret) to use webhooks", field="webhook_url")
 
 
-def preflight_check(svc: Services, request: JobRequest, schema: dict[str, Any] | None = None,
-                    workflow: dict[str, Any] | None = None, overrides: list[dict[str, Any]] | None = None) -> None:
-    """Refuse, before anything is queued, a workflow the deployed ComfyUI would reject."""
-    schema = svc.store.object_info(request.pool) if schema is None else schema
+def preflight_check(request: JobRequest, schema: dict[str, Any] | None, workflow: dict[str, Any] | None = None,
+                    overrides: list[dict[str, Any]] | None = None) -> None:
+    """Refuse, before anything is queued, a workflow the deployed ComfyUI (its node catalogue, `schema`) would
+    reject."""
     if schema is None:
         return  # no capture yet: ComfyUI validates at run time
     if overrides is None:
@@ -128,7 +128,7 @@ def submit_job(svc: Services, caller: Caller, body: bytes | bytearray | str | di
     check_urls(svc, request)
     nodes = catalogue(svc, request.pool, needed=is_ui_format(request.workflow))
     prepared = prepare(request, nodes, svc.settings.limits, recorded)
-    preflight_check(svc, request, nodes, prepared.workflow, prepared.overrides)
+    preflight_check(request, nodes, prepared.workflow, prepared.overrides)
     job, created = _store_job(svc, prepared)
     logs.event(log, "job.submitted" if created else "job.submit_repeated", job_id=job.id, phase="submit",
                pool=job.pool)
@@ -229,7 +229,7 @@ def cancel_job(svc: Services, caller: Caller, job_id: str) -> dict[str, Any]:
     if job.terminal:
         raise AlreadyFinished(f"the job is already {job.status.value}; only queued or running jobs can be "
                               "cancelled", job.status.value)
-    return job_view(svc, svc.lifecycle.cancel(job.id, caller.user_id))
+    return job_view(svc, svc.lifecycle.cancel(job))
 
 
 def health(svc: Services) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -35,6 +36,7 @@ from comfy_saas.jobs.quotas import ActiveSlots
 
 MAX_PAGE = 100
 PROGRESS_EVENTS_KEPT = 300
+CATALOGUE_TTL_S = 30.0  # how long a process trusts the node catalogue it read
 # With a status filter a page may need more slots than its size; bound the work and hand back a cursor.
 _FILTER_SCAN_FACTOR = 5
 
@@ -80,6 +82,7 @@ class JobStore:
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.d = jobs
         self._q = work
+        self._catalogues: dict[str, tuple[float, dict[str, Any] | None]] = {}  # pool -> (expires, catalogue)
         self.settings = settings
         self.clock = clock
         self.index = SlotIndex(jobs)
@@ -263,10 +266,21 @@ class JobStore:
     # --- the deployed ComfyUI's node catalogue, for pre-flight validation ------------------------
 
     def save_object_info(self, schema: dict[str, Any], pool: str | None = None) -> None:
-        self.d.put(keys.object_info(pool or self.settings.default_pool), schema)
+        pool = pool or self.settings.default_pool
+        self.d.put(keys.object_info(pool), schema)
+        self._catalogues[pool] = (time.monotonic() + CATALOGUE_TTL_S, schema)
 
     def object_info(self, pool: str | None = None) -> dict[str, Any] | None:
-        return self.d.get(keys.object_info(pool or self.settings.default_pool))
+        """A pool's node catalogue, as its workers last published it. Kept in memory for CATALOGUE_TTL_S (a
+        missing one for a second), so a submit does not pay a round trip for it: it changes only when a worker
+        with other nodes starts."""
+        pool = pool or self.settings.default_pool
+        expires, schema = self._catalogues.get(pool, (0.0, None))
+        if time.monotonic() < expires:
+            return schema
+        schema = self.d.get(keys.object_info(pool))
+        self._catalogues[pool] = (time.monotonic() + (CATALOGUE_TTL_S if schema is not None else 1.0), schema)
+        return schema
 
     # --- the work queue ------------------------------------------------------------------------
 
@@ -305,29 +319,32 @@ class JobStore:
     # --- counters (one shard per process; see counters.py) -----------------------------------------
 
     def save_counters(self, counters: Counters) -> None:
-        """Write this process's counter shard (registering it once); skipped while another write of it runs."""
+        """Write this process's counter shard (registering it once, and moving to a fresh one after a long
+        idle spell: see jobs/counters.py); skipped while another write of it runs."""
         if not counters.flushing.acquire(blocking=False):
             return
         try:
+            counters.rotate_if_idle()
             version, shard = counters.snapshot()
+            # Written before it is registered, so a registered shard with no value is one deleted or expired.
+            self.d.put(keys.metrics_shard(counters.shard), shard)
             if not counters.registered:
                 self.index.append(keys.METRICS, counters.shard)
                 counters.registered = True
-            self.d.put(keys.metrics_shard(counters.shard), shard)
-            counters.flushed(version)
+            counters.flushed(version, shard["counts"])
         finally:
             counters.flushing.release()
 
     def counter_shards(self) -> tuple[dict[str, Any], list[tuple[int, str, dict[str, Any] | None]]]:
-        """(the rolled-up totals, [(registry slot, shard name, shard)]) for every live shard. Three round trips."""
-        low = self.state("metrics_low", 1)
-        head = self.index.head(keys.METRICS)
-        numbers = list(range(low, head + 1))
-        names = self.index.slots(keys.METRICS, numbers)
-        found = [(n, name) for n, name in zip(numbers, names, strict=True) if name]
-        got = run_all([lambda: self.state("metrics_rollup", {}),
-                       *(lambda name=name: self.d.get(keys.metrics_shard(name)) for _, name in found)])
-        return got[0] or {}, [(n, name, shard) for (n, name), shard in zip(found, got[1:], strict=True)]
+        """(the rolled-up totals, [(registry slot, shard name, shard)]) for every live shard. Three round trips:
+        the registry's low mark, its head hint and the rollup; the registry's slots; the shards."""
+        low, hint, rollup = run_all([lambda: self.state("metrics_low", 1),
+                                     lambda: self.index.head_hint(keys.METRICS),
+                                     lambda: self.state("metrics_rollup", {})])
+        head, seen = self.index.newest(keys.METRICS, hint - low + 1, hint=hint, low=low)
+        found = [(n, name) for n, name in sorted(seen.items()) if name and low <= n <= head]
+        shards = run_all([lambda name=name: self.d.get(keys.metrics_shard(name)) for _, name in found])
+        return rollup or {}, [(n, name, shard) for (n, name), shard in zip(found, shards, strict=True)]
 
     # --- maintenance state and deletion --------------------------------------------------------
 
@@ -352,17 +369,23 @@ class JobStore:
     def list_jobs(self, *, user_id: str | None = None, status: Status | None = None,
                   cursor: str | None = None, limit: int = 20) -> Page:
         """Newest first, `limit` per page; `cursor` comes from the previous page's next_cursor. The first
-        page costs four round trips (head hint, probe, slots, jobs), later ones two."""
+        page costs three round trips (the head hint; the probe past it with the page's slots; the jobs), later
+        ones two (slots, jobs)."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", field="limit")
         scope = keys.scope(user_id)
-        n = self.index.head(scope) if cursor is None else _parse_cursor(cursor)
+        known: dict[int, Any] = {}
+        n = _parse_cursor(cursor) if cursor is not None else 0
+        if cursor is None:
+            n, known = self.index.newest(scope, limit)
         budget = limit * (_FILTER_SCAN_FACTOR if status else 1)
         jobs: list[Job] = []
         while n >= 1 and len(jobs) < limit and budget > 0:
             take = min(budget, limit if status else limit - len(jobs))
             numbers = list(range(n, max(0, n - take), -1))
-            ids = self.index.slots(scope, numbers)
+            if missing := [k for k in numbers if k not in known]:
+                known.update(zip(missing, self.index.slots(scope, missing), strict=True))
+            ids = [known[k] for k in numbers]
             n, budget = numbers[-1] - 1, budget - len(numbers)
             for job in self.get_many(ids):
                 if job is not None and (status is None or job.status is status) and len(jobs) < limit:

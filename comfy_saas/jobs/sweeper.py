@@ -17,9 +17,9 @@ from datetime import datetime
 from enum import StrEnum
 
 from comfy_saas import logs
-from comfy_saas.backends.parallel import run_all
+from comfy_saas.backends.parallel import run_all, settle_all
 from comfy_saas.config import Settings
-from comfy_saas.jobs import watchlist
+from comfy_saas.jobs import rollup, watchlist
 from comfy_saas.jobs.deliveries import settled
 from comfy_saas.jobs.model import Job, JobError, Status
 from comfy_saas.jobs.services import Services
@@ -82,24 +82,37 @@ def act(svc: Services, job: Job, action: Action, owner: str = OWNER) -> bool:
 
 
 def sweep(svc: Services, now: datetime | None = None, owner: str = OWNER, budget_s: float = BUDGET_S) -> Counter:
-    """One run over the watch list; counts of what was done (and `waiting:{pool}` for pools with queued
-    jobs, so the caller can wake them)."""
+    """One run over the watch list; counts of what was done (`examined` jobs, `deferred` ones left for the
+    next run, and `waiting:{pool}` for pools with queued jobs, so the caller can wake them)."""
     now = now or svc.store.clock()
     deadline = time.monotonic() + budget_s
     watch = watchlist.load(svc.store)
     done: Counter = Counter(ingested=watchlist.ingest(svc.store, watch))
     kept: list[Entry] = []
+    deferred: list[Entry] = []
     for start in range(0, len(watch.entries), BATCH):
         batch = watch.entries[start:start + BATCH]
         if time.monotonic() > deadline:
-            kept += batch  # out of time: examined next run
+            deferred += batch
             continue
+        done["examined"] += len(batch)
         kept += _sweep_batch(svc, batch, now, owner, done)
-    watch.entries = kept
+    done["deferred"] = len(deferred)
+    watch.entries = deferred + kept  # out of time: what was not examined goes first next run, so none starves
     watchlist.save(svc.store, watch)
-    if sum(v for k, v in done.items() if k != "ingested"):
+    done["shards_folded"] = _fold_counters(svc)
+    if sum(v for k, v in done.items() if k not in {"ingested", "examined", "deferred", "shards_folded"}):
         log.info("sweep: %s", dict(done))
     return done
+
+
+def _fold_counters(svc: Services) -> int:
+    """Fold idle metrics shards (jobs/rollup.py); never fails the sweep, which is about jobs."""
+    try:
+        return rollup.fold_idle_shards(svc.store)
+    except Exception as exc:
+        logs.event(log, "sweeper.fold_failed", logging.WARNING, error=str(exc))
+        return 0
 
 
 def _sweep_batch(svc: Services, batch: list[Entry], now: datetime, owner: str, done: Counter) -> list[Entry]:
@@ -151,8 +164,14 @@ def _lost(entry: Entry, job: Job, now: datetime, pools: dict[str, tuple[bool, fl
 
 def _act_all(svc: Services, moves: list[tuple[Entry, Job, Action]], now: datetime, owner: str,
              done: Counter) -> None:
-    results = run_all([lambda j=j, a=a: act(svc, j, a, owner) for _, j, a in moves])
+    # One job's failure (a full queue, the store away a moment) must not stop the run: that job is
+    # examined again next run, and the run still saves what it learned about the others.
+    results = settle_all([lambda j=j, a=a: act(svc, j, a, owner) for _, j, a in moves])
     for (entry, job, action), acted in zip(moves, results, strict=True):
+        if isinstance(acted, BaseException):
+            done["act_failed"] += 1
+            logs.event(log, "sweeper.act_failed", logging.WARNING, job_id=job.id, error=str(acted))
+            continue
         if not acted:
             continue
         done[action.value] += 1

@@ -16,24 +16,27 @@ from comfy_saas.jobs.services import Services
 
 
 def totals(svc: Services) -> Counter:
-    """Every counter summed over the live shards and the rolled-up total (this process's counts first
-    written, so a scrape sees its own moves)."""
-    svc.lifecycle.flush_counters(wait=True)
+    """Every counter summed over the live shards and the rolled-up total, with this process's own counts
+    taken from memory (so a scrape sees its own moves without waiting for a write)."""
+    svc.lifecycle.flush_counters()
     rollup, shards = svc.store.counter_shards()
+    mine = svc.lifecycle.counters
     total: Counter = Counter(rollup.get("counts", {}))
     folded = set(rollup.get("folded", []))
     for _, name, shard in shards:
-        if shard is not None and name not in folded:
+        if shard is not None and name not in folded and name != mine.shard:
             total.update(shard.get("counts", {}))
+    total.update(mine.snapshot()[1]["counts"])
     return total
 
 
 def render(svc: Services) -> str:
-    """The metrics page."""
-    total = totals(svc)
+    """The metrics page: three round trips, the queue depths read alongside the counters."""
+    pools = sorted(set(svc.settings.pool_table()) | {svc.settings.default_pool})
+    total, *depths = run_all([lambda: totals(svc), *(lambda p=p: svc.store.queue_depth(p) for p in pools)])
     active = active_gauge(total)
-    pools = sorted({p for _, p in active if p} | {svc.settings.default_pool})
-    depths = run_all([lambda p=p: svc.store.queue_depth(p) for p in pools])
+    if unlisted := sorted({p for _, p in active if p} - set(pools)):  # pools no longer configured
+        pools, depths = pools + unlisted, depths + run_all([lambda p=p: svc.store.queue_depth(p) for p in unlisted])
     lines = _jobs(total, active) + _active(active)
     lines += ["# HELP comfy_queue_depth Wake-ups waiting per pool.", "# TYPE comfy_queue_depth gauge"]
     lines += [f'comfy_queue_depth{{pool="{p}"}} {d}' for p, d in zip(pools, depths, strict=True)]

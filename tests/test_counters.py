@@ -1,0 +1,80 @@
+"""The counters behind /metrics: one shard per process, a fresh shard after a long idle spell, and the sweeper
+folding idle shards into one rolled-up total. What a scrape shows never changes by folding, nothing is
+counted twice, and a scrape reads only the shards still in use."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from comfy_saas.jobs import keys, rollup
+from comfy_saas.jobs.counters import FOLD_AFTER_S, ROTATE_AFTER_S, Counters
+from comfy_saas.jobs.model import Status
+from comfy_saas.jobs.services import Services
+from comfy_saas.web import metrics
+
+
+class Process:
+    """Another process counting moves into the same store (a container, say), on a clock of its own."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc, self.now = svc, 0.0
+        self.counters = Counters(clock=lambda: self.now)
+
+    def count(self, n: int) -> None:
+        for _ in range(n):
+            self.counters.moved(None, Status.QUEUED, "default")
+        self.svc.store.save_counters(self.counters)
+
+    def idle(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def queued_total(svc: Services) -> float:
+    return metrics.totals(svc)["entered|queued|default"]
+
+
+def test_folding_idle_shards_keeps_the_totals_and_empties_what_a_scrape_reads(svc: Services):
+    a, b = Process(svc), Process(svc)
+    a.count(3)
+    b.count(4)
+    assert queued_total(svc) == 7 and len(svc.store.counter_shards()[1]) == 2
+    assert rollup.fold_idle_shards(svc.store, time.time() + 60) == 0  # not idle long enough
+    assert rollup.fold_idle_shards(svc.store, time.time() + FOLD_AFTER_S + 1) == 2
+    assert queued_total(svc) == 7
+    assert svc.store.counter_shards()[1] == []  # the registry's low mark moved past both
+    assert svc.store.d.get(keys.metrics_shard(a.counters.shard)) is None
+    assert rollup.fold_idle_shards(svc.store, time.time() + FOLD_AFTER_S + 1) == 0
+    assert queued_total(svc) == 7
+
+
+def test_a_process_idle_for_long_counts_on_in_a_fresh_shard_so_a_fold_never_counts_twice(svc: Services):
+    p = Process(svc)
+    p.count(2)
+    first = p.counters.shard
+    p.idle(ROTATE_AFTER_S + 1)
+    p.count(1)  # written to a fresh shard: the first one stays as it was, for the sweeper
+    assert p.counters.shard != first and queued_total(svc) == 3
+    assert rollup.fold_idle_shards(svc.store, time.time() + FOLD_AFTER_S + 1) == 2  # both look idle by now
+    p.idle(FOLD_AFTER_S + 1)  # and the process has been idle as long
+    p.count(1)
+    assert queued_total(svc) == 4
+    new = Process(svc)
+    new.count(1)
+    assert queued_total(svc) == 5 and len(svc.store.counter_shards()[1]) == 2  # only the live shards are read
+
+
+def test_two_sweepers_folding_at_once_add_each_shard_once(svc: Services):
+    for n in range(1, 6):
+        Process(svc).count(n)
+    barrier = threading.Barrier(2)
+
+    def fold(_: int) -> int:
+        barrier.wait()
+        return rollup.fold_idle_shards(svc.store, time.time() + FOLD_AFTER_S + 1)
+
+    with ThreadPoolExecutor(2) as pool:
+        assert sum(pool.map(fold, range(2))) == 5
+    assert queued_total(svc) == 15
+    assert svc.store.state("metrics_rollup")["counts"]["entered|queued|default"] == 15
