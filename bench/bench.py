@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -222,17 +223,31 @@ def drain_rate(jobs: int, workers: int, tmp: Path, rpc_ms: float) -> float:
     from the first job started to the last finished (ComfyUI start-up is per container, not per job)."""
     settings = settings_for(tmp / f"drain-{workers}", rpc_ms)
     svc = local_services(settings)
-    ids = [submit_job(svc, CALLER, {"workflow": workflow(i)})[0]["id"] for i in range(jobs)]
+    with ThreadPoolExecutor(16) as pool:  # queued before the workers start; not what is measured
+        ids = list(pool.map(lambda i: submit_job(svc, CALLER, {"workflow": workflow(i)})[0]["id"], range(jobs)))
     stack = LocalStack(settings, StackOptions(workers=workers, sweep_interval_s=3600, webhook_interval_s=3600,
                                               pools=["default"]))
     stack.start()
     try:
-        wait_for(lambda: all(j is not None and j.terminal for j in svc.store.get_many(ids)), 600, 0.2)
+        wait_all_finished(svc, ids, 600)
     finally:
         stack.stop()
     done = svc.store.get_many(ids)
     span = max(j.finished_at for j in done) - min(j.started_at for j in done)
     return round(jobs / span.total_seconds(), 1)
+
+
+def wait_all_finished(svc: Services, ids: list[str], timeout_s: float) -> None:
+    """Until every job has ended, reading only the ones not seen finished yet, a few at a time, so watching
+    does not load the store the workers are measured on."""
+    pending = list(ids)
+
+    def done() -> bool:
+        batch = pending[:100]
+        finished = {j.id for j in svc.store.get_many(batch) if j is not None and j.terminal}
+        pending[:100] = [i for i in batch if i not in finished]
+        return not pending
+    wait_for(done, timeout_s, 0.2)
 
 
 def worker_rss_mb(jobs: int, tmp: Path) -> float:
@@ -250,7 +265,7 @@ def worker_rss_mb(jobs: int, tmp: Path) -> float:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         ids = [submit_job(svc, CALLER, {"workflow": workflow(i)})[0]["id"] for i in range(jobs)]
-        wait_for(lambda: all(j is not None and j.terminal for j in svc.store.get_many(ids)), 300, 0.05)
+        wait_all_finished(svc, ids, 300)
         status = Path(f"/proc/{proc.pid}/status").read_text()
         peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
         return round(peak_kb / 1024, 1)

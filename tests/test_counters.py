@@ -35,15 +35,21 @@ def queued_total(svc: Services) -> float:
     return metrics.totals(svc)["entered|queued|default"]
 
 
+def live_shards(svc: Services) -> list[str]:
+    """The shards a scrape reads, other than the scraping process's own."""
+    own = svc.lifecycle.counters.shard
+    return [name for name, shard in svc.store.counter_registry().shards.items() if shard and name != own]
+
+
 def test_folding_idle_shards_keeps_the_totals_and_empties_what_a_scrape_reads(svc: Services):
     a, b = Process(svc), Process(svc)
     a.count(3)
     b.count(4)
-    assert queued_total(svc) == 7 and len(svc.store.counter_shards()[1]) == 2
+    assert queued_total(svc) == 7 and len(live_shards(svc)) == 2
     assert rollup.fold_idle_shards(svc.store, time.time() + 60) == 0  # not idle long enough
     assert rollup.fold_idle_shards(svc.store, time.time() + FOLD_AFTER_S + 1) == 2
     assert queued_total(svc) == 7
-    assert svc.store.counter_shards()[1] == []  # the registry's low mark moved past both
+    assert svc.store.counter_registry().slots == {}  # the registry's low mark moved past both
     assert svc.store.d.get(keys.metrics_shard(a.counters.shard)) is None
     assert rollup.fold_idle_shards(svc.store, time.time() + FOLD_AFTER_S + 1) == 0
     assert queued_total(svc) == 7
@@ -62,7 +68,7 @@ def test_a_process_idle_for_long_counts_on_in_a_fresh_shard_so_a_fold_never_coun
     assert queued_total(svc) == 4
     new = Process(svc)
     new.count(1)
-    assert queued_total(svc) == 5 and len(svc.store.counter_shards()[1]) == 2  # only the live shards are read
+    assert queued_total(svc) == 5 and len(live_shards(svc)) == 2  # only the live shards are read
 
 
 def test_two_sweepers_folding_at_once_add_each_shard_once(svc: Services):
@@ -78,3 +84,36 @@ def test_two_sweepers_folding_at_once_add_each_shard_once(svc: Services):
         assert sum(pool.map(fold, range(2))) == 5
     assert queued_total(svc) == 15
     assert svc.store.state("metrics_rollup")["counts"]["entered|queued|default"] == 15
+
+
+def test_a_scraping_process_whose_own_shard_was_folded_counts_itself_once(svc: Services):
+    clock = [0.0]
+    svc.lifecycle.counters.clock = lambda: clock[0]
+    svc.lifecycle.counters.moved(None, Status.QUEUED, "default")
+    assert queued_total(svc) == 1  # its own shard is written as it scrapes
+    assert rollup.fold_idle_shards(svc.store, time.time() + FOLD_AFTER_S + 1) == 1
+    assert queued_total(svc) == 1
+    clock[0] += FOLD_AFTER_S + 1
+    assert queued_total(svc) == 1  # its next write went to a fresh shard
+
+
+def test_the_low_mark_waits_for_a_registration_still_on_its_way(svc: Services):
+    early, late = Process(svc), Process(svc)
+    early.count(1)
+    on_its_way = svc.store.index.claim(keys.METRICS, "in-flight", 0)  # claimed, its shard not yet written...
+    svc.store.index.remove(keys.METRICS, on_its_way)  # ...nor, as a racing reader saw it, its slot
+    late.count(2)
+    assert rollup.fold_idle_shards(svc.store, time.time() + FOLD_AFTER_S + 1) == 2
+    assert svc.store.counter_registry().low == on_its_way  # not past the empty slot
+    svc.store.d.put(keys.metrics_shard("in-flight"), {"counts": {"entered|queued|default": 4}, "at": time.time()})
+    svc.store.d.put(keys.index_slot(keys.METRICS, on_its_way), "in-flight")  # the registration lands
+    assert queued_total(svc) == 7
+
+
+def test_a_shard_registered_twice_is_counted_once(svc: Services):
+    p = Process(svc)
+    p.count(3)
+    svc.store.index.append(keys.METRICS, p.counters.shard)  # a retried registration
+    assert queued_total(svc) == 3
+    assert rollup.fold_idle_shards(svc.store, time.time() + FOLD_AFTER_S + 1) == 1
+    assert queued_total(svc) == 3

@@ -87,3 +87,15 @@ def test_a_worker_publishes_its_comfyuis_catalogue(db_path: Path, settings, tmp_
     schema = svc.store.object_info()
     assert {"SaveImage", "SlowPassthrough", "LoadImage"} <= set(schema)
     assert schema["LoadImage"]["outputs"] == ["IMAGE", "MASK"]
+
+
+def test_a_node_a_newer_worker_published_is_accepted_though_this_process_kept_the_old_catalogue(
+        svc: Services, db_path: Path, settings, tmp_path: Path):
+    workflow = {"1": {"class_type": "BrandNewNode", "inputs": {}}, "2": save("1")}
+    assert refused(svc, workflow)  # this process now keeps the catalogue it read
+    newer = preflight.compact(json.loads((CAPTURE / "object_info_full.json").read_text()))
+    newer["BrandNewNode"] = {**newer["EmptyImage"], "required": {}}
+    worker_side = Services.over(LocalDict(db_path), LocalQueue(db_path), settings,
+                                LocalStore(tmp_path / "out", "s", "http://h"))
+    worker_side.store.save_object_info(newer)  # another process: a worker with the new node started
+    assert submit_job(svc, Caller("k"), {"workflow": workflow})[1] is True

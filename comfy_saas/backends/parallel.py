@@ -20,7 +20,8 @@ MAX_IN_FLIGHT = 128  # concurrent calls per process and level; Modal multiplexes
 # on the next level's pool, so it still costs one round trip; a level's threads only ever wait on the level
 # below, so no pool waits on itself. Batches nested deeper than the levels run inline.
 _LEVELS = ("store-call", "store-nested")
-_BACKGROUND = "store-bg"  # fire-and-forget calls; their own batches go one level down
+_BACKGROUND = "store-bg"  # fire-and-forget calls; their own batches run inline (threads of any level may
+# wait on a background call, so it must never wait on a pool itself)
 _pools: dict[str, ThreadPoolExecutor] = {}
 _pool_lock = threading.Lock()
 
@@ -36,7 +37,7 @@ def _level() -> int:
     """How deep in batches the calling thread runs: 0 outside any, 1 in a batched call, and so on."""
     name = threading.current_thread().name
     if name.startswith(_BACKGROUND):
-        return 1
+        return len(_LEVELS)
     return next((i + 1 for i, prefix in enumerate(_LEVELS) if name.startswith(prefix)), 0)
 
 

@@ -5,9 +5,10 @@ Each process counts in memory (one `Counters` per Services) and writes its total
 shards; the sweeper folds shards of processes long gone into one rolled-up total. Dict has no atomic
 increment, so every shard has exactly one writer: the process that counts it.
 
-A process whose shard has not been written for ROTATE_AFTER_S leaves it as it is and goes on in a fresh
-shard holding only what it counted since. So a shard idle for longer than that is never written again, and
-the sweeper (jobs/rollup.py) may fold one idle for FOLD_AFTER_S without racing its writer.
+A process whose shard has not been written for ROTATE_AFTER_S, or was registered MAX_SHARD_AGE_S ago, leaves
+it as it is and goes on in a fresh shard holding only what it counted since. So a shard idle for longer than
+ROTATE_AFTER_S is never written again, and the sweeper (jobs/rollup.py) may fold one idle for FOLD_AFTER_S
+without racing its writer; and no shard stays in use long enough to pin the registry's low mark.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from comfy_saas.jobs.model import ACTIVE_STATUSES, Job, Status
 
 FLUSH_EVERY_S = 2.0
 ROTATE_AFTER_S = 600.0
+MAX_SHARD_AGE_S = 3_600.0
 FOLD_AFTER_S = 1_800.0  # well past ROTATE_AFTER_S, so differing clocks cannot make a fold race a write
 BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 PHASES = ("queue_wait", "prepare", "execute", "upload", "finish", "total")
@@ -43,6 +45,7 @@ class Counters:
         self._version = 0
         self._flushed_version = 0
         self._last_flush = 0.0
+        self._registered_at = 0.0
         self.registered = False
         self.flushing = threading.Lock()  # one write of this shard at a time, so none lands out of order
 
@@ -92,11 +95,23 @@ class Counters:
                 self._written = Counter(counts)
             self._flushed_version, self._last_flush = max(self._flushed_version, version), self.clock()
 
-    def rotate_if_idle(self) -> bool:
-        """Before a write: when the shard was last written ROTATE_AFTER_S ago or more, leave it to the sweeper
-        and go on in a fresh one with only the counts made since. Whether it rotated."""
+    def mark_registered(self) -> None:
         with self._lock:
-            if not self.registered or self.clock() - self._last_flush < ROTATE_AFTER_S:
+            self.registered, self._registered_at = True, self.clock()
+
+    def written(self) -> tuple[str, Counter]:
+        """(the current shard, the counts it was last written with), taken together."""
+        with self._lock:
+            return self.shard, Counter(self._written)
+
+    def rotate_if_due(self) -> bool:
+        """Before a write: when the shard was last written ROTATE_AFTER_S ago or more, or registered
+        MAX_SHARD_AGE_S ago, leave it to the sweeper and go on in a fresh one with only the counts made since.
+        Whether it rotated."""
+        with self._lock:
+            now = self.clock()
+            if not self.registered or (now - self._last_flush < ROTATE_AFTER_S
+                                       and now - self._registered_at < MAX_SHARD_AGE_S):
                 return False
             self._counts = Counter({k: v - self._written.get(k, 0) for k, v in self._counts.items()
                                     if v != self._written.get(k, 0)})

@@ -157,14 +157,16 @@ class Lifecycle:
     # --- the owner's moves -----------------------------------------------------------------------
 
     def start(self, job: Job, worker_id: str) -> Job | None:
-        """queued -> running: win the attempt. The record is written in the background, so the worker can
-        hand the prompt to ComfyUI at once (its later writes wait for this one). None if decided elsewhere."""
+        """queued -> running: win the attempt (one round trip). The record is written in the background, so the
+        worker can hand the prompt to ComfyUI at once (its later writes wait for this one). None if decided
+        elsewhere."""
         return self._move(job, Status.RUNNING, worker_id, defer_write=True, worker_id=worker_id)
 
     def heartbeat(self, job: Job, progress: Progress | None = None,
                   events: list[dict[str, Any]] | None = None) -> None:
-        """Report the running attempt `job` (as its owner holds it); AttemptMoved when it is no longer this
-        attempt's to run. Never writes the job record, so it cannot undo a requeue, a cancel or an outcome."""
+        """Report the running attempt `job` (as its owner holds it), in one round trip; AttemptMoved when it is
+        no longer this attempt's to run. Never writes the job record, so it cannot undo a requeue, a cancel or
+        an outcome."""
         self.store.settle(job.id)
         record = self.store.write_progress(job, progress, events or [])
         if record is None or record.status is not Status.RUNNING or record.claim_seq != job.claim_seq:
@@ -173,7 +175,8 @@ class Lifecycle:
                                f"no longer attempt {job.claim_seq}")
 
     def finish(self, job: Job, status: Status, **changes: Any) -> Job | None:
-        """The running attempt's terminal outcome; None when another move was decided first."""
+        """The running attempt's terminal outcome; None when another move was decided first. Two round trips
+        (claim, record), three with quota slots to give back or a webhook to register."""
         return self._move(job, status, job.worker_id or "worker", **changes)
 
     def release(self, job: Job, error: JobError) -> Job | None:

@@ -90,10 +90,11 @@ def preflight_check(request: JobRequest, schema: dict[str, Any] | None, workflow
         raise PreflightFailed(f"workflow: {len(problems)} problem(s): {summary}", problems)
 
 
-def catalogue(svc: Services, pool: str | None, needed: bool) -> dict[str, Any] | None:
-    """The pool's node catalogue. When `needed` and no worker has published one yet, wake the pool (its
-    worker publishes on start) and refuse with CatalogueUnavailable, which carries a Retry-After."""
-    nodes = svc.store.object_info(pool)
+def catalogue(svc: Services, pool: str | None, needed: bool, fresh: bool = False) -> dict[str, Any] | None:
+    """The pool's node catalogue (as this process last read it, unless `fresh`). When `needed` and no worker
+    has published one yet, wake the pool (its worker publishes on start) and refuse with
+    CatalogueUnavailable, which carries a Retry-After."""
+    nodes = svc.store.object_info(pool, fresh=fresh)
     if nodes is None and needed:
         wake(svc, pool or svc.settings.default_pool)
         raise CatalogueUnavailable("no worker has published this deployment's node catalogue yet, which converting "
@@ -126,15 +127,34 @@ def submit_job(svc: Services, caller: Caller, body: bytes | bytearray | str | di
     if caller.user_id is not None:
         request = request.model_copy(update={"user_id": caller.user_id})
     check_urls(svc, request)
-    nodes = catalogue(svc, request.pool, needed=is_ui_format(request.workflow))
-    prepared = prepare(request, nodes, svc.settings.limits, recorded)
-    preflight_check(request, nodes, prepared.workflow, prepared.overrides)
+    prepared = _prepare_checked(svc, request, recorded)
     job, created = _store_job(svc, prepared)
     logs.event(log, "job.submitted" if created else "job.submit_repeated", job_id=job.id, phase="submit",
                pool=job.pool)
     if created:
         wake(svc, job.pool)
     return job_view(svc, job), created
+
+
+def _prepare_checked(svc: Services, request: JobRequest, recorded: dict[str, Any] | None) -> Prepared:
+    """The request converted and checked against its pool's node catalogue. A refusal by the catalogue this
+    process kept is checked again against a fresh read: a worker with new nodes may have started since."""
+    needed = is_ui_format(request.workflow)
+    nodes = catalogue(svc, request.pool, needed)
+    try:
+        return _checked(request, nodes, svc, recorded)
+    except (PreflightFailed, InvalidInput):
+        fresh = catalogue(svc, request.pool, needed, fresh=True) if nodes is not None else None
+        if fresh is None or fresh == nodes:
+            raise
+    return _checked(request, fresh, svc, recorded)
+
+
+def _checked(request: JobRequest, nodes: dict[str, Any] | None, svc: Services,
+             recorded: dict[str, Any] | None) -> Prepared:
+    prepared = prepare(request, nodes, svc.settings.limits, recorded)
+    preflight_check(request, nodes, prepared.workflow, prepared.overrides)
+    return prepared
 
 
 def _store_job(svc: Services, prepared: Prepared) -> tuple[Job, bool]:

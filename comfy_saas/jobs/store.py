@@ -70,6 +70,17 @@ class Wakeup:
 
 
 @dataclass
+class CounterRegistry:
+    """The metrics registry as read: its low mark, its slots from there to the head (shard names, None where
+    empty), the rolled-up totals, and each registered shard's value by name (None once deleted)."""
+
+    low: int
+    slots: dict[int, str | None]
+    rollup: dict[str, Any]
+    shards: dict[str, dict[str, Any] | None]
+
+
+@dataclass
 class Page:
     jobs: list[Job]
     next_cursor: str | None
@@ -194,14 +205,17 @@ class JobStore:
             self._pending[job.id] = future
 
     def settle(self, job_id: str | None = None) -> None:
-        """Wait for deferred record writes (of one job, or all of this process's)."""
+        """Wait for deferred record writes (of one job, or all of this process's). A write is forgotten only
+        once it has landed, so a second thread settling the same job waits for it too."""
         with self._pending_lock:
-            futures = [self._pending.pop(job_id, None)] if job_id else list(self._pending.values())
-            if job_id is None:
-                self._pending.clear()
-        for future in futures:
-            if future is not None:
-                future.result()
+            pending = [(job_id, self._pending.get(job_id))] if job_id else list(self._pending.items())
+        for jid, future in pending:
+            if future is None:
+                continue
+            future.result()
+            with self._pending_lock:
+                if self._pending.get(jid) is future:
+                    del self._pending[jid]
 
     def refuse_start(self, job: Job) -> None:
         """Take the job's next move with no outcome, so nobody can make it (a submission being undone)."""
@@ -270,13 +284,13 @@ class JobStore:
         self.d.put(keys.object_info(pool), schema)
         self._catalogues[pool] = (time.monotonic() + CATALOGUE_TTL_S, schema)
 
-    def object_info(self, pool: str | None = None) -> dict[str, Any] | None:
+    def object_info(self, pool: str | None = None, fresh: bool = False) -> dict[str, Any] | None:
         """A pool's node catalogue, as its workers last published it. Kept in memory for CATALOGUE_TTL_S (a
         missing one for a second), so a submit does not pay a round trip for it: it changes only when a worker
-        with other nodes starts."""
+        with other nodes starts. `fresh` reads it again."""
         pool = pool or self.settings.default_pool
         expires, schema = self._catalogues.get(pool, (0.0, None))
-        if time.monotonic() < expires:
+        if time.monotonic() < expires and not fresh:
             return schema
         schema = self.d.get(keys.object_info(pool))
         self._catalogues[pool] = (time.monotonic() + (CATALOGUE_TTL_S if schema is not None else 1.0), schema)
@@ -319,32 +333,36 @@ class JobStore:
     # --- counters (one shard per process; see counters.py) -----------------------------------------
 
     def save_counters(self, counters: Counters) -> None:
-        """Write this process's counter shard (registering it once, and moving to a fresh one after a long
-        idle spell: see jobs/counters.py); skipped while another write of it runs."""
+        """Write this process's counter shard (registering it once, and moving to a fresh one when due: see
+        jobs/counters.py); skipped while another write of it runs."""
         if not counters.flushing.acquire(blocking=False):
             return
         try:
-            counters.rotate_if_idle()
+            counters.rotate_if_due()
             version, shard = counters.snapshot()
+            if not counters.registered and not shard["counts"]:
+                return  # nothing counted yet: no shard to keep
             # Written before it is registered, so a registered shard with no value is one deleted or expired.
             self.d.put(keys.metrics_shard(counters.shard), shard)
             if not counters.registered:
-                self.index.append(keys.METRICS, counters.shard)
-                counters.registered = True
+                n = self.index.claim(keys.METRICS, counters.shard, self.index.head_hint(keys.METRICS))
+                counters.mark_registered()  # before moving the hint, whose failure must not register it twice
+                self.d.put(keys.index_head(keys.METRICS), n)
             counters.flushed(version, shard["counts"])
         finally:
             counters.flushing.release()
 
-    def counter_shards(self) -> tuple[dict[str, Any], list[tuple[int, str, dict[str, Any] | None]]]:
-        """(the rolled-up totals, [(registry slot, shard name, shard)]) for every live shard. Three round trips:
-        the registry's low mark, its head hint and the rollup; the registry's slots; the shards."""
-        low, hint, rollup = run_all([lambda: self.state("metrics_low", 1),
-                                     lambda: self.index.head_hint(keys.METRICS),
-                                     lambda: self.state("metrics_rollup", {})])
+    def counter_registry(self) -> CounterRegistry:
+        """The registered counter shards at or above the registry's low mark, and the rollup. Three round
+        trips: the low mark and the head hint; the registry's slots; the rollup with the shards (read
+        together, so a fold between them cannot hide counts from both)."""
+        low, hint = run_all([lambda: self.state("metrics_low", 1), lambda: self.index.head_hint(keys.METRICS)])
         head, seen = self.index.newest(keys.METRICS, hint - low + 1, hint=hint, low=low)
-        found = [(n, name) for n, name in sorted(seen.items()) if name and low <= n <= head]
-        shards = run_all([lambda name=name: self.d.get(keys.metrics_shard(name)) for _, name in found])
-        return rollup or {}, [(n, name, shard) for (n, name), shard in zip(found, shards, strict=True)]
+        slots = {n: seen.get(n) for n in range(low, head + 1)}
+        names = list(dict.fromkeys(name for name in slots.values() if name))  # a name twice is one shard
+        got = run_all([lambda: self.state("metrics_rollup", {}),
+                       *(lambda name=name: self.d.get(keys.metrics_shard(name)) for name in names)])
+        return CounterRegistry(low, slots, got[0] or {}, dict(zip(names, got[1:], strict=True)))
 
     # --- maintenance state and deletion --------------------------------------------------------
 

@@ -5,7 +5,9 @@ two outcomes. It also keeps finished jobs with a pending webhook where the dispa
 One run, all in parallel batches, with a time budget (unexamined jobs simply wait for the next run):
     load the watch list -> ingest jobs created since -> load the watched jobs (records; heartbeats of the
     running ones) -> decide each (pure) -> act -> save the list
-Its cost grows with active jobs and new submissions, not with stored ones.
+Its cost grows with active jobs and new submissions, not with stored ones: about ten round trips when
+there is nothing to do, and a few per batch of BATCH watched jobs (10,000 active among 100,000 stored take
+one run of about 20 s at 25 ms per call: bench/bench.py).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Prometheus text from the counters every process keeps as jobs move (jobs/counters.py): jobs by status,
 active jobs per pool, queue depth per pool, phase latency histograms, webhook outcomes.
 
-A scrape reads the registered counter shards and the queue lengths: a handful of round trips, whatever
-the number of stored jobs.
+A scrape reads the live counter shards and the queue lengths in three round trips, whatever the number of
+stored jobs; shards of processes gone quiet are folded into one total by the sweeper (jobs/rollup.py).
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ from comfy_saas.jobs.services import Services
 
 
 def totals(svc: Services) -> Counter:
-    """Every counter summed over the live shards and the rolled-up total, with this process's own counts
-    taken from memory (so a scrape sees its own moves without waiting for a write)."""
-    svc.lifecycle.flush_counters()
-    rollup, shards = svc.store.counter_shards()
+    """Every counter summed over the registered shards and the rolled-up total. This process's shard is
+    written alongside the reads (no extra round trip), so a scrape shows its own moves and a scrape served by
+    another container never shows less than this one did."""
     mine = svc.lifecycle.counters
-    total: Counter = Counter(rollup.get("counts", {}))
-    folded = set(rollup.get("folded", []))
-    for _, name, shard in shards:
-        if shard is not None and name not in folded and name != mine.shard:
+    _, registry = run_all([lambda: svc.store.save_counters(mine), svc.store.counter_registry])
+    own, written = mine.written()
+    total: Counter = Counter(registry.rollup.get("counts", {}))
+    folded = set(registry.rollup.get("folded", {}))
+    for name, shard in registry.shards.items():
+        if shard is not None and name not in folded and name != own:
             total.update(shard.get("counts", {}))
-    total.update(mine.snapshot()[1]["counts"])
+    if own not in folded:  # folded, it is in the rollup as written, and nothing was written to it since
+        total.update(written)
     return total
 
 
