@@ -341,15 +341,21 @@ class JobRequest(BaseModel):
         return self
 
 
-def parse_submission(body: bytes | bytearray | str | dict[str, Any], limits: Limits | None = None) -> JobRequest:
-    """Validate a raw submission; raise InvalidInput naming the first bad field."""
-    limits = limits or Limits()
+def json_object(body: bytes | bytearray | str | dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """A request body as a JSON object, under the nesting and number rules every entry point shares."""
     if isinstance(body, bytes | bytearray | str):
         body = inputs.loads(body, limits.max_json_depth)
     else:
         inputs.check_plain(body, limits.max_json_depth)
     if not isinstance(body, dict):
         raise MalformedBody("request body must be a JSON object", field="body")
+    return body
+
+
+def parse_submission(body: bytes | bytearray | str | dict[str, Any], limits: Limits | None = None) -> JobRequest:
+    """Validate a raw submission; raise InvalidInput naming the first bad field."""
+    limits = limits or Limits()
+    body = json_object(body, limits)
     try:
         return JobRequest.model_validate(body, context={"limits": limits})
     except ValidationError as exc:

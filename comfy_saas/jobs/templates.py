@@ -15,13 +15,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from comfy_saas import inputs as input_rules
 from comfy_saas.backends.parallel import run_all
 from comfy_saas.config import Limits
-from comfy_saas.errors import Conflict, InvalidInput, MalformedBody, NotFound, PreflightFailed
+from comfy_saas.errors import Conflict, InvalidInput, NotFound, PreflightFailed
 from comfy_saas.jobs import keys, operations
 from comfy_saas.jobs.operations import Caller
-from comfy_saas.jobs.request import check_workflow, invalid_input_from
+from comfy_saas.jobs.request import check_workflow, invalid_input_from, json_object
 from comfy_saas.jobs.services import Services
 from comfy_saas.workflows import input_values, inputs, preflight, seeds
 from comfy_saas.workflows.convert import convert
@@ -43,20 +42,9 @@ class TemplateRequest(BaseModel):
     pool: str | None = Field(default=None, description="worker pool of its jobs (and whose catalogue types it)")
 
 
-def _json_object(body: bytes | bytearray | str | dict[str, Any], limits: Limits) -> dict[str, Any]:
-    """The body as a JSON object, under the same nesting and number rules as a job submission."""
-    if isinstance(body, bytes | bytearray | str):
-        body = input_rules.loads(body, limits.max_json_depth)
-    else:
-        input_rules.check_plain(body, limits.max_json_depth)
-    if not isinstance(body, dict):
-        raise MalformedBody("request body must be a JSON object", field="body")
-    return body
-
-
 def _parse(body: bytes | bytearray | str | dict[str, Any], limits: Limits) -> TemplateRequest:
     try:
-        req = TemplateRequest.model_validate(_json_object(body, limits))
+        req = TemplateRequest.model_validate(json_object(body, limits))
     except ValidationError as exc:
         raise invalid_input_from(exc) from None
     if req.pool is not None and not _POOL.match(req.pool):
@@ -213,7 +201,7 @@ def delete_template(svc: Services, caller: Caller, name: str) -> dict[str, Any]:
 def submit_from_template(svc: Services, caller: Caller, name: str, body: bytes | bytearray | str | dict[str, Any]
                          ) -> tuple[dict[str, Any], bool]:
     """A job from a template: `inputs` checked against its schema, plus the usual job options."""
-    options = _json_object(body, svc.settings.limits)
+    options = json_object(body, svc.settings.limits)
     if "workflow" in options:
         raise InvalidInput("workflow: a job from a template uses the template's workflow", field="workflow")
     values = options.pop("inputs", None) or {}
