@@ -14,6 +14,13 @@ def test_a_batch_inside_a_batched_call_runs_its_calls_together():
     assert [sorted(inner) for inner in outer] == [[0, 1, 2], [0, 1, 2]]
 
 
+def test_batches_nested_three_deep_still_run_together():
+    barrier = threading.Barrier(2, timeout=10)
+    deepest = lambda: run_all([barrier.wait] * 2)  # noqa: E731
+    got = run_all([lambda: run_all([lambda: run_all([deepest, lambda: None]), lambda: None]), lambda: None])
+    assert sorted(got[0][0][0]) == [0, 1]
+
+
 def test_a_background_call_can_batch_and_be_waited_for_from_a_batched_call():
     background = submit(lambda: run_all([lambda: 1, lambda: 2]))
     inner, other = run_all([lambda: background.result(timeout=10), lambda: "other"])

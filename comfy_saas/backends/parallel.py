@@ -17,28 +17,32 @@ T = TypeVar("T")
 MAX_IN_FLIGHT = 128  # concurrent calls per process and level; Modal multiplexes them over one connection
 
 # A batch started inside a batched call (a store method that batches its own calls, run beside others) runs
-# on the next level's pool, so it still costs one round trip; a level's threads only ever wait on the level
-# below, so no pool waits on itself. Batches nested deeper than the levels run inline.
-_LEVELS = ("store-call", "store-nested")
-_BACKGROUND = "store-bg"  # fire-and-forget calls; their own batches run inline (threads of any level may
-# wait on a background call, so it must never wait on a pool itself)
-_pools: dict[str, ThreadPoolExecutor] = {}
+# on the next level's pool, so it still costs one round trip; a level's threads only ever wait on the levels
+# below, so no pool waits on itself. Batches nested deeper than LEVELS run inline.
+LEVELS = 4
+_BACKGROUND = LEVELS + 1  # fire-and-forget calls run their batches inline: threads of any level may wait on them
+_pools: dict[int, ThreadPoolExecutor] = {}
 _pool_lock = threading.Lock()
+_local = threading.local()
 
 
-def _executor(name: str) -> ThreadPoolExecutor:
+def _set_level(level: int) -> None:
+    _local.level = level
+
+
+def _executor(level: int) -> ThreadPoolExecutor:
+    """The pool whose threads run at `level` (1 for batches started outside any, and so on)."""
     with _pool_lock:
-        if name not in _pools:
-            _pools[name] = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix=name)
-        return _pools[name]
+        if level not in _pools:
+            name = "store-bg" if level == _BACKGROUND else f"store-call-{level}"
+            _pools[level] = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix=name, initializer=_set_level,
+                                               initargs=(level,))
+        return _pools[level]
 
 
 def _level() -> int:
     """How deep in batches the calling thread runs: 0 outside any, 1 in a batched call, and so on."""
-    name = threading.current_thread().name
-    if name.startswith(_BACKGROUND):
-        return len(_LEVELS)
-    return next((i + 1 for i, prefix in enumerate(_LEVELS) if name.startswith(prefix)), 0)
+    return getattr(_local, "level", 0)
 
 
 def run_all(calls: Sequence[Callable[[], T]]) -> list[T]:
@@ -46,9 +50,9 @@ def run_all(calls: Sequence[Callable[[], T]]) -> list[T]:
     have finished, so no call is left running behind the caller's back. The batch costs one round trip
     (up to MAX_IN_FLIGHT calls at a time), also when it is started inside another batch's call."""
     level = _level()
-    if len(calls) <= 1 or level >= len(_LEVELS):
+    if len(calls) <= 1 or level >= LEVELS:
         return [call() for call in calls]
-    pool = _executor(_LEVELS[level])
+    pool = _executor(level + 1)
     futures = [pool.submit(call) for call in calls]
     results, first_error = [], None
     for future in futures:
