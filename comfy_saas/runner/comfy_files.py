@@ -9,6 +9,7 @@ configured for a ComfyUI on this machine; otherwise there is nothing to delete f
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ class ComfyFolders:
     input: Path
     output: Path
     temp: Path
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "temp"):  # resolved once: every deletion is checked against them
+            object.__setattr__(self, name, Path(getattr(self, name)).resolve())
 
     @classmethod
     def from_command(cls, comfy_dir: str | Path, args: list[str]) -> ComfyFolders:
@@ -75,10 +80,12 @@ class ComfyFolders:
 
 
 def _remove(base: Path, target: Path) -> int:
-    """Delete target (a file, or a folder with everything in it) if it lies strictly inside base."""
+    """Delete target (a file, or a folder with everything in it) if it lies strictly inside base (resolved)."""
+    if not os.path.lexists(target):
+        return 0  # most jobs have no input or temp folder: no need to resolve a path that is not there
     try:
         resolved = target.resolve()
-        if resolved == base.resolve() or not resolved.is_relative_to(base.resolve()):
+        if resolved == base or not resolved.is_relative_to(base):
             return 0
         if resolved.is_dir():
             shutil.rmtree(resolved)
