@@ -98,12 +98,20 @@ def _client(args: argparse.Namespace):
     return Client(args.url or defaults.url, api_key=key)
 
 
-def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    out = {}
+def _split_pairs(pairs: list[str], flag: str, shape: str) -> list[tuple[str, str]]:
+    """KEY=VALUE flags as (key, value) pairs; a flag without '=' is a ValueError naming the expected shape."""
+    out = []
     for pair in pairs:
-        path, sep, raw = pair.partition("=")
+        key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"--set {pair!r} must look like NODE.INPUT=VALUE")
+            raise ValueError(f"{flag} {pair!r} must look like {shape}")
+        out.append((key, value))
+    return out
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, raw in _split_pairs(pairs, "--set", "NODE.INPUT=VALUE"):
         try:
             out[path] = json.loads(raw)  # numbers, booleans, quoted strings, lists
         except ValueError:
@@ -112,13 +120,7 @@ def _parse_sets(pairs: list[str]) -> dict[str, Any]:
 
 
 def _parse_media(pairs: list[str]) -> dict[str, str]:
-    media = {}
-    for pair in pairs:
-        name, sep, source = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--media {pair!r} must look like NAME=PATH or NAME=URL")
-        media[name] = source
-    return media
+    return dict(_split_pairs(pairs, "--media", "NAME=PATH or NAME=URL"))
 
 
 def progress_line(job: dict[str, Any], width: int = 24) -> str:

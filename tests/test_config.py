@@ -34,6 +34,16 @@ def test_every_section_reads_its_own_prefix():
     assert settings.comfyui.url == ""
 
 
+def test_no_credential_shows_in_the_settings_repr():
+    """Settings end up in tracebacks and logs; credentials must not come with them."""
+    values = {"COMFY_R2_ACCESS_KEY_ID": "AKIA-secret-1", "COMFY_R2_SECRET_ACCESS_KEY": "secret-2",
+              "COMFY_API_KEYS": "secret-3:alice", "COMFY_WEBHOOK_SECRET": "whsec_secret4",
+              "COMFY_URL_SIGNING_SECRET": "secret-5", "COMFY_CLIENT_API_KEY": "secret-6"}
+    settings = Settings.from_env(values)
+    assert settings.r2.secret_access_key == "secret-2" and settings.client.api_key == "secret-6"
+    assert not [v for v in values.values() if v in repr(settings)]
+
+
 @pytest.mark.parametrize(("env", "named"), [({"COMFY_MAX_ATTEMPTS": "three"}, "COMFY_MAX_ATTEMPTS"),
                                             ({"COMFY_STORAGE_BACKEND": "ftp"}, "COMFY_STORAGE_BACKEND"),
                                             ({"COMFY_TWIN_PROFILE": "fast"}, "COMFY_TWIN_PROFILE")])

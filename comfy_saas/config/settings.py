@@ -30,6 +30,11 @@ def opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def secret(help: str) -> Any:
+    """A settings field holding a credential: kept out of reprs (and so out of logs)."""
+    return field(default="", repr=False, metadata={"help": help})
+
+
 def section(cls: type, help: str) -> Any:
     return field(default_factory=cls, metadata={"help": help, "section": True})
 
@@ -61,8 +66,8 @@ class R2Config:
     bucket: str = opt("", "bucket for outputs and large inputs")
     endpoint_url: str = opt("", "https://<account>.r2.cloudflarestorage.com")
     region: str = opt("auto", "R2's region is always auto")
-    access_key_id: str = opt("", "R2 access key id")
-    secret_access_key: str = opt("", "R2 secret access key")
+    access_key_id: str = secret("R2 access key id")
+    secret_access_key: str = secret("R2 secret access key")
     multipart_threshold_bytes: int = opt(16 * 1024 * 1024, "uploads above this go multipart, in parts this size")
 
 
@@ -94,11 +99,6 @@ class ModelCacheConfig:
     poll_s: float = opt(1.0, "how often a waiting job checks a download in progress")
 
 
-def secret(help: str) -> Any:
-    """A settings field holding a credential: kept out of reprs (and so out of logs)."""
-    return field(default="", repr=False, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class TwinConfig:
     """The local twins of modal.Dict and modal.Queue."""
@@ -112,7 +112,7 @@ class ClientConfig:
     """Defaults of the `comfy-saas` API commands (submit, status, list, cancel)."""
 
     url: str = opt("http://127.0.0.1:8000", "the API's base URL")
-    api_key: str = opt("", "the API key the commands send")
+    api_key: str = secret("the API key the commands send")
     modal_workspace: str = opt("", "use the deployed Modal endpoints of this workspace instead of url")
 
 
@@ -122,11 +122,11 @@ class Settings:
 
     data_dir: Path = opt(Path("data"), "local home: SQLite twins, output files, ComfyUI folders")
     storage_backend: str = opt("local", "local (folder + signed URLs) or s3 (R2)")
-    url_signing_secret: str = opt("", "HMAC key of local download URLs (default: random per data dir)")
+    url_signing_secret: str = secret("HMAC key of local download URLs (default: random per data dir)")
     public_base_url: str = opt("", "base of local download URLs (default: the local server's own address)")
     presign_expiry_s: int = opt(3_600, "lifetime of download URLs (R2 caps it at 7 days; longer values are clamped)")
     default_pool: str = opt("default", "pool of jobs that name none")
-    api_keys: str = opt("", "`key` or `key:user_id`, each optionally `@pool1|pool2` (the only pools it may use), "
+    api_keys: str = secret("`key` or `key:user_id`, each optionally `@pool1|pool2` (the only pools it may use), "
                             "comma-separated; a bound key sees only its user's jobs")
     allow_anonymous: bool = opt(False, "accept requests without a key while no keys are configured (`comfy-saas "
                                        "serve` turns it on when COMFY_API_KEYS is empty)")
@@ -140,7 +140,7 @@ class Settings:
     private_url_allowlist: str = opt("", "CIDRs media and webhook URLs may reach although private")
     media_fetch_timeout_s: float = opt(30.0, "time to fetch one media URL")
     url_check_timeout_s: float = opt(5.0, "time to resolve the hosts of a submission's media and webhook URLs")
-    webhook_secret: str = opt("", "Standard Webhooks secret (whsec_...); locally derived per data dir")
+    webhook_secret: str = secret("Standard Webhooks secret (whsec_...); locally derived per data dir")
     webhook_max_attempts: int = opt(8, "attempts per webhook delivery")
     webhook_backoff_s: float = opt(30.0, "first retry delay, doubling (8 attempts span about an hour)")
     webhook_timeout_s: float = opt(10.0, "time a receiver has to answer")
