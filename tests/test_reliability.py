@@ -264,7 +264,8 @@ def test_fifty_concurrent_submits_with_one_key_make_one_job(svc: Services, db_pa
 
 
 def test_cleanup_deletes_expired_jobs_and_everything_kept_for_them(svc: Services, db_path: Path):
-    old = run_to(svc, Status.COMPLETED, idempotency_key="old-key", webhook_url="http://127.0.0.1:9/x")
+    old = run_to(svc, Status.COMPLETED, idempotency_key="old-key", webhook_url="http://127.0.0.1:9/x",
+                 user_id="alice")
     created = svc.store.get(old).created_at
     svc.objects.put_bytes(keys.output(old, created, "2", "a_0.png"), b"png")
     young_running = running_job(svc).id
@@ -273,11 +274,12 @@ def test_cleanup_deletes_expired_jobs_and_everything_kept_for_them(svc: Services
     done = cleanup.cleanup(svc, later)
     assert done["jobs"] == 1 and done["outputs"] == 1
     assert svc.store.get(old) is None and not svc.objects.path(keys.object_prefix(old, created).rstrip("/")).exists()
-    leftovers = [k for k, _ in LocalDict(db_path).items() if old in str(k) and not k.startswith("idx:user")]
-    assert leftovers == []
+    leftovers = [k for k, v in LocalDict(db_path).items() if old in str(k) or old in str(v)]
+    assert leftovers == []  # its listing slots too, in every scope
     assert svc.store.get(young_running) is not None  # not finished: kept, and cleanup stops there
     assert cleanup.cleanup(svc, later) == {}  # idempotent
     svc.store.index.head(keys.ALL)  # the index still answers
+    assert svc.store.list_jobs(user_id="alice").jobs == [] and svc.store.list_jobs().jobs[0].id == young_running
 
 
 def test_deployed_without_a_webhook_secret_deliveries_fail_visibly(db_path: Path, tmp_path: Path,

@@ -77,5 +77,6 @@ def _delete_old_records(svc: Services, cutoff: datetime, deadline: float) -> int
 
 def _delete(store: JobStore, n: int, job: Job | None) -> None:
     if job is not None:
-        store.delete_job(job)
-    store.index.remove(keys.ALL, n)
+        store.delete_job(job)  # with its slots in every scope it was listed in
+    if job is None or job.index_slots.get(keys.ALL) != n:  # records older than index_slots
+        store.index.remove(keys.ALL, n)

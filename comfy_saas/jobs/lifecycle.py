@@ -87,7 +87,7 @@ class Lifecycle:
                                                        request_digest(request))
             return (original, False) if original is not None else self.create(request, payload, job.id, now)
         reserved = self._reserve(request, job, payload)
-        job.active_slots = reserved.quota
+        job.active_slots, job.index_slots = reserved.quota, reserved.slots
         if reserved.full is not None:
             self._give_back(job, request, reserved)
             who = "this user" if reserved.full[0] != keys.ALL else "the service"

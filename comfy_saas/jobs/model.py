@@ -128,7 +128,7 @@ class SeedDrawn(BaseModel):
 
 
 # Fields that drive the store's bookkeeping and are not part of the public view.
-_PRIVATE_FIELDS = {"claim_seq", "active_slots"}
+_PRIVATE_FIELDS = {"claim_seq", "active_slots", "index_slots"}
 
 
 class Job(BaseModel):
@@ -157,6 +157,7 @@ class Job(BaseModel):
     webhook_progress: bool = False
     timings: Timings | None = None
     active_slots: dict[str, int] = Field(default_factory=dict)
+    index_slots: dict[str, int] = Field(default_factory=dict)  # scope -> its listing slot, deleted with the job
     workflow_format: str = Field(default="api", description="the format submitted: api, or ui (converted at submit)")
     template: str | None = Field(default=None, description="the workflow template the job was made from")
     seeds: list[SeedDrawn] = Field(default_factory=list, description="seeds drawn at submit")

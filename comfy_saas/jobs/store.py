@@ -373,9 +373,11 @@ class JobStore:
         self.d.put(keys.maintenance(name), value)
 
     def delete_job(self, job: Job) -> None:
-        """Remove a job and everything kept for it from the Dict; idempotent (one or two round trips)."""
+        """Remove a job and everything kept for it from the Dict, its listing slots included; idempotent (one
+        or two round trips)."""
         doomed = [keys.job(job.id), keys.payload(job.id), keys.cancel(job.id), keys.progress(job.id),
-                  keys.webhook(job.id), *(keys.claim(job.id, n) for n in range(1, job.claim_seq + 2))]
+                  keys.webhook(job.id), *(keys.claim(job.id, n) for n in range(1, job.claim_seq + 2)),
+                  *(keys.index_slot(scope, n) for scope, n in job.index_slots.items())]
         if job.idempotency_key:
             doomed.append(keys.idempotency(job.user_id, job.idempotency_key))
         if job.webhook_url:
