@@ -20,6 +20,7 @@ LAYERS = [
     ["jobs.lifecycle", "jobs.watchlist", "jobs.rollup"],
     ["jobs.views", "jobs.webhooks"],
     ["jobs.services"],
+    ["jobs.catalogues"],
     ["jobs.operations", "jobs.sweeper", "jobs.cleanup", "jobs.templates", "jobs.model_cache", "jobs.wakeups"],
     ["jobs.ops"],
     ["runner", "web"],

@@ -15,7 +15,7 @@ from conftest import WORKFLOW, wait_until
 from comfy_saas.backends.objects import LocalStore, ObjectStore, S3Store
 from comfy_saas.backends.twins import LocalDict, LocalQueue, Profile
 from comfy_saas.config import Limits, Settings
-from comfy_saas.errors import BackendError, BodyTooLarge
+from comfy_saas.errors import BackendError, BodyTooLarge, NotFound
 from comfy_saas.jobs import cleanup, sweeper
 from comfy_saas.jobs.model import Status, utcnow
 from comfy_saas.jobs.operations import Caller, submit_job
@@ -196,3 +196,61 @@ def test_after_an_outage_the_same_idempotency_key_works_again(db_path: Path, tmp
     clock.now += timedelta(minutes=1)  # the abandoned claim on the key is taken over
     view, created = submit_job(svc, Caller("k"), {"workflow": WORKFLOW, "idempotency_key": "order-9"})
     assert created and wait_until(lambda: svc.store.get(view["id"]), 5, "the job")
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_templates_and_the_node_catalogue_outlive_a_quiet_week(backend: str, request: pytest.FixtureRequest,
+                                                               db_path: Path, tmp_path: Path, double):
+    """Dict entries nobody touches for 7 days are gone; a template saved months ago and the catalogue its
+    inputs are typed by must not be, nor may the first request after a quiet week wait for a GPU to boot."""
+    from comfy_saas.jobs import catalogues, keys, templates
+    from comfy_saas.workflows import preflight
+
+    objects = request.getfixturevalue("s3") if backend == "s3" else _local_objects(tmp_path)
+    clock, settings = Clock(), Settings(data_dir=tmp_path, url_signing_secret="s")
+    svc = modal_services(db_path, settings, objects, clock)
+    catalogues.publish(svc, preflight.compact(double.client.object_info()), "default")
+    alice = Caller("k", "alice")
+    body = {"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
+                                                                      "color": 0}},
+                         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}},
+            "inputs": {"color": {"node": "1", "input": "color"}}}
+    _, created = templates.put_template(svc, alice, "swatch", body)
+    assert created
+
+    clock.now += timedelta(days=8)
+    later = modal_services(db_path, settings, objects, clock)  # a new container: nothing cached in memory
+    assert later.store.d.get(keys.object_info("default")) is None  # the Dict's copy expired
+    assert [t["name"] for t in templates.list_templates(later, alice)["templates"]] == ["swatch"]
+    assert "color" in templates.get_template(later, alice, "swatch")["schema"]["properties"]
+    view, created = templates.submit_from_template(later, alice, "swatch", {"inputs": {"color": 7}})
+    assert created and view["status"] == "queued" and view["template"] == "swatch"
+    assert later.store.d.get(keys.object_info("default")) is not None  # put back for the next readers
+
+    assert templates.delete_template(later, alice, "swatch")["deleted"]
+    assert templates.list_templates(later, alice)["templates"] == []
+    with pytest.raises(NotFound):
+        templates.get_template(later, alice, "swatch")
+
+
+def test_an_owner_holds_at_most_max_templates_and_replacing_one_is_not_another(db_path: Path, tmp_path: Path,
+                                                                              double):
+    from comfy_saas.errors import Conflict
+    from comfy_saas.jobs import catalogues, templates
+    from comfy_saas.workflows import preflight
+
+    settings = Settings(data_dir=tmp_path, url_signing_secret="s", max_templates=2)
+    svc = modal_services(db_path, settings, _local_objects(tmp_path), Clock())
+    catalogues.publish(svc, preflight.compact(double.client.object_info()), "default")
+    alice, bob = Caller("k", "alice"), Caller("k", "bob")
+    body = {"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
+                                                                      "color": 0}},
+                         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}}
+    assert [templates.put_template(svc, alice, n, body)[1] for n in ("a", "a.b")] == [True, True]
+    with pytest.raises(Conflict, match="COMFY_MAX_TEMPLATES"):
+        templates.put_template(svc, alice, "c", body)
+    assert templates.put_template(svc, alice, "a", body)[1] is False  # a replacement
+    assert templates.put_template(svc, bob, "c", body)[1] is True  # each owner has their own allowance
+    templates.delete_template(svc, alice, "a")
+    assert templates.put_template(svc, alice, "c", body)[1] is True
+    assert [t["name"] for t in templates.list_templates(svc, alice)["templates"]] == ["a.b", "c"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,3 +96,13 @@ def test_local_delete_prefix_and_restart_keep_urls_valid(tmp_path: Path):
 ])
 def test_content_types(name: str, expected: str):
     assert guess_content_type(name) == expected
+
+
+def test_local_writers_of_one_key_at_once_all_succeed_and_one_whole_value_wins(tmp_path: Path):
+    """Workers starting together publish the same catalogue object at the same moment."""
+    store = LocalStore(tmp_path / "objects", "s", "http://127.0.0.1:9")
+    values = [bytes([i]) * 100_000 for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda v: store.put_bytes("catalogues/default.json", v), values))
+    assert store.read("catalogues/default.json") in values
+    assert store.list_keys("catalogues/") == ["catalogues/default.json"]  # no half-written file left

@@ -95,6 +95,18 @@ def test_prefix_deletes_pass(r2: S3Store, gate: R2Gate):
     assert gate.refusals == []
 
 
+def test_listings_and_reads_of_missing_objects_pass(r2: S3Store, gate: R2Gate):
+    """What templates and catalogues use: a listing by prefix, and a read that may find nothing."""
+    scope = keys.template_scope("alice")
+    for name in ("a", "a.b"):
+        r2.put_bytes(keys.template_object(scope, name), b"{}")
+    assert set(r2.list_keys(scope)) == {keys.template_object(scope, "a"), keys.template_object(scope, "a.b")}
+    assert r2.read_if_exists(keys.template_object(scope, "missing")) is None
+    assert r2.delete_prefix(keys.template_folder(scope, "a")) == 1
+    assert r2.list_keys(scope) == [keys.template_object(scope, "a.b")]
+    assert gate.refusals == []
+
+
 def test_presigned_urls_are_clamped_to_seven_days_and_expire(r2: S3Store, gate: R2Gate, cert: tuple):
     key = keys.output("j3", DAY, "1", "a.png")
     r2.put_bytes(key, b"img")

@@ -11,6 +11,7 @@ import hmac
 import mimetypes
 import os
 import shutil
+import threading
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol
@@ -46,6 +47,8 @@ class ObjectStore(Protocol):
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> int: ...
     def url(self, key: str, expires_s: int | None = None) -> str: ...
     def read(self, key: str) -> bytes: ...
+    def read_if_exists(self, key: str) -> bytes | None: ...
+    def list_keys(self, prefix: str) -> list[str]: ...
     def delete_prefix(self, prefix: str) -> int: ...
 
 
@@ -129,6 +132,29 @@ class S3Store:
     def read(self, key: str) -> bytes:
         return self._client.get_object(Bucket=self.bucket, Key=check_key(key))["Body"].read()
 
+    def read_if_exists(self, key: str) -> bytes | None:
+        """The object's bytes, None when there is none (other errors are a BackendError)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.read(key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                return None
+            raise BackendError(f"reading {key!r} failed: {exc}") from exc
+        except Exception as exc:  # connection errors and the like
+            raise BackendError(f"reading {key!r} failed: {exc}") from exc
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under prefix (1,000 per request)."""
+        check_key(prefix.rstrip("/"))
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
+        try:
+            return [o["Key"] for page in pages for o in page.get("Contents", [])]
+        except Exception as exc:  # botocore's tree is wide; callers need one error
+            raise BackendError(f"listing {prefix!r} failed: {exc}") from exc
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under prefix, 1,000 per request; how many were deleted."""
         check_key(prefix.rstrip("/"))
@@ -163,14 +189,14 @@ class LocalStore:
 
     def put_file(self, key: str, path: str | Path, content_type: str | None = None) -> int:
         target = self._prepare(key)
-        tmp = target.with_name(target.name + ".part")
+        tmp = _part(target)
         shutil.copyfile(path, tmp)
         os.replace(tmp, target)  # readers never see half a file
         return target.stat().st_size
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> int:
         target = self._prepare(key)
-        tmp = target.with_name(target.name + ".part")
+        tmp = _part(target)
         tmp.write_bytes(data)
         os.replace(tmp, target)
         return len(data)
@@ -197,6 +223,20 @@ class LocalStore:
     def read(self, key: str) -> bytes:
         return self.path(key).read_bytes()
 
+    def read_if_exists(self, key: str) -> bytes | None:
+        try:
+            return self.read(key)
+        except FileNotFoundError:
+            return None
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under prefix, a folder here (files being written, *.part, are not there yet)."""
+        folder = self.path(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in folder.rglob("*")
+                      if p.is_file() and not p.name.endswith(".part"))
+
     def delete_prefix(self, prefix: str) -> int:
         folder = self.path(prefix.rstrip("/"))
         if not folder.is_dir():
@@ -204,6 +244,12 @@ class LocalStore:
         count = sum(1 for p in folder.rglob("*") if p.is_file())
         shutil.rmtree(folder)
         return count
+
+
+def _part(target: Path) -> Path:
+    """A file to write beside target and then move over it; its own per write, as two writers of one key
+    (workers publishing the same catalogue) would otherwise move each other's file away."""
+    return target.with_name(f"{target.name}.{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.part")
 
 
 def object_store(settings: Settings) -> ObjectStore:

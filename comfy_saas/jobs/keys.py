@@ -79,20 +79,31 @@ def object_info(pool: str) -> str:
     return f"object_info:{pool}"
 
 
+def catalogue_object(pool: str) -> str:
+    """A pool's node catalogue in object storage: what answers when the Dict's copy has expired."""
+    return f"catalogues/{pool}.json"
+
+
 def template_scope(user_id: str | None) -> str:
-    """Whose workflow templates: one user's, or the shared set (managed by keys not bound to a user). Also the
-    index scope listing them (distinct from job scopes)."""
-    return "tpl-shared" if user_id is None else f"tpl-user:{user_id}"
+    """Whose workflow templates: one user's, or the shared set (managed by keys not bound to a user). It is
+    their folder in object storage, where templates live rather than in the Dict, whose entries Modal drops
+    after 7 days untouched."""
+    return "templates/shared/" if user_id is None else f"templates/users/{user_id}/"
 
 
-def template(scope_name: str, name: str) -> str:
-    """A template's small record: description, inputs, format, times."""
-    return f"tpl:{scope_name}:{name}"
+def template_folder(scope: str, name: str) -> str:
+    """A folder per template, so deleting one by prefix cannot touch another whose name starts the same."""
+    return f"{scope}{name}/"
 
 
-def template_workflow(scope_name: str, name: str) -> str:
-    """A template's workflow as it was stored (either format), kept apart from the record listing reads."""
-    return f"tplwf:{scope_name}:{name}"
+def template_object(scope: str, name: str) -> str:
+    """One template: its record and its workflow as stored."""
+    return f"{template_folder(scope, name)}template.json"
+
+
+def template_name(object_key: str) -> str:
+    """The name in a key made by template_object."""
+    return object_key.rsplit("/", 2)[-2]
 def drain_slot(pool: str, n: int) -> str:
     """Slot n (0 .. ceiling-1) of a pool's drains: spawned, idle or busy, and until when (wakeups.py)."""
     return f"drain:{pool}:{n}"

@@ -23,7 +23,7 @@ from comfy_saas.errors import (
     NotFound,
     PreflightFailed,
 )
-from comfy_saas.jobs import keys, payloads
+from comfy_saas.jobs import catalogues, keys, payloads
 from comfy_saas.jobs.model import Job, Status, new_job_id
 from comfy_saas.jobs.model_cache import ModelCache
 from comfy_saas.jobs.prepare import Prepared, prepare
@@ -94,7 +94,7 @@ def catalogue(svc: Services, pool: str | None, needed: bool, fresh: bool = False
     """The pool's node catalogue (as this process last read it, unless `fresh`). When `needed` and no worker
     has published one yet, wake the pool (its worker publishes on start) and refuse with
     CatalogueUnavailable, which carries a Retry-After."""
-    nodes = svc.store.object_info(pool, fresh=fresh)
+    nodes = catalogues.load(svc, pool or svc.settings.default_pool, fresh=fresh)
     if nodes is None and needed:
         wake(svc, pool or svc.settings.default_pool)
         raise CatalogueUnavailable("no worker has published this deployment's node catalogue yet, which converting "

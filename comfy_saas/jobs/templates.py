@@ -2,14 +2,17 @@
 from them by name.
 
 A key bound to a user manages that user's templates and also sees the shared ones (its own win on a name
-clash); a key not bound to a user manages the shared set. A template is a small record (description, inputs,
-format, pool) and its workflow as stored, under their own keys, plus a slot in its owner's index for listing.
-Input types, bounds and choices come from the pool's current catalogue each time, so they follow the
-deployment (new models appear in the choices without storing the template again).
+clash); a key not bound to a user manages the shared set. A template (description, inputs, format, pool and
+the workflow as stored) is one object in object storage, `templates/{owner}/{name}/template.json`, not a Dict
+entry: Modal drops Dict entries nobody touched for 7 days, and a template may rest for months between uses.
+Reading one costs one object GET; listing, one LIST and the GETs together. Input types, bounds and choices come
+from the pool's current catalogue each time, so they follow the deployment (new models appear in the choices
+without storing the template again).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -132,29 +135,36 @@ def put_template(svc: Services, caller: Caller, name: str, body: bytes | bytearr
 
 def _store(svc: Services, scope: str, name: str, record: dict[str, Any], workflow: dict[str, Any]
            ) -> tuple[dict[str, Any], bool]:
-    """Write the workflow, then the record; the first write of a name takes an index slot."""
-    d, now = svc.store.d, svc.store.clock().isoformat()
-    existing = d.get(keys.template(scope, name))
-    if existing is None and len(_names(svc, [scope])) >= svc.settings.max_templates:
+    """Write the template's object (a whole replacement, so a reader sees the old one or the new one), after
+    the owner's listing and the previous version, read together."""
+    existing, previous = run_all([lambda: _names(svc, scope), lambda: _read(svc, scope, name)])
+    if previous is None and len(existing) >= svc.settings.max_templates:
         raise Conflict(f"this owner already has {svc.settings.max_templates} templates (COMFY_MAX_TEMPLATES); "
                        f"delete one first")
-    record = {**record, "created_at": (existing or {}).get("created_at", now), "updated_at": now}
-    d.put(keys.template_workflow(scope, name), workflow)
-    if d.put(keys.template(scope, name), record, skip_if_exists=True):
-        svc.store.index.append(scope, name)
-        return record, True
-    d.put(keys.template(scope, name), record)
-    return record, existing is None
+    now = svc.store.clock().isoformat()
+    record = {**record, "created_at": (previous or {}).get("record", {}).get("created_at", now), "updated_at": now}
+    body = json.dumps({"record": record, "workflow": workflow}, separators=(",", ":")).encode()
+    svc.objects.put_bytes(keys.template_object(scope, name), body, "application/json")
+    return record, previous is None
+
+
+def _read(svc: Services, scope: str, name: str) -> dict[str, Any] | None:
+    """{"record", "workflow"} of one template, None if there is none."""
+    raw = svc.objects.read_if_exists(keys.template_object(scope, name))
+    return None if raw is None else json.loads(raw)
+
+
+def _names(svc: Services, scope: str) -> set[str]:
+    return {keys.template_name(k) for k in svc.objects.list_keys(scope)
+            if k.endswith("/template.json")}
 
 
 def _load(svc: Services, caller: Caller, name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(scope, record, workflow) of the template the caller sees under this name; NotFound otherwise."""
     scopes = _scopes(caller)
-    got = run_all([lambda s=s, k=k: svc.store.d.get(k(s, name)) for s in scopes
-                   for k in (keys.template, keys.template_workflow)])
-    for i, scope in enumerate(scopes):
-        if got[2 * i] is not None and got[2 * i + 1] is not None:
-            return scope, got[2 * i], got[2 * i + 1]
+    for scope, found in zip(scopes, run_all([lambda s=s: _read(svc, s, name) for s in scopes]), strict=True):
+        if found is not None:
+            return scope, found["record"], found["workflow"]
     raise NotFound(f"no workflow template {name!r}")
 
 
@@ -165,36 +175,25 @@ def get_template(svc: Services, caller: Caller, name: str) -> dict[str, Any]:
     return _view(name, scope, record, workflow, _typed(record, workflow, nodes, svc.settings.limits))
 
 
-def _names(svc: Services, scopes: list[str]) -> list[tuple[str, str]]:
-    """(scope, name) of every index slot of these scopes; deleted templates still have one."""
-    index = svc.store.index
-    heads = run_all([lambda s=s: index.head(s) for s in scopes])
-    slots = run_all([lambda s=s, h=h: index.slots(s, list(range(1, h + 1))) for s, h in zip(scopes, heads,
-                                                                                            strict=True)])
-    found = {(s, n) for s, names in zip(scopes, slots, strict=True) for n in names if n}
-    records = run_all([lambda s=s, n=n: svc.store.d.contains(keys.template(s, n)) for s, n in sorted(found)])
-    return [pair for pair, present in zip(sorted(found), records, strict=True) if present]
-
-
 def list_templates(svc: Services, caller: Caller) -> dict[str, Any]:
-    """Every template the caller sees, by name (own ones hide shared ones of the same name)."""
+    """Every template the caller sees, by name (own ones hide shared ones of the same name): the scopes'
+    listings together, then every template shown read together."""
     scopes = _scopes(caller)
-    pairs = _names(svc, scopes)
-    records = run_all([lambda s=s, n=n: svc.store.d.get(keys.template(s, n)) for s, n in pairs])
-    shown: dict[str, dict[str, Any]] = {}
-    for (scope, name), record in sorted(zip(pairs, records, strict=True), key=lambda x: scopes.index(x[0][0])):
-        if record is not None and name not in shown:
-            shown[name] = {**_summary(name, scope, record), "inputs": sorted(record["inputs"])}
-    return {"templates": [shown[n] for n in sorted(shown)]}
+    seen: dict[str, str] = {}
+    for scope, names in zip(scopes, run_all([lambda s=s: _names(svc, s) for s in scopes]), strict=True):
+        seen.update({n: scope for n in names if n not in seen})
+    pairs = sorted(seen.items())
+    found = run_all([lambda n=n, s=s: _read(svc, s, n) for n, s in pairs])
+    return {"templates": [{**_summary(n, s, f["record"]), "inputs": sorted(f["record"]["inputs"])}
+                          for (n, s), f in zip(pairs, found, strict=True) if f is not None]}  # None: deleted since
 
 
 def delete_template(svc: Services, caller: Caller, name: str) -> dict[str, Any]:
     """Delete one of the caller's own templates (a user-bound key cannot delete shared ones)."""
     scope = keys.template_scope(caller.user_id)
     name = check_name(name)
-    if svc.store.d.get(keys.template(scope, name)) is None:
+    if not svc.objects.delete_prefix(keys.template_folder(scope, name)):
         raise NotFound(f"no workflow template {name!r} of yours")
-    run_all([lambda k=k: svc.store.d.pop(k(scope, name), None) for k in (keys.template, keys.template_workflow)])
     return {"name": name, "deleted": True}
 
 

@@ -34,7 +34,7 @@ from comfy_saas.errors import (
     OutputUnavailable,
     PromptRejected,
 )
-from comfy_saas.jobs import keys, payloads, webhooks
+from comfy_saas.jobs import catalogues, keys, payloads, webhooks
 from comfy_saas.jobs.lifecycle import CANCELLED_QUEUED, AttemptMoved
 from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, Timings, utcnow
 from comfy_saas.jobs.services import Services
@@ -197,9 +197,9 @@ class Worker:
         if self._captured:
             return
         try:
-            self.store.save_object_info(preflight.compact(self.comfy.object_info()), self.pool)
+            catalogues.publish(self.services, preflight.compact(self.comfy.object_info()), self.pool)
             self._captured = True
-        except ComfyUnavailable as exc:
+        except (ComfyUnavailable, BackendError, OSError) as exc:  # pre-flight waits for the next worker; jobs run
             logs.event(log, "object_info.capture_failed", logging.WARNING, worker_id=self.worker_id, error=str(exc))
 
     def drain(self, idle_s: float, first_wait_s: float = 0.5, deadline: float | None = None,

@@ -1,0 +1,34 @@
+"""Each pool's node catalogue (ComfyUI's /object_info, compacted), which pre-flight checks, UI-format
+conversion and templates read. Workers publish it to the Dict, where submits read it (cached per process),
+and to object storage, which keeps it when the Dict's copy expires after 7 days without a worker starting
+or a submit reading it: a request after a quiet week is answered without waiting for a GPU to boot.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from comfy_saas.backends.parallel import run_all
+from comfy_saas.jobs import keys
+from comfy_saas.jobs.services import Services
+
+
+def publish(svc: Services, schema: dict[str, Any], pool: str) -> None:
+    """Store a worker's catalogue in both places (one round trip)."""
+    body = json.dumps(schema, separators=(",", ":")).encode()
+    run_all([lambda: svc.store.save_object_info(schema, pool),
+             lambda: svc.objects.put_bytes(keys.catalogue_object(pool), body, "application/json")])
+
+
+def load(svc: Services, pool: str, fresh: bool = False) -> dict[str, Any] | None:
+    """The pool's catalogue: the Dict's (cached by the store), else the durable copy, put back in the Dict."""
+    schema = svc.store.object_info(pool, fresh=fresh)
+    if schema is not None:
+        return schema
+    raw = svc.objects.read_if_exists(keys.catalogue_object(pool))
+    if raw is None:
+        return None
+    schema = json.loads(raw)
+    svc.store.save_object_info(schema, pool)
+    return schema
