@@ -95,11 +95,18 @@ class Chaos:
         self.faults: Counter = Counter()
         self.stop = threading.Event()
         self.data_dir = data_dir
+        self.procs: list[subprocess.Popen] = []  # every worker ever started, to prove none outlives the run
+        self._starting = threading.Lock()
 
     def start_worker(self, slot: Slot) -> None:
         cmd = [sys.executable, "-m", "comfy_saas.cli", "worker", "--comfyui-url", slot.double.url]
-        slot.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        slot.starts += 1
+        with self._starting:  # the supervisor must not start a worker after shutdown has passed its slot
+            if self.stop.is_set():
+                return
+            slot.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+            self.procs.append(slot.proc)
+            slot.starts += 1
 
     def start(self) -> None:
         for i in range(self.args.workers):
@@ -156,7 +163,8 @@ class Chaos:
                 pass  # it was already down; the supervisor is on it
 
     def shutdown(self) -> None:
-        self.stop.set()
+        with self._starting:
+            self.stop.set()
         for slot in self.slots:
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.terminate()
@@ -193,6 +201,7 @@ def run(args: argparse.Namespace) -> dict:
         time.sleep(1.0)  # let a late duplicate show itself
         _observe(chaos, ids, first_final, changed, every=True)
         chaos.shutdown()
+        left_running = sum(1 for p in chaos.procs if p.poll() is None)
         records = {i: chaos.svc.store.get(i) for i in ids}
         stuck_details = [ops.inspect(chaos.svc, i) for i, j in records.items() if j is not None and not j.terminal]
         deliveries = {i: chaos.svc.store.webhook(i) or {"attempts": []} for i in ids}
@@ -210,6 +219,7 @@ def run(args: argparse.Namespace) -> dict:
         "webhook_retries_after_receiver_errors": len(retried),
         "missing_webhooks": sum(1 for i in ids if receiver.deliveries[i] == 0),
         "bad_signatures": receiver.bad_signatures,
+        "workers_left_running": left_running,
         "faults_injected": sum(chaos.faults.values()),
         "faults": dict(chaos.faults),
         "statuses": dict(statuses),

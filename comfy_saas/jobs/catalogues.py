@@ -22,13 +22,9 @@ def publish(svc: Services, schema: dict[str, Any], pool: str) -> None:
 
 
 def load(svc: Services, pool: str, fresh: bool = False) -> dict[str, Any] | None:
-    """The pool's catalogue: the Dict's (cached by the store), else the durable copy, put back in the Dict."""
-    schema = svc.store.object_info(pool, fresh=fresh)
-    if schema is not None:
-        return schema
-    raw = svc.objects.read_if_exists(keys.catalogue_object(pool))
-    if raw is None:
-        return None
-    schema = json.loads(raw)
-    svc.store.save_object_info(schema, pool)
-    return schema
+    """The pool's catalogue: the Dict's, else the durable copy (put back in the Dict); the store keeps either,
+    or their absence, in memory for a while."""
+    def durable() -> dict[str, Any] | None:
+        raw = svc.objects.read_if_exists(keys.catalogue_object(pool))
+        return None if raw is None else json.loads(raw)
+    return svc.store.object_info(pool, fresh=fresh, durable=durable)

@@ -284,15 +284,19 @@ class JobStore:
         self.d.put(keys.object_info(pool), schema)
         self._catalogues[pool] = (time.monotonic() + CATALOGUE_TTL_S, schema)
 
-    def object_info(self, pool: str | None = None, fresh: bool = False) -> dict[str, Any] | None:
+    def object_info(self, pool: str | None = None, fresh: bool = False,
+                    durable: Callable[[], dict[str, Any] | None] | None = None) -> dict[str, Any] | None:
         """A pool's node catalogue, as its workers last published it. Kept in memory for CATALOGUE_TTL_S (a
         missing one for a second), so a submit does not pay a round trip for it: it changes only when a worker
-        with other nodes starts. `fresh` reads it again."""
+        with other nodes starts. `fresh` reads it again; `durable` is asked when the Dict has none (its copy
+        expired), and what it gives is put back."""
         pool = pool or self.settings.default_pool
         expires, schema = self._catalogues.get(pool, (0.0, None))
         if time.monotonic() < expires and not fresh:
             return schema
         schema = self.d.get(keys.object_info(pool))
+        if schema is None and durable is not None and (schema := durable()) is not None:
+            self.d.put(keys.object_info(pool), schema)
         self._catalogues[pool] = (time.monotonic() + (CATALOGUE_TTL_S if schema is not None else 1.0), schema)
         return schema
 
