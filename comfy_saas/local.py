@@ -30,6 +30,7 @@ from comfy_saas.runner.worker import Worker
 
 log = logging.getLogger(__name__)
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+WORKER_POLL_S = 0.25  # how long a local worker waits on the queue before checking for a stop
 
 
 @dataclass
@@ -83,7 +84,8 @@ class LocalStack:
             worker = Worker(self.services, client, pool=pool, scratch_dir=self._dir(f"workers/{i}/scratch"),
                             on_unhealthy=self._recovery_for(i), **job_models(self.settings, self._dir(f"comfy/{i}")))
             self.workers.append(worker)
-            self._spawn(f"worker-{i}-{pool}", worker.run, self._stop)
+            # A short poll: a stop (Ctrl-C, a test's teardown) waits for the current one to return.
+            self._spawn(f"worker-{i}-{pool}", worker.run, self._stop, WORKER_POLL_S)
         self._spawn("sweeper", self._sweep_loop)
         self._spawn("webhooks", self._webhook_loop)
 

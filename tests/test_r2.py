@@ -41,7 +41,7 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 def _start(gate: R2Gate) -> R2Gate:
-    threading.Thread(target=gate.serve_forever, daemon=True).start()
+    threading.Thread(target=gate.serve_forever, args=(0.02,), daemon=True).start()
     return gate
 
 

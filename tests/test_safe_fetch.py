@@ -46,7 +46,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def serve(host: str, routes: dict) -> Iterator[Recorder]:
     server = Recorder(host, routes)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()  # quick shutdown
     yield server
     server.shutdown()
 
