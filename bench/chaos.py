@@ -127,11 +127,16 @@ class Chaos:
             for slot in self.slots:
                 if not slot.double.alive():
                     try:
-                        slot.double.restart(30)
+                        self._restart_double(slot)
                     except Exception:
                         continue
                 if slot.proc is None or slot.proc.poll() is not None:
                     self.start_worker(slot)
+
+    def _restart_double(self, slot: Slot) -> None:
+        with self._starting:  # nor a ComfyUI that shutdown has already stopped
+            if not self.stop.is_set():
+                slot.double.restart(30)
 
     def sweep(self) -> None:
         while not self.stop.wait(0.5):
@@ -201,7 +206,7 @@ def run(args: argparse.Namespace) -> dict:
         time.sleep(1.0)  # let a late duplicate show itself
         _observe(chaos, ids, first_final, changed, every=True)
         chaos.shutdown()
-        left_running = sum(1 for p in chaos.procs if p.poll() is None)
+        left_running = sum(p.poll() is None for p in chaos.procs) + sum(s.double.alive() for s in chaos.slots)
         records = {i: chaos.svc.store.get(i) for i in ids}
         stuck_details = [ops.inspect(chaos.svc, i) for i, j in records.items() if j is not None and not j.terminal]
         deliveries = {i: chaos.svc.store.webhook(i) or {"attempts": []} for i in ids}
@@ -219,7 +224,7 @@ def run(args: argparse.Namespace) -> dict:
         "webhook_retries_after_receiver_errors": len(retried),
         "missing_webhooks": sum(1 for i in ids if receiver.deliveries[i] == 0),
         "bad_signatures": receiver.bad_signatures,
-        "workers_left_running": left_running,
+        "processes_left_running": left_running,
         "faults_injected": sum(chaos.faults.values()),
         "faults": dict(chaos.faults),
         "statuses": dict(statuses),

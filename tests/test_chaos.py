@@ -25,4 +25,4 @@ def test_chaos_loses_nothing_and_doubles_nothing(tmp_path: Path, jobs: int, rpc_
     assert {k: result[k] for k in ("lost", "stuck", "duplicate_terminal", "duplicate_webhooks")} == {
         "lost": 0, "stuck": 0, "duplicate_terminal": 0, "duplicate_webhooks": 0}
     assert result["missing_webhooks"] == 0 and result["bad_signatures"] == 0
-    assert result["workers_left_running"] == 0
+    assert result["processes_left_running"] == 0

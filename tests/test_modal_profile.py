@@ -254,3 +254,45 @@ def test_an_owner_holds_at_most_max_templates_and_replacing_one_is_not_another(d
     templates.delete_template(svc, alice, "a")
     assert templates.put_template(svc, alice, "c", body)[1] is True
     assert [t["name"] for t in templates.list_templates(svc, alice)["templates"]] == ["a.b", "c"]
+
+
+class Unreachable:
+    """Object storage that does not answer (every call a BackendError, as S3Store raises them)."""
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            raise BackendError(f"object storage unreachable ({name})")
+        return call
+
+
+def test_object_storage_down_is_a_503_for_templates_and_no_obstacle_to_api_submits(db_path: Path, tmp_path: Path):
+    from comfy_saas.errors import CatalogueUnavailable
+    from comfy_saas.jobs import templates
+
+    svc = modal_services(db_path, Settings(data_dir=tmp_path, url_signing_secret="s"), Unreachable(), Clock())
+    svc.wake = lambda *a, **k: None
+    view, created = submit_job(svc, Caller("k"), {"workflow": WORKFLOW})  # no catalogue anywhere: checked at run
+    assert created and view["status"] == "queued"
+    with pytest.raises(CatalogueUnavailable):
+        templates.put_template(svc, Caller("k", "alice"), "t", {"workflow": WORKFLOW})
+    for call in (lambda: templates.list_templates(svc, Caller("k", "alice")),
+                 lambda: templates.delete_template(svc, Caller("k", "alice"), "t")):
+        with pytest.raises(BackendError):
+            call()
+
+
+def test_a_template_job_naming_a_pool_that_is_not_served_is_a_422(db_path: Path, tmp_path: Path, double):
+    """The pool names the catalogue looked up (and its object's key) before the job is routed."""
+    from comfy_saas.errors import InvalidInput
+    from comfy_saas.jobs import catalogues, templates
+    from comfy_saas.workflows import preflight
+
+    svc = modal_services(db_path, Settings(data_dir=tmp_path, url_signing_secret="s"), _local_objects(tmp_path),
+                         Clock())
+    catalogues.publish(svc, preflight.compact(double.client.object_info()), "default")
+    templates.put_template(svc, Caller("k"), "t", {"workflow": {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}})
+    for pool in ("default.json/x", "../x", "gpu-we-do-not-have"):
+        with pytest.raises(InvalidInput, match="pool"):
+            templates.submit_from_template(svc, Caller("k"), "t", {"pool": pool, "inputs": {}})

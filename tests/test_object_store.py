@@ -106,3 +106,17 @@ def test_local_writers_of_one_key_at_once_all_succeed_and_one_whole_value_wins(t
         list(pool.map(lambda v: store.put_bytes("catalogues/default.json", v), values))
     assert store.read("catalogues/default.json") in values
     assert store.list_keys("catalogues/") == ["catalogues/default.json"]  # no half-written file left
+
+
+def test_s3_failures_other_than_a_missing_object_are_backend_errors(s3: S3Store):
+    """A missing object is None; storage that cannot answer (here: no such bucket) is a 503, never a 500."""
+    from dataclasses import replace
+
+    from comfy_saas.errors import BackendError
+
+    assert s3.read_if_exists("templates/shared/none/template.json") is None
+    broken = S3Store(replace(s3.config, bucket="no-such-bucket"), expiry_s=600)
+    for call in (lambda: broken.read_if_exists("templates/shared/t/template.json"),
+                 lambda: broken.list_keys("templates/shared/"), lambda: broken.delete_prefix("templates/shared/t/")):
+        with pytest.raises(BackendError):
+            call()

@@ -136,6 +136,7 @@ class S3Store:
         """The object's bytes, None when there is none (other errors are a BackendError)."""
         from botocore.exceptions import ClientError
 
+        check_key(key)  # an unsafe key is the caller's 4xx, not a storage outage
         try:
             return self.read(key)
         except ClientError as exc:
@@ -148,9 +149,9 @@ class S3Store:
     def list_keys(self, prefix: str) -> list[str]:
         """Every key under prefix (1,000 per request)."""
         check_key(prefix.rstrip("/"))
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
         try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
             return [o["Key"] for page in pages for o in page.get("Contents", [])]
         except Exception as exc:  # botocore's tree is wide; callers need one error
             raise BackendError(f"listing {prefix!r} failed: {exc}") from exc
@@ -159,13 +160,20 @@ class S3Store:
         """Delete every object under prefix, 1,000 per request; how many were deleted."""
         check_key(prefix.rstrip("/"))
         deleted = 0
-        pages = self._client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
-        for page in pages:
-            objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if objects:
-                self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
-                deleted += len(objects)
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000})
+            for page in pages:
+                objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if objects:
+                    resp = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+                    if errors := resp.get("Errors"):  # Quiet lists only the objects it failed to delete
+                        raise BackendError(f"{len(errors)} objects under {prefix!r} were not deleted: {errors[0]}")
+                    deleted += len(objects)
+        except BackendError:
+            raise
+        except Exception as exc:  # botocore's tree is wide; callers need one error
+            raise BackendError(f"deleting {prefix!r} failed: {exc}") from exc
         return deleted
 
 
@@ -224,26 +232,36 @@ class LocalStore:
         return self.path(key).read_bytes()
 
     def read_if_exists(self, key: str) -> bytes | None:
+        path = self.path(key)
         try:
-            return self.read(key)
+            return path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # a path through a file, a disk error: storage, not the caller
+            raise BackendError(f"reading {key!r} failed: {exc}") from exc
 
     def list_keys(self, prefix: str) -> list[str]:
         """Every key under prefix, a folder here (files being written, *.part, are not there yet)."""
         folder = self.path(prefix.rstrip("/"))
-        if not folder.is_dir():
-            return []
-        return sorted(p.relative_to(self.root).as_posix() for p in folder.rglob("*")
-                      if p.is_file() and not p.name.endswith(".part"))
+        try:
+            if not folder.is_dir():
+                return []
+            return sorted(p.relative_to(self.root).as_posix() for p in folder.rglob("*") if _whole(p))
+        except OSError as exc:
+            raise BackendError(f"listing {prefix!r} failed: {exc}") from exc
 
     def delete_prefix(self, prefix: str) -> int:
         folder = self.path(prefix.rstrip("/"))
         if not folder.is_dir():
             return 0
-        count = sum(1 for p in folder.rglob("*") if p.is_file())
-        shutil.rmtree(folder)
+        count = sum(1 for p in folder.rglob("*") if _whole(p))
+        shutil.rmtree(folder, ignore_errors=True)  # a write racing the delete may add or move a file meanwhile
         return count
+
+
+def _whole(path: Path) -> bool:
+    """A stored object, not a file still being written."""
+    return path.is_file() and not path.name.endswith(".part")
 
 
 def _part(target: Path) -> Path:

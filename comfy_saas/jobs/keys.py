@@ -104,6 +104,8 @@ def template_object(scope: str, name: str) -> str:
 def template_name(object_key: str) -> str:
     """The name in a key made by template_object."""
     return object_key.rsplit("/", 2)[-2]
+
+
 def drain_slot(pool: str, n: int) -> str:
     """Slot n (0 .. ceiling-1) of a pool's drains: spawned, idle or busy, and until when (wakeups.py)."""
     return f"drain:{pool}:{n}"

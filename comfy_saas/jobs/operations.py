@@ -94,9 +94,12 @@ def catalogue(svc: Services, pool: str | None, needed: bool, fresh: bool = False
     """The pool's node catalogue (as this process last read it, unless `fresh`). When `needed` and no worker
     has published one yet, wake the pool (its worker publishes on start) and refuse with
     CatalogueUnavailable, which carries a Retry-After."""
-    nodes = catalogues.load(svc, pool or svc.settings.default_pool, fresh=fresh)
+    pool = pool or svc.settings.default_pool
+    if pool not in (table := svc.settings.pool_table()):
+        raise InvalidInput(f"pool: no pool {pool!r} here; pools: {', '.join(table)}", field="pool")
+    nodes = catalogues.load(svc, pool, fresh=fresh)
     if nodes is None and needed:
-        wake(svc, pool or svc.settings.default_pool)
+        wake(svc, pool)
         raise CatalogueUnavailable("no worker has published this deployment's node catalogue yet, which converting "
                                    "a UI-format workflow needs; a worker is starting, retry shortly")
     return nodes

@@ -296,7 +296,7 @@ class JobStore:
             return schema
         schema = self.d.get(keys.object_info(pool))
         if schema is None and durable is not None and (schema := durable()) is not None:
-            self.d.put(keys.object_info(pool), schema)
+            self.d.put(keys.object_info(pool), schema, skip_if_exists=True)  # a worker may publish meanwhile
         self._catalogues[pool] = (time.monotonic() + (CATALOGUE_TTL_S if schema is not None else 1.0), schema)
         return schema
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from comfy_saas.backends.parallel import run_all
 from comfy_saas.config import Limits
-from comfy_saas.errors import Conflict, InvalidInput, NotFound, PreflightFailed
+from comfy_saas.errors import BackendError, Conflict, InvalidInput, NotFound, PreflightFailed
 from comfy_saas.jobs import keys, operations
 from comfy_saas.jobs.operations import Caller
 from comfy_saas.jobs.request import check_workflow, invalid_input_from, json_object
@@ -151,7 +151,10 @@ def _store(svc: Services, scope: str, name: str, record: dict[str, Any], workflo
 def _read(svc: Services, scope: str, name: str) -> dict[str, Any] | None:
     """{"record", "workflow"} of one template, None if there is none."""
     raw = svc.objects.read_if_exists(keys.template_object(scope, name))
-    return None if raw is None else json.loads(raw)
+    try:
+        return None if raw is None else json.loads(raw)
+    except ValueError as exc:  # a damaged object is storage's fault, never the caller's
+        raise BackendError(f"template {name!r} could not be read back: {exc}") from exc
 
 
 def _names(svc: Services, scope: str) -> set[str]:
