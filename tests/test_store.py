@@ -301,3 +301,20 @@ def test_the_newest_page_is_found_when_writers_raced_far_past_the_head_hint(db_p
     newest = [i for i in ids[::-1] if i != ids[94]]
     assert [j.id for j in page.jobs] == newest[:19] and store.index.head(keys.ALL) == 100  # the hole takes a place
     assert store.list_jobs(limit=20, cursor=page.next_cursor).jobs[0].id == newest[19]
+
+
+def test_a_process_that_saw_the_head_finds_the_newest_after_others_wrote_far_past_it_or_the_scope_restarted(
+        db_path, settings):
+    """The head this process saw last is only a guess read alongside the hint: never trusted over the slots."""
+    d = LocalDict(db_path)
+    _seed(d, 100)
+    store = JobStore(d, LocalQueue(db_path), settings)
+    assert store.list_jobs(limit=20).jobs[0].id == "job000100"
+    ids = _seed(d, 200)  # other processes wrote 100 more, far past where this one looks first
+    assert [j.id for j in store.list_jobs(limit=20).jobs] == ids[::-1][:20]
+    for n in range(1, 201):  # a quiet week on Modal: every slot and the hint expired; the scope starts again
+        d.pop(keys.index_slot(keys.ALL, n))
+    d.pop(keys.index_head(keys.ALL))
+    fresh = _seed(d, 5)
+    assert [j.id for j in store.list_jobs(limit=20).jobs] == fresh[::-1]
+    assert store.index.head(keys.ALL) == 5

@@ -66,7 +66,8 @@ def r2_client_config() -> Any:
 
     return Config(signature_version="s3v4", region_name="auto", s3={"addressing_style": "path"},
                   request_checksum_calculation="when_required", response_checksum_validation="when_required",
-                  retries={"max_attempts": 5, "mode": "standard"})
+                  retries={"max_attempts": 5, "mode": "standard"},
+                  connect_timeout=10)  # boto's 60 s would let one unreachable endpoint outlast a web request
 
 
 class S3Store:

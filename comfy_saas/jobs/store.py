@@ -393,8 +393,8 @@ class JobStore:
     def list_jobs(self, *, user_id: str | None = None, status: Status | None = None,
                   cursor: str | None = None, limit: int = 20) -> Page:
         """Newest first, `limit` per page; `cursor` comes from the previous page's next_cursor. The first
-        page costs three round trips (the head hint; the probe past it with the page's slots; the jobs), later
-        ones two (slots, jobs)."""
+        page costs two round trips in a process that has seen the scope's head (the hint with the slots around
+        it; the jobs), three in one that has not (the hint first); later pages two (slots, jobs)."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", field="limit")
         scope = keys.scope(user_id)
