@@ -174,6 +174,7 @@ def job_models(settings: Settings, root: Path) -> dict:
 def launch_comfyui(settings: Settings, root: Path) -> ComfyProcess:
     """Start the configured ComfyUI (or the built-in stand-in) with its folders under `root`, job models
     included (`root/models`, an extra model path searched first)."""
+    root = root.resolve()  # ComfyUI runs in its own folder: every path it is given must be absolute
     for sub in ("input", "output"):  # ComfyUI lists them at once and does not create them itself
         (root / sub).mkdir(parents=True, exist_ok=True)
     source = settings.comfyui

@@ -181,14 +181,17 @@ def running_server(data_dir: Path, *, workers: int = 1, **settings: Any) -> Iter
         stack.stop()
 
 
-def start_serve(data_dir: Path, port: int, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, list[str]]:
-    """`comfy-saas serve` as a user runs it, in its own process; returns once its banner says it listens."""
+def start_serve(data_dir: Path | None, port: int, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> tuple[subprocess.Popen, list[str]]:
+    """`comfy-saas serve` as a user runs it, in its own process (without a data dir: ./data of `cwd`, as
+    `make serve` does); returns once its banner says it listens."""
     import shutil
 
     exe = shutil.which("comfy-saas", path=str(Path(sys.executable).parent)) or "comfy-saas"
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMFY", "R2_"))}
-    proc = subprocess.Popen([exe, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-                            env={**clean, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    where = [] if data_dir is None else ["--data-dir", str(data_dir)]
+    proc = subprocess.Popen([exe, "serve", "--port", str(port), *where], cwd=cwd, env={**clean, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
 
     def listening() -> bool:

@@ -23,8 +23,10 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> str:
 
 
 def test_serve_runs_a_job_end_to_end_and_survives_a_restart(tmp_path: Path):
+    """As `make serve` runs it: no data dir given, so ./data, a relative path ComfyUI (in its own folder)
+    must never see."""
     port = free_port()
-    proc, lines = start_serve(tmp_path / "data", port)
+    proc, lines = start_serve(None, port, cwd=tmp_path)
     banner = "".join(lines)
     assert f"http://127.0.0.1:{port}" in banner and "stand-in" in banner
     base = f"http://127.0.0.1:{port}"
@@ -39,7 +41,7 @@ def test_serve_runs_a_job_end_to_end_and_survives_a_restart(tmp_path: Path):
     assert (tmp_path / "data" / "comfy" / "0" / "input").is_dir()
     assert not re.search(r"Traceback", out), out
 
-    proc, _ = start_serve(tmp_path / "data", port)
+    proc, _ = start_serve(None, port, cwd=tmp_path)
     try:
         again = requests.get(f"{base}/v1/jobs/{job_id}", timeout=10).json()
         assert again["status"] == "completed" and again["outputs"][0]["key"] == done["outputs"][0]["key"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -174,7 +174,8 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.check()
-        return settings
+        # Absolute once: ComfyUI runs in its own folder, and model links must point the same from anywhere.
+        return replace(settings, data_dir=Path(settings.data_dir).resolve())
 
     def check(self) -> None:
         """Refuse combinations that cannot work, with a message naming the variable."""
@@ -191,7 +192,7 @@ class Settings:
 
     def model_cache_dir(self) -> Path:
         """Where cached model files live: COMFY_MODEL_CACHE_DIR, else <data_dir>/models-cache."""
-        return Path(self.model_cache.dir) if self.model_cache.dir else self.data_dir / "models-cache"
+        return (Path(self.model_cache.dir) if self.model_cache.dir else self.data_dir / "models-cache").resolve()
 
     def pool_table(self) -> dict[str, PoolSpec]:
         """The pools jobs may name (COMFY_POOLS), with the default pool always among them."""
