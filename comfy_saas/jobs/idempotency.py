@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from comfy_saas.backends.conditional import pop_if
 from comfy_saas.errors import Conflict, Overloaded
 from comfy_saas.jobs import keys
 from comfy_saas.jobs.index import DictLike
@@ -57,6 +58,4 @@ class IdempotencyKeys:
         return at is None or (self._clock() - datetime.fromisoformat(at)).total_seconds() > ABANDONED_AFTER_S
 
     def _free(self, user_id: str | None, key: str, entry: dict[str, Any]) -> None:
-        popped = self._d.pop(keys.idempotency(user_id, key), None)
-        if popped is not None and popped.get("job_id") != entry.get("job_id"):
-            self._d.put(keys.idempotency(user_id, key), popped, skip_if_exists=True)  # not ours to free
+        pop_if(self._d, keys.idempotency(user_id, key), lambda held: held.get("job_id") == entry.get("job_id"))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from comfy_saas.backends.conditional import pop_if
 from comfy_saas.backends.parallel import run_all
 from comfy_saas.jobs import keys
 from comfy_saas.jobs.index import DictLike
@@ -58,12 +59,8 @@ class ActiveSlots:
         return age >= ABANDONED_AFTER_S  # a submit still in flight is not a leak
 
     def release(self, key: str, job_id: str) -> bool:
-        """Pop the slot if it still holds job_id; a slot meanwhile taken by another job is put back."""
-        popped = self._d.pop(key, None)
-        if popped is not None and _holder(popped) != job_id:
-            self._d.put(key, popped, skip_if_exists=True)
-            return False
-        return popped is not None
+        """Pop the slot if it still holds job_id; False when another job holds it by now (it is put back)."""
+        return pop_if(self._d, key, lambda held: _holder(held) == job_id)
 
     def release_all(self, job: Job) -> None:
         """Give back every slot the job holds; idempotent."""

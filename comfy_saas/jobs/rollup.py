@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
+from comfy_saas.backends.conditional import pop_if
 from comfy_saas.backends.parallel import run_all
 from comfy_saas.jobs import keys
 from comfy_saas.jobs.counters import FOLD_AFTER_S
@@ -96,15 +97,10 @@ def _lock(store: JobStore, now: float, nonce: str) -> bool:
     held = store.d.get(key) or {}
     if now - float(held.get("at", now)) < LOCK_STALE_S:
         return False
-    popped = store.d.pop(key, None)
-    if popped is not None and popped.get("nonce") != held.get("nonce"):
-        store.d.put(key, popped, skip_if_exists=True)  # a live run's lock: not ours to take
-        return False
+    if not pop_if(store.d, key, lambda lock: lock.get("nonce") == held.get("nonce")):
+        return False  # a live run's lock: not ours to take
     return store.d.put(key, mine, skip_if_exists=True)
 
 
 def _unlock(store: JobStore, nonce: str) -> None:
-    key = keys.maintenance("metrics_fold")
-    popped = store.d.pop(key, None)
-    if popped is not None and popped.get("nonce") != nonce:
-        store.d.put(key, popped, skip_if_exists=True)
+    pop_if(store.d, keys.maintenance("metrics_fold"), lambda lock: lock.get("nonce") == nonce)

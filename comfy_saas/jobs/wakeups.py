@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfy_saas import logs
+from comfy_saas.backends.conditional import pop_if
 from comfy_saas.backends.parallel import map_all, run_all
 from comfy_saas.config.pools import PoolSpec
 from comfy_saas.jobs import keys
@@ -119,11 +120,9 @@ class Wakeups:
     def _claim(self, pool: str, n: int, seen: Any, now: float) -> bool:
         """Take free slot n for a spawn; False when another decider got there first (its drain covers ours)."""
         key = keys.drain_slot(pool, n)
-        if seen is not None:  # an expired entry: clear it, unless it was renewed since we read it
-            popped = self.store.d.pop(key, None)
-            if popped is not None and popped != seen:
-                self.store.d.put(key, popped, skip_if_exists=True)
-                return False
+        # An expired entry: cleared, unless it was renewed since we read it.
+        if seen is not None and not pop_if(self.store.d, key, lambda held: held == seen):
+            return False
         entry = {"state": "spawned", "drain": None, "until": now + self.settings.drain_start_grace_s}
         return self.store.d.put(key, entry, skip_if_exists=True)
 
@@ -146,10 +145,8 @@ class Wakeups:
         return False
 
     def _release_claim(self, pool: str, n: int) -> None:
-        key = keys.drain_slot(pool, n)
-        popped = self.store.d.pop(key, None)
-        if popped is not None and popped.get("state") != "spawned":
-            self.store.d.put(key, popped, skip_if_exists=True)  # a drain took the slot meanwhile: keep it
+        # A drain that took the slot meanwhile keeps it.
+        pop_if(self.store.d, keys.drain_slot(pool, n), lambda held: held.get("state") == "spawned")
 
     def lease(self, pool: str, slot: int, drain_id: str) -> DrainLease:
         """The slot a running drain holds; releasing it lets this process's next wake look again at once."""
@@ -228,8 +225,6 @@ class DrainLease:
         self._changed.set()
         if self._thread is not None:
             self._thread.join()
-        popped = self.d.pop(self.key, None)
-        if popped is not None and popped.get("drain") != self.drain_id:
-            self.d.put(self.key, popped, skip_if_exists=True)
+        pop_if(self.d, self.key, lambda held: held.get("drain") == self.drain_id)
         if self.on_release is not None:
             self.on_release()
