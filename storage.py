@@ -29,26 +29,30 @@ RUNTIME_ENV = {"COMFY_STORAGE_BACKEND": "s3", "COMFY_DATA_DIR": "/tmp/comfy-saas
 
 _lock = threading.Lock()  # concurrent inputs (@modal.concurrent) may ask for the services at once
 _services = None
+_services_mount: str | None = None
 _wakeups = None
 
 
 def services(models_mount: str | None = None):
     """This container's Services over the deployed Dict and Queue (built once per container); `models_mount` is
-    where this container mounts the models Volume (None: it reaches the Volume through its API only)."""
-    global _services
+    where this container mounts the models Volume (None: it reaches the Volume through its API only). Every
+    call in a container must name the same mount: the first one decides what is built."""
+    global _services, _services_mount
     with _lock:
         if _services is None:
             from comfy_saas.modal_runtime import services as build
 
-            _services = build(jobs_dict, work_queue, models_volume, models_mount)
+            _services, _services_mount = build(jobs_dict, work_queue, models_volume, models_mount), models_mount
+        elif models_mount != _services_mount:
+            raise RuntimeError(f"services were built for models mount {_services_mount!r}, not {models_mount!r}")
         return _services
 
 
-def wakeups(spawn: Callable[[str, int], None]):
+def wakeups(spawn: Callable[[str, int], None], models_mount: str | None = None):
     """This container's wake-up component (jobs/wakeups.py), spawning drains with `spawn`; it is also the
     services' `wake`, so every accepted submission wakes its pool."""
     global _wakeups
-    svc = services()
+    svc = services(models_mount)
     with _lock:
         if _wakeups is None:
             from comfy_saas.modal_runtime import wakeups as build

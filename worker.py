@@ -108,7 +108,7 @@ class PoolWorker:
         if not CONFIG.pool(self.pool).gpu_snapshot:
             modal_runtime.preload_checkpoints(self.comfy, CONFIG.warm.preload_checkpoints)
         warmup = f"/root/{CONFIG.warm.warmup_workflow}" if CONFIG.warm.warmup_workflow else ""
-        self.wakeups = storage.wakeups(spawn)
+        self.wakeups = storage.wakeups(spawn, MODELS_DIR)
         self.worker = modal_runtime.restored_worker(storage.services(MODELS_DIR), self.comfy, Path("/tmp"), warmup,
                                                     model_shadows=[MODELS_DIR, f"{COMFY_DIR}/models"], pool=self.pool)
 

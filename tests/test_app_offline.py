@@ -237,3 +237,27 @@ def test_the_cli_shim_runs_the_operator_commands(tmp_path: Path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"default": 0, "video": 0, "(all partitions)": 0}
+
+
+SERVICES_ONCE = """
+import storage
+spawn = lambda pool, slot: None
+wakeups = storage.wakeups(spawn, "/models")  # what a GPU container builds first, as attach_gpu does
+svc = storage.services("/models")
+assert wakeups is storage.wakeups(spawn, "/models") and svc.wake == wakeups.wake
+print(type(svc.model_files).__name__, svc.model_files.mounted)
+try:
+    storage.services()
+except RuntimeError as exc:
+    print("refused", exc)
+"""
+
+
+def test_a_gpu_container_builds_its_services_once_and_with_the_models_mount(tmp_path: Path):
+    """The wake-up component is built first in a GPU container; its services must still read the mounted
+    models Volume, and a later call naming another mount is refused rather than handed the wrong services."""
+    out = subprocess.run([sys.executable, "-c", SERVICES_ONCE], cwd=ROOT, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    mounted, refused = out.stdout.splitlines()
+    assert mounted == "VolumeModelFiles True" and refused.startswith("refused services were built for")
