@@ -8,6 +8,7 @@ the project reads os.environ: `environment()` below is the one door.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
@@ -195,15 +196,9 @@ class Settings:
         return (Path(self.model_cache.dir) if self.model_cache.dir else self.data_dir / "models-cache").resolve()
 
     def pool_table(self) -> dict[str, PoolSpec]:
-        """The pools jobs may name (COMFY_POOLS), with the default pool always among them."""
-        try:
-            pools = parse_pools(self.pools)
-            parse_pool_gpus(self.pool_gpus)
-        except ValueError as exc:
-            raise ValueError(f"COMFY_POOLS / COMFY_POOL_GPUS: {exc}") from None
-        if self.default_pool not in pools:
-            raise ValueError(f"COMFY_DEFAULT_POOL={self.default_pool!r} is not in COMFY_POOLS ({', '.join(pools)})")
-        return pools
+        """The pools jobs may name (COMFY_POOLS), with the default pool always among them (parsed once per
+        spec: every submit asks)."""
+        return dict(_pool_table(self.pools, self.pool_gpus, self.default_pool))
 
     def check_retention(self, entries_expire: bool) -> None:
         """Records live at most 7 days after their last use on Modal: a longer retention cannot be honoured."""
@@ -217,6 +212,18 @@ class ApiKey(NamedTuple):
     key: str
     user: str | None = None
     pools: tuple[str, ...] | None = None
+
+
+@functools.lru_cache(maxsize=16)
+def _pool_table(pools_spec: str, gpus_spec: str, default_pool: str) -> dict[str, PoolSpec]:
+    try:
+        pools = parse_pools(pools_spec)
+        parse_pool_gpus(gpus_spec)
+    except ValueError as exc:
+        raise ValueError(f"COMFY_POOLS / COMFY_POOL_GPUS: {exc}") from None
+    if default_pool not in pools:
+        raise ValueError(f"COMFY_DEFAULT_POOL={default_pool!r} is not in COMFY_POOLS ({', '.join(pools)})")
+    return pools
 
 
 def parse_api_keys(spec: str) -> list[ApiKey]:

@@ -85,7 +85,7 @@ def act(svc: Services, job: Job, action: Action, owner: str = OWNER) -> bool:
 
 def sweep(svc: Services, now: datetime | None = None, owner: str = OWNER, budget_s: float = BUDGET_S) -> Counter:
     """One run over the watch list; counts of what was done (`examined` jobs, `deferred` ones left for the
-    next run, and `waiting:{pool}` for pools with queued jobs, so the caller can wake them)."""
+    next run, and each action taken)."""
     now = now or svc.store.clock()
     deadline = time.monotonic() + budget_s
     watch = watchlist.load(svc.store)
@@ -131,7 +131,6 @@ def _sweep_batch(svc: Services, batch: list[Entry], now: datetime, owner: str, d
                 kept.append(Entry(entry.job_id, hook_only=True))  # the delivery is checked below
                 finished[job.id] = job
             continue
-        done[f"waiting:{job.pool}"] += job.status is Status.QUEUED
         action = decide(job, now, svc.settings, _lost(entry, job, now, pools))
         if action is not None:
             moves.append((entry, job, action))

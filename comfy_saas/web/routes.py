@@ -47,10 +47,6 @@ class Route:
                 return marker.strip("{}")
         return None
 
-    @property
-    def takes_id(self) -> bool:
-        return self.target is not None
-
 
 ROUTES: tuple[Route, ...] = (
     Route("submit", "POST", "/v1/jobs", "Submit a job (a JobRequest): 201 with the job, 200 with the first job when "
