@@ -26,6 +26,11 @@ def progress(job_id: str) -> str:
     return f"progress:{job_id}"
 
 
+def preview(job_id: str) -> str:
+    """The running attempt's latest preview frame (written by its owner only, at most as often as progress)."""
+    return f"preview:{job_id}"
+
+
 def claim(job_id: str, n: int) -> str:
     """The decision that moved a job from the record at claim n-1: who made it, when, and its outcome."""
     return f"claim:{job_id}:{n}"

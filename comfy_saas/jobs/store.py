@@ -242,6 +242,10 @@ class JobStore:
         live = self.d.get(keys.progress(job_id)) or {}
         return [e for e in live.get("events") or [] if e["seq"] > after]
 
+    def latest_preview(self, job_id: str) -> dict[str, Any] | None:
+        """The newest preview frame of the running attempt: {"seq", "format" (jpeg|png), "data_b64"}, or None."""
+        return self.d.get(keys.preview(job_id))
+
     # --- cancel --------------------------------------------------------------------------------
 
     def cancel_requested(self, job_id: str) -> bool:

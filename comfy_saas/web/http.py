@@ -295,6 +295,9 @@ def create_app(svc: Services) -> FastAPI:
         except Exception as exc:
             return _json(*error_response(exc))
 
+    from comfy_saas.web.surfaces import mount_surfaces
+
+    mount_surfaces(app, lambda: svc)
     _install_error_shape(app)
     _install_schema(app)
     return app

@@ -1,0 +1,24 @@
+"""The standard surfaces over our jobs: Comfy API v2 (`/api/v2/...`) and ComfyUI's native API (`/prompt`, `/ws`,
+`/history`, ... and the editor). Both need path parameters and WebSockets on one base URL, so on Modal they are
+served by one `@modal.asgi_app` function (app.py), and locally by the same server as `/v1` (web/http.py).
+Each surface is a thin translation over jobs/operations.py; nothing here keeps state of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+from comfy_saas.jobs.services import Services
+
+
+def mount_surfaces(app: FastAPI, services: Callable[[], Services]) -> None:
+    """Register every surface's routes on `app` (the native API last: it serves the editor at `/`)."""
+
+
+def surfaces_app(services: Callable[[], Services]) -> FastAPI:
+    """The ASGI app Modal serves from one function: every surface over the services `services()` builds."""
+    app = FastAPI(title="comfy-saas surfaces", version="0.1.0")
+    mount_surfaces(app, services)
+    return app
