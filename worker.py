@@ -18,8 +18,8 @@ import modal
 import model_download
 import storage
 from comfy_saas.config import Settings
-from comfy_saas.config.deploy import CustomNode, Pool, load
-from comfy_saas.modal_runtime import extra_model_paths
+from comfy_saas.config.deploy import CustomNode, Pool, image_requirements, load
+from comfy_saas.modal_runtime import extra_model_paths, write_lines_step
 from comfy_saas.runner.drains import DrainPlan
 
 HERE = Path(__file__).resolve().parent
@@ -28,16 +28,23 @@ DEPLOY_SETTINGS = Settings.from_env()  # at deploy time: COMFY_GPU_CONFIG / COMF
 COMFY_DIR = "/root/comfy/ComfyUI"
 MODELS_DIR = "/models"
 # Every deployed container's environment (passed as function env, so changing it rebuilds no image layer):
-# the pools from deploy.toml, R2's checksum rules for any boto3 client, and a bound on how long one spawn may
-# wait out Modal's rate limiting (unbounded by default) before it raises and our backoff takes over.
-RUNTIME_ENV = {**storage.RUNTIME_ENV, **CONFIG.pools_env(), "MODAL_MAX_THROTTLE_WAIT": "5",
+# the pools from deploy.toml, the body limit the API's memory is sized for, and R2's checksum rules for any
+# boto3 client. No MODAL_MAX_THROTTLE_WAIT: it would cap every RPC of the container (a throttled job write
+# would then fail its attempt); only a spawn is bounded, by its own timeout (spawn below).
+RUNTIME_ENV = {**storage.RUNTIME_ENV, **CONFIG.pools_env(),
+               "COMFY_LIMIT_MAX_BODY_BYTES": str(CONFIG.api.max_body_bytes),
                "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required", "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required"}
 
 worker_app = modal.App()  # unnamed: deployed only as part of app.py
 
 pin = CONFIG.comfyui
 TORCH = [f"torch=={pin.torch}", f"torchvision=={pin.torchvision}", f"torchaudio=={pin.torchaudio}"]
-CONSTRAINTS = "/root/torch-constraints.txt"  # ComfyUI and custom nodes may not move torch, torchvision, torchaudio
+# Every pip step of the GPU image installs under these: no later step (ComfyUI's requirements, a custom node's)
+# may move a pin (`make check-image` resolves each step against them).
+PINS = pin.constraint_lines()
+CONSTRAINTS = "/root/constraints.txt"
+# The project's dependencies but modal, which Modal mounts into every container itself.
+REQUIREMENTS = image_requirements(HERE / "pyproject.toml")
 
 
 def _node_commands(nodes: list[CustomNode]) -> list[str]:
@@ -51,11 +58,10 @@ def _node_commands(nodes: list[CustomNode]) -> list[str]:
 base_image = (
     modal.Image.debian_slim(python_version=pin.python)
     .apt_install("git", "ffmpeg", "libgl1", "libglib2.0-0")
-    .pip_install(*TORCH, index_url=pin.torch_index_url)
-    .pip_install_from_pyproject(str(HERE / "pyproject.toml"))
-    .pip_install(f"huggingface_hub[hf_xet]=={pin.huggingface_hub}")
+    .run_commands(write_lines_step(PINS, CONSTRAINTS))
+    .pip_install(*TORCH, index_url=pin.torch_index_url, extra_options=f"-c {CONSTRAINTS}")
+    .pip_install(*REQUIREMENTS, f"huggingface_hub[hf_xet]=={pin.huggingface_hub}", extra_options=f"-c {CONSTRAINTS}")
     .run_commands(
-        "printf '" + "\\n".join(TORCH) + "\\n' > " + CONSTRAINTS,
         f"git clone {pin.repo} {COMFY_DIR}",
         f"cd {COMFY_DIR} && git checkout {pin.commit}",
         f"pip install -r {COMFY_DIR}/requirements.txt -c {CONSTRAINTS}",
@@ -80,8 +86,12 @@ def pool_image(pool: Pool) -> modal.Image:
 
 
 def spawn(pool: str, slot: int) -> None:
-    """Start one drain input of a pool's class (jobs/wakeups.py decides when, and which slot it holds)."""
-    POOL_CLASSES[pool]().drain.spawn(slot)
+    """Start one drain input of a pool's class (jobs/wakeups.py decides when, and which slot it holds). A spawn
+    Modal keeps throttling is cancelled after api.spawn_timeout_s (TimeoutError): the wake-up backs off, and
+    the sweeper comes back within a minute."""
+    from comfy_saas.modal_runtime import bounded
+
+    bounded(lambda: POOL_CLASSES[pool]().drain.spawn.aio(slot), CONFIG.api.spawn_timeout_s)
 
 
 class PoolWorker:
@@ -125,24 +135,11 @@ class PoolWorker:
         self.comfy.stop()
 
 
-def _verify(pool: str):
-    def verify() -> dict:
-        """`modal run app.py::verify_setup`: the pool's models and custom nodes present/missing, ComfyUI starts."""
-        from comfy_saas import modal_runtime
-
-        report = modal_runtime.verify_setup(CONFIG, Path(COMFY_DIR), Path(MODELS_DIR), CONFIG.comfyui.port, pool)
-        print(report)
-        return report
-
-    verify.__name__ = verify.__qualname__ = f"verify_{pool}"  # a module global: the container finds it by name
-    return verify
-
-
 IMAGES: dict[str, modal.Image] = {}
 POOL_CLASSES: dict[str, modal.Cls] = {}
-VERIFY: dict[str, modal.Function] = {}
+GPUS: dict[str, list[str]] = {}
 for _pool in CONFIG.pools:
-    _gpus = CONFIG.gpus(_pool.name, DEPLOY_SETTINGS.gpu_config, DEPLOY_SETTINGS.pool_gpus)
+    GPUS[_pool.name] = _gpus = CONFIG.gpus(_pool.name, DEPLOY_SETTINGS.gpu_config, DEPLOY_SETTINGS.pool_gpus)
     IMAGES[_pool.name] = _image = pool_image(_pool)
     _user_cls = type(_pool.class_name, (PoolWorker,),
                      {"pool": _pool.name, "__module__": __name__, "__qualname__": _pool.class_name})
@@ -152,6 +149,3 @@ for _pool in CONFIG.pools:
         timeout=_pool.timeout_s, startup_timeout=_pool.startup_timeout_s, enable_memory_snapshot=True,
         experimental_options={"enable_gpu_snapshot": True} if _pool.gpu_snapshot else None,
     )(_user_cls)
-    _fn = _verify(_pool.name)
-    globals()[_fn.__name__] = VERIFY[_pool.name] = worker_app.function(
-        image=_image, gpu=_gpus, env=RUNTIME_ENV, volumes={MODELS_DIR: storage.models_volume}, timeout=900)(_fn)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from comfy_saas.config import Settings
 from comfy_saas.config.deploy import DeployConfig, installation_report
@@ -17,6 +18,7 @@ from comfy_saas.runner.comfy_process import ComfyProcess
 from comfy_saas.runner.worker import Worker, new_worker_id
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MODEL_CACHE_SUBDIR = "job-cache"  # the model cache's folder inside the models Volume (ComfyUI does not list it)
 JOB_MODELS_DIR = "/tmp/comfy-saas-job-models"  # each container's own links: what its ComfyUI sees by name
@@ -43,9 +45,26 @@ def wakeups(svc: Services, spawn: Callable[[str, int], None]) -> Wakeups:
     """The wake-up component over these services, retrying spawns Modal rate-limits; it becomes svc.wake."""
     import modal.exception
 
-    component = Wakeups(svc.store, spawn, retry_on=(modal.exception.ResourceExhaustedError,))
+    component = Wakeups(svc.store, spawn, retry_on=(modal.exception.ResourceExhaustedError, TimeoutError))
     svc.wake = component.wake
     return component
+
+
+def bounded(start: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+    """Run the coroutine `start()` makes, cancelled after timeout_s (TimeoutError). Bounds one Modal call of
+    its own (a spawn waiting out a rate limit) where MODAL_MAX_THROTTLE_WAIT would bound every call of the
+    container. From a thread running an event loop, it runs on a thread of its own."""
+    import asyncio
+
+    async def run() -> T:
+        return await asyncio.wait_for(start(), timeout_s)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run())
+    with ThreadPoolExecutor(1, thread_name_prefix="bounded") as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def deployed_services() -> Services:
@@ -174,3 +193,11 @@ def extra_model_paths(models_dir: str) -> str:
     kinds = ["checkpoints", "clip", "clip_vision", "configs", "controlnet", "diffusion_models", "embeddings",
              "loras", "text_encoders", "unet", "upscale_models", "vae", "vae_approx"]
     return "comfy_saas:\\n  base_path: " + models_dir + "\\n" + "".join(f"  {k}: {k}\\n" for k in kinds)
+
+
+def write_lines_step(lines: list[str], path: str) -> str:
+    """An image build step writing `lines` to `path` as one shell line: a raw newline inside a step would make
+    Modal's Dockerfile carry it as a line of its own (tests/test_images_offline.py)."""
+    import shlex
+
+    return shlex.join(["printf", "%s\\n", *lines]) + f" > {shlex.quote(path)}"

@@ -89,3 +89,31 @@ def web_app(fn: modal.Function, method: str) -> Any:
     from modal._runtime.asgi import magic_fastapi_app
 
     return magic_fastapi_app(_private(fn)._raw_f_, method, True)
+
+
+def dockerfiles(image: modal.Image, version: str) -> list[list[str]]:
+    """Each build layer's Dockerfile commands, oldest first, as modal renders them for builder `version`
+    (what the server receives as ImageGetOrCreateRequest.image.dockerfile_commands; one list per layer).
+    Mount layers render nothing; a run_function layer renders an empty list."""
+    out = []
+    for layer in reversed(layers(image)):
+        if _is_mount_layer(layer):
+            continue
+        render = _closure(layer._load)["dockerfile_function"]
+        out.append(list(render(version).commands) if render else [])
+    return out
+
+
+def app_members(app: modal.App) -> list[str]:
+    """The names of the functions and classes `modal deploy` of this App deploys (App.registered_functions is
+    deprecated in 1.6 and has no public successor)."""
+    state = _private(app)._local_state
+    return sorted({name.removesuffix(".*") for name in [*state.functions, *state.classes]})
+
+
+def is_asgi(fn: modal.Function) -> bool:
+    """Whether the function serves an ASGI app (@modal.asgi_app): FunctionInfo shows no web method for it."""
+    from modal_proto import api_pb2
+
+    config = _private(fn)._webhook_config
+    return config is not None and config.type == api_pb2.WEBHOOK_TYPE_ASGI_APP

@@ -23,15 +23,16 @@ warnings.simplefilter("error")  # nothing deprecated on the way (modal's Depreca
 sys.path.insert(0, sys.argv[1])
 import modal
 import modal_private as private
-import app, storage, worker
+import app, storage, verify, worker
 sync = modal._utils.async_utils.synchronizer
-report = {"functions": {}, "classes": {}, "timeouts": app.TIMEOUTS_S, "schedules": {}, "images": {}}
+report = {"functions": {}, "classes": {}, "timeouts": app.TIMEOUTS_S, "schedules": {}, "images": {}, "verify": {}}
 for module in (app, worker):
     for name, obj in vars(module).items():
         if isinstance(obj, modal.Function):
             info = obj.info()
             report["functions"][name] = {
                 "gpus": [g for g, _ in info.gpus], "timeout": info.timeout, "schedule": info.schedule,
+                "memory": info.memory_mib, "asgi": private.is_asgi(obj),
                 "web": info.web_info.method if info.web_info else None,
                 "concurrency": [info.concurrency_info.max_inputs, info.concurrency_info.target_inputs]
                                if info.concurrency_info else None,
@@ -49,7 +50,13 @@ for name, cron in app.SCHEDULES.items():
 report["secrets"] = {s.name: private.required_keys(s) for s in storage.SECRETS}
 for name, image in {"api": app.api_image, **worker.IMAGES}.items():
     report["images"][name] = {"files": sorted(private.mounted_files(image)), "steps": private.build_steps(image)}
+report["deployed"] = private.app_members(app.app)
+for name, fn in verify.VERIFY.items():
+    report["verify"][name] = {"gpus": [g for g, _ in fn.info().gpus]}
+report["verify_app"] = private.app_members(verify.app)
 report["pools"] = [p.model_dump() for p in worker.CONFIG.pools]
+report["surfaces"] = worker.CONFIG.surfaces.model_dump()
+report["body_functions"] = sorted(app.BODY_FUNCTIONS)
 report["api"] = worker.CONFIG.api.model_dump()
 report["events_stream_s"] = app.EVENTS_STREAM_S
 print(json.dumps(report))
@@ -86,7 +93,7 @@ def introspect(home: Path, cwd: Path = ROOT, **env: str) -> dict:
 
 def two_pool_checkout(tmp: Path) -> Path:
     """The deployment files with a deploy.toml declaring two pools (the package comes from the venv)."""
-    for name in ("app.py", "worker.py", "storage.py", "model_download.py", "pyproject.toml"):
+    for name in ("app.py", "worker.py", "verify.py", "storage.py", "model_download.py", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp / name)
     shutil.copytree(ROOT / "memory_snapshot_helper", tmp / "memory_snapshot_helper")
     text = (ROOT / "deploy.toml").read_text()
@@ -107,11 +114,17 @@ def two_pools(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_every_operation_is_registered(report: dict):
     expected = {"submit", "job", "jobs", "cancel", "health", "metrics", "events", "submit_job", "get_job", "list_jobs",
-                "cancel_job", "sweep", "cleanup_expired", "verify_default", "put_workflow", "workflow",
+                "cancel_job", "sweep", "cleanup_expired", "put_workflow", "workflow", "surfaces",
                 "workflows", "delete_workflow", "workflow_jobs", "put_template", "get_template", "list_templates",
                 "delete_template", "submit_template_job", "models", "delete_model"}
-    assert expected <= set(report["functions"])
+    assert set(report["functions"]) == expected
     assert set(report["classes"]) == {"ComfyWorker_default"}
+    assert report["deployed"] == sorted([*expected, "ComfyWorker_default"])  # what `modal deploy app.py` ships
+
+
+def test_the_gpu_check_is_an_app_of_its_own_never_deployed(report: dict):
+    assert report["verify_app"] == ["verify_default"]
+    assert not [name for name in report["deployed"] if name.startswith("verify")]
 
 
 def test_web_endpoints_come_from_the_route_table_one_method_each(report: dict):
@@ -133,10 +146,54 @@ def test_wait_mode_is_capped_below_the_endpoint_timeout(report: dict):
 
 def test_web_and_remote_functions_serve_many_requests_per_container(report: dict):
     api = report["api"]
-    for name in ("submit", "job", "jobs", "cancel", "health", "metrics", "events", "submit_job", "get_job",
-                 "list_jobs", "cancel_job"):
+    for name in ("job", "jobs", "cancel", "health", "metrics", "events", "get_job", "list_jobs", "cancel_job",
+                 "workflow", "workflows", "delete_workflow", "models", "delete_model", "get_template",
+                 "list_templates", "delete_template"):
         assert report["functions"][name]["concurrency"] == [api["max_inputs"], api["target_inputs"]], name
+    for name in report["body_functions"]:  # each may hold a job body: fewer at once
+        assert report["functions"][name]["concurrency"] == [api["body_max_inputs"], api["body_target_inputs"]], name
     assert report["functions"]["sweep"]["concurrency"] is None  # one sweep at a time
+
+
+def test_every_api_container_has_the_memory_its_inputs_need(report: dict):
+    """Memory from the registered functions: the baseline plus, per input in flight, a small request's peak, or
+    three copies of the largest body where a job body may arrive (deploy.toml [api] says the sizing)."""
+    from comfy_saas.config.deploy import BASELINE_MIB, BODY_COPIES, SMALL_REQUEST_MIB
+
+    assert report["body_functions"] == ["put_template", "put_workflow", "submit", "submit_job",
+                                        "submit_template_job", "workflow_jobs"]
+    body_mib = report["api"]["max_body_bytes"] / 2**20
+    for name, fn in report["functions"].items():
+        if name in report["classes"]:
+            continue
+        inputs = fn["concurrency"][0] if fn["concurrency"] else 1
+        per_input = BODY_COPIES * body_mib if name in report["body_functions"] + ["surfaces"] else SMALL_REQUEST_MIB
+        assert fn["memory"] is not None and fn["memory"] >= BASELINE_MIB + inputs * per_input, (name, fn["memory"])
+
+
+def test_the_body_limit_the_memory_is_sized_for_is_the_one_enforced(report: dict):
+    from comfy_saas.config import Settings
+
+    env = report["functions"]["submit"]["secrets"][-1]
+    assert "COMFY_LIMIT_MAX_BODY_BYTES" in env
+    assert report["api"]["max_body_bytes"] == Settings().limits.max_body_bytes  # the default agrees too
+
+
+def test_a_deploy_toml_undersizing_memory_is_refused():
+    from comfy_saas.config.deploy import Api
+
+    with pytest.raises(ValueError, match=r"api.body_memory_mib = 1024 is below the 1456 MiB"):
+        Api(body_memory_mib=1024)
+
+
+def test_the_standard_surfaces_are_one_asgi_function_with_their_own_sizes(report: dict):
+    fn, surfaces = report["functions"]["surfaces"], report["surfaces"]
+    assert fn["asgi"] and fn["web"] is None and not any(f["asgi"] for n, f in report["functions"].items()
+                                                        if n != "surfaces")
+    assert fn["concurrency"] == [surfaces["max_inputs"], surfaces["target_inputs"]]
+    assert (fn["memory"], fn["timeout"], fn["min_containers"]) == (
+        surfaces["memory_mib"], surfaces["timeout_s"], surfaces["min_containers"])
+    assert fn["timeout"] > report["events_stream_s"]  # an SSE stream ends before the input does
 
 
 def test_submit_and_get_keep_the_configured_warm_floor(two_pools: dict, report: dict):
@@ -153,12 +210,15 @@ def test_each_pool_is_its_own_worker_with_its_gpus_floor_and_ceiling(two_pools: 
         assert (worker["timeout"], worker["startup_timeout"]) == (pool["timeout_s"], pool["startup_timeout_s"])
         assert worker["memory_snapshot"] is True
         assert worker["experimental"] == ({"enable_gpu_snapshot": "True"} if pool["gpu_snapshot"] else {})
-        assert two_pools["functions"][f"verify_{pool['name']}"]["gpus"] == pool["gpus"]
+        assert two_pools["verify"][pool["name"]]["gpus"] == pool["gpus"]
 
 
 def test_the_running_service_is_told_the_pools(two_pools: dict):
     secrets = two_pools["functions"]["submit"]["secrets"]
-    assert any("COMFY_POOLS" in s and "COMFY_DEFAULT_POOL" in s and "MODAL_MAX_THROTTLE_WAIT" in s for s in secrets)
+    assert any("COMFY_POOLS" in s and "COMFY_DEFAULT_POOL" in s for s in secrets)
+    # MODAL_MAX_THROTTLE_WAIT would cap every RPC (a throttled job write would fail its attempt): spawns are
+    # bounded on their own (worker.spawn)
+    assert not any("MODAL_MAX_THROTTLE_WAIT" in s for s in secrets)
     assert secrets == two_pools["classes"]["ComfyWorker_video"]["secrets"]
 
 
@@ -231,6 +291,9 @@ def test_the_cli_shim_runs_the_operator_commands(tmp_path: Path):
     import app
 
     shim = tmp_path / "comfy-saas"
+    step = app.CLI_STEP.replace(app.CLI, str(shim))
+    subprocess.run(["sh", "-c", step], check=True, timeout=10)  # the image's build step, as one shell line
+    assert shim.read_text() == app.CLI_SHIM and shim.stat().st_mode & 0o111
     shim.write_text(app.CLI_SHIM.replace("'/root'", repr(str(ROOT))))  # the image mounts the package at /root
     out = subprocess.run([sys.executable, str(shim), "ops", "--data-dir", str(tmp_path / "data"), "queue"],
                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COMFY_POOLS": "default,video"},

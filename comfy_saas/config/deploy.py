@@ -3,6 +3,7 @@ worker pools (GPUs, floor and ceiling, timeouts, per-pool image additions)."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,13 @@ class ComfyUIPin(BaseModel):
     torchaudio: str
     torch_index_url: str
     huggingface_hub: str = "0.36.0"
+    constraints: list[str] = Field(default_factory=list, description="more pip constraints for every pip step")
     port: int = 8188
+
+    def constraint_lines(self) -> list[str]:
+        """The GPU image's pip constraints: the torch trio, the hub pin, then deploy.toml's own."""
+        return [f"torch=={self.torch}", f"torchvision=={self.torchvision}", f"torchaudio=={self.torchaudio}",
+                f"huggingface_hub=={self.huggingface_hub}", *self.constraints]
 
 
 class CustomNode(BaseModel):
@@ -85,25 +92,82 @@ class Pool(BaseModel):
         return PoolSpec(self.name, self.floor, self.ceiling, self.max_job_timeout_s)
 
 
+# Sizing a container's memory: its baseline (Python, FastAPI, boto3, modal's runtime) plus, for each input it
+# serves at once, what one request holds at its peak. A job body is held about three times over (the raw bytes,
+# the parsed JSON, the decoded media): 254 MiB at the peak for an 84 MiB submit (measured through the
+# endpoint handler, see the README). `memory_mib` must cover baseline + max_inputs x peak; the validators say so.
+BASELINE_MIB = 256
+BODY_COPIES = 3
+SMALL_REQUEST_MIB = 2  # a request without a job body: a job view, a page of jobs, an SSE stream's buffer
+MIB = 1024 * 1024
+
+
+def memory_needed_mib(max_inputs: int, request_mib: float) -> int:
+    """What a container serving `max_inputs` requests of at most `request_mib` each needs."""
+    return int(BASELINE_MIB + max_inputs * request_mib)
+
+
+def body_request_mib(max_body_bytes: int) -> float:
+    """The peak of one request carrying a job body of up to max_body_bytes."""
+    return BODY_COPIES * max_body_bytes / MIB
+
+
 class Api(BaseModel):
-    """The web endpoints: a warm floor for submit and job, how many requests one container serves at once."""
+    """The web endpoints and remote functions: a warm floor for submit and job, how many requests one container
+    serves at once and its memory; those taking a job body (submit, workflow_jobs, put_workflow and their remote
+    twins) serve fewer at once with more memory each."""
 
     model_config = ConfigDict(extra="forbid")
 
     min_containers: int = Field(default=0, ge=0, description="containers kept warm for submit and job (get)")
     max_inputs: int = Field(default=100, ge=1, description="requests one container serves at once")
     target_inputs: int = Field(default=80, ge=1, description="the autoscaler aims for this many per container")
+    memory_mib: int = Field(default=512, ge=128, description="memory of a container serving small requests")
+    body_max_inputs: int = Field(default=4, ge=1, description="job-body requests one container serves at once")
+    body_target_inputs: int = Field(default=3, ge=1)
+    body_memory_mib: int = Field(default=2048, ge=128, description="memory of a container taking job bodies")
+    max_body_bytes: int = Field(default=100 * MIB, ge=1, description="the largest body (COMFY_LIMIT_MAX_BODY_BYTES)")
     timeout_s: int = Field(default=60, ge=10, le=3600)
     events_stream_s: int = Field(default=120, ge=10, description="an SSE stream ends after this; the client resumes")
     events_timeout_s: int = Field(default=150, ge=10, le=3600)
+    spawn_timeout_s: float = Field(default=5.0, gt=0, le=60, description="one spawn's wait on Modal's rate limit")
 
     @model_validator(mode="after")
     def _consistent(self) -> Api:
-        if self.target_inputs > self.max_inputs:
-            raise ValueError("api.target_inputs must not exceed api.max_inputs")
+        if self.target_inputs > self.max_inputs or self.body_target_inputs > self.body_max_inputs:
+            raise ValueError("api target_inputs must not exceed max_inputs")
         if self.events_timeout_s <= self.events_stream_s:
             raise ValueError("api.events_timeout_s must exceed api.events_stream_s (the stream ends first)")
+        _check_memory("api.memory_mib", self.memory_mib, self.max_inputs, SMALL_REQUEST_MIB)
+        _check_memory("api.body_memory_mib", self.body_memory_mib, self.body_max_inputs,
+                      body_request_mib(self.max_body_bytes))
         return self
+
+
+class Surfaces(BaseModel):
+    """The one ASGI function serving the standard surfaces (Comfy API v2, ComfyUI's native API and its /ws):
+    any of its requests may carry a job body, and each open WebSocket holds one input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_containers: int = Field(default=0, ge=0)
+    max_inputs: int = Field(default=16, ge=1, description="requests and WebSockets one container serves at once")
+    target_inputs: int = Field(default=12, ge=1)
+    memory_mib: int = Field(default=6144, ge=128)
+    timeout_s: int = Field(default=3600, ge=10, le=86400, description="the longest a WebSocket stays open")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Surfaces:
+        if self.target_inputs > self.max_inputs:
+            raise ValueError("surfaces.target_inputs must not exceed surfaces.max_inputs")
+        return self
+
+
+def _check_memory(name: str, memory_mib: int, max_inputs: int, request_mib: float) -> None:
+    needed = memory_needed_mib(max_inputs, request_mib)
+    if memory_mib < needed:
+        raise ValueError(f"{name} = {memory_mib} is below the {needed} MiB that {max_inputs} requests of up to "
+                         f"{request_mib:.0f} MiB need (baseline {BASELINE_MIB} MiB)")
 
 
 class Warm(BaseModel):
@@ -116,6 +180,7 @@ class DeployConfig(BaseModel):
 
     comfyui: ComfyUIPin
     api: Api = Field(default_factory=Api)
+    surfaces: Surfaces = Field(default_factory=Surfaces)
     pools: list[Pool] = Field(min_length=1)
     warm: Warm = Field(default_factory=Warm)
     custom_nodes: list[CustomNode] = Field(default_factory=list)
@@ -131,6 +196,14 @@ class DeployConfig(BaseModel):
             missing = sorted(set(self.warm.preload_checkpoints) - known)
             if missing:
                 raise ValueError(f"warm.preload_checkpoints {missing} are not checkpoints pool {pool.name!r} downloads")
+        return self
+
+    @model_validator(mode="after")
+    def _surfaces_memory(self) -> DeployConfig:
+        _check_memory("surfaces.memory_mib", self.surfaces.memory_mib, self.surfaces.max_inputs,
+                      body_request_mib(self.api.max_body_bytes))
+        if self.surfaces.timeout_s <= self.api.events_stream_s:
+            raise ValueError("surfaces.timeout_s must exceed api.events_stream_s (an SSE stream ends first)")
         return self
 
     @property
@@ -158,6 +231,14 @@ class DeployConfig(BaseModel):
         if chosen is None and pool == self.default_pool:
             chosen = [g.strip() for g in gpu_config.split(",") if g.strip()]
         return chosen or list(self.pool(pool).gpus)
+
+
+def image_requirements(pyproject: str | Path) -> list[str]:
+    """The project's runtime dependencies for an image, less modal: Modal mounts its own client into every
+    container, and a second copy from pip could differ from it."""
+    with open(pyproject, "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    return [d for d in deps if re.split(r"[\s<>=!~\[;]", d, maxsplit=1)[0].lower() != "modal"]
 
 
 def load(path: str | Path) -> DeployConfig:
