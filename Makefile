@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-.PHONY: install test lint
+.PHONY: install test lint check-image
 install: $(VENV)/.installed
 
 lint: install
@@ -17,6 +17,10 @@ lint: install
 
 test: install lint
 	$(VENV)/bin/pytest
+
+# The GPU image's pip steps resolved against PyPI (dry runs, about two minutes): no step moves a pin.
+check-image: install
+	$(VENV)/bin/pytest -q tests/check_image_pins.py
 
 .PHONY: serve
 serve: install

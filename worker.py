@@ -106,7 +106,9 @@ class PoolWorker:
         from comfy_saas.runner.comfy_process import ComfyProcess
 
         pool = CONFIG.pool(self.pool)
-        self.comfy = ComfyProcess(COMFY_DIR, CONFIG.comfyui.port, modal_runtime.job_model_args())
+        # ComfyUI's output (tracebacks, CUDA OOMs, custom node import errors) into the container's log, prefixed
+        self.comfy = ComfyProcess(COMFY_DIR, CONFIG.comfyui.port, modal_runtime.job_model_args(),
+                                  echo=modal_runtime.COMFY_LOG_PREFIX)
         self.comfy.start(ready_timeout_s=pool.startup_timeout_s)
         modal_runtime.warm_checkpoints(self.comfy, CONFIG.warm.preload_checkpoints, load=pool.gpu_snapshot)
 

@@ -22,6 +22,7 @@ T = TypeVar("T")
 
 MODEL_CACHE_SUBDIR = "job-cache"  # the model cache's folder inside the models Volume (ComfyUI does not list it)
 JOB_MODELS_DIR = "/tmp/comfy-saas-job-models"  # each container's own links: what its ComfyUI sees by name
+COMFY_LOG_PREFIX = "[comfyui] "  # ComfyUI's lines in a container's log (our own are JSON events)
 
 
 def services(jobs_dict: Any, work_queue: Any, models_volume: Any = None, models_mount: str | None = None) -> Services:
@@ -174,7 +175,7 @@ def verify_setup(config: DeployConfig, comfy_dir: Path, models_dir: Path, port: 
                  ) -> dict[str, Any]:
     """A pool's models and custom nodes present or missing against deploy.toml, and whether ComfyUI starts."""
     report = installation_report(config, comfy_dir, models_dir, pool)
-    comfy = ComfyProcess(comfy_dir, port)
+    comfy = ComfyProcess(comfy_dir, port, echo=COMFY_LOG_PREFIX)
     try:
         comfy.start(ready_timeout_s=300)
         report["comfyui_starts"] = True

@@ -19,7 +19,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,6 +35,7 @@ DOUBLE_DIR = Path(__file__).resolve().parent.parent / "comfyui_double"
 _PR_SET_PDEATHSIG = 1
 # One thread for every launch, never shut down: its exit is what PR_SET_PDEATHSIG watches.
 _LAUNCHER = ThreadPoolExecutor(1, thread_name_prefix="comfyui-launcher")
+TAIL_LINES = 200  # what an echoing ComfyProcess keeps of ComfyUI's output, for a failed start's error
 
 
 def _prctl():
@@ -58,15 +61,19 @@ def _die_with_parent(parent: int) -> None:
 
 
 class ComfyProcess:
-    """One ComfyUI child process on a loopback port."""
+    """One ComfyUI child process on a loopback port. Its output goes to `log_path` (locally), or with `echo` to
+    this process's stdout, each line behind the `echo` prefix (on Modal, whose logs are the container's stdout),
+    keeping the last lines for a failed start's error; with neither, nowhere."""
 
     def __init__(self, comfy_dir: str | Path, port: int, extra_args: list[str] | None = None,
                  log_path: str | Path | None = None, python: str = sys.executable,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, echo: str | None = None) -> None:
         self.comfy_dir = Path(comfy_dir)
         self.port = port
         self.extra_args = list(extra_args or [])
         self.log_path = Path(log_path) if log_path else None
+        self.echo = echo
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.python = python
         self.env = env
         self.proc: subprocess.Popen | None = None
@@ -86,14 +93,31 @@ class ComfyProcess:
         """Start ComfyUI and wait until /system_stats answers; ComfyUnavailable if it never does."""
         if not (self.comfy_dir / "main.py").is_file():
             raise ComfyUnavailable(f"no main.py in ComfyUI directory {self.comfy_dir}")
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+        out = self._output()
         self.proc = _LAUNCHER.submit(
             subprocess.Popen, self.command(), cwd=self.comfy_dir, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **(self.env or {})}, start_new_session=True,
             preexec_fn=functools.partial(_die_with_parent, os.getpid())).result()
-        if out is not subprocess.DEVNULL:
+        if out not in (subprocess.DEVNULL, subprocess.PIPE):
             out.close()  # the child has its own copy
+        if out is subprocess.PIPE:
+            threading.Thread(target=self._relay, args=(self.proc.stdout,), name=f"comfyui-{self.port}-output",
+                             daemon=True).start()
         self.wait_ready(ready_timeout_s)
+
+    def _output(self):
+        if self.log_path:
+            return open(self.log_path, "ab")  # closed by start once the child has its copy
+        return subprocess.PIPE if self.echo is not None else subprocess.DEVNULL
+
+    def _relay(self, stream) -> None:
+        """Each line ComfyUI writes, to our stdout behind the prefix, and into the tail; ends with the child."""
+        with stream:
+            for raw in stream:
+                line = raw.decode(errors="replace").rstrip("\n")
+                self.tail.append(line)
+                sys.stdout.write(f"{self.echo}{line}\n")
+                sys.stdout.flush()
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -109,13 +133,25 @@ class ComfyProcess:
 
     def _log_tail(self, lines: int = 15) -> str:
         """Where the log is and its last lines, so a failed start says why (e.g. no GPU: pass --cpu)."""
-        if self.log_path is None or not self.log_path.is_file():
+        if self.log_path is not None and self.log_path.is_file():
+            where, tail = f"its log is {self.log_path}", self.log_path.read_text(errors="replace").splitlines()
+        elif self.echo is not None:
+            self._drain_output()
+            where, tail = f"its output (lines starting {self.echo.strip()!r} above)", list(self.tail)
+        else:
             return " (no log kept; start it with a log path to see why)"
-        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        tail = tail[-lines:]
         hint = ""
         if any("CUDA" in line or "NVIDIA" in line or "torch.cuda" in line for line in tail):
             hint = "\nIt looks like ComfyUI wanted a GPU: on a machine without one pass --comfyui-args=--cpu"
-        return f"; its log is {self.log_path}, ending:\n" + "\n".join(f"  {line}" for line in tail) + hint
+        return f"; {where}, ending:\n" + "\n".join(f"  {line}" for line in tail) + hint
+
+    def _drain_output(self, timeout_s: float = 2.0) -> None:
+        # A child that exited may still have lines in the pipe: let the relay read them before the tail is taken.
+        deadline = time.monotonic() + timeout_s
+        stream = self.proc.stdout if self.proc is not None else None
+        while stream is not None and not stream.closed and not self.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
