@@ -1,6 +1,7 @@
 """Modal wiring only: the API image, one web endpoint per operation (from the route table the local server
-uses too), remote-callable functions for other Modal apps, the schedules, and the GPU worker pools from
-worker.py. `modal deploy app.py` deploys it all.
+uses too), one ASGI function for the standard surfaces, remote-callable functions for other Modal apps, the
+schedules, and the GPU worker pools from worker.py. `modal deploy app.py` deploys it all (the GPU check is
+verify.py, an app of its own).
 
 Every function hands over to plain code in the comfy_saas package; named Modal objects come from storage.py,
 sizes and timeouts from deploy.toml.

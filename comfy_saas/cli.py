@@ -92,9 +92,9 @@ def _client(args: argparse.Namespace):
 
     defaults = Settings.from_env().client
     key = args.api_key or defaults.api_key or None
-    workspace = args.modal_workspace or defaults.modal_workspace
-    if workspace:
-        return Client(routes=Routes.modal(workspace), api_key=key)
+    modal_app = args.modal_app or defaults.modal_app
+    if modal_app:
+        return Client(routes=Routes.deployed(modal_app), api_key=key)
     return Client(args.url or defaults.url, api_key=key)
 
 
@@ -352,8 +352,8 @@ def config_table() -> str:
 
 def _api_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="the API's base URL (COMFY_CLIENT_URL, default http://127.0.0.1:8000)")
-    p.add_argument("--modal-workspace", help="use the deployed Modal endpoints of this workspace instead "
-                                             "(COMFY_CLIENT_MODAL_WORKSPACE)")
+    p.add_argument("--modal-app", help="use the endpoints of this deployed Modal app instead, e.g. comfy-saas "
+                                       "(COMFY_CLIENT_MODAL_APP; needs Modal credentials)")
     p.add_argument("--api-key", help="the API key to send (COMFY_CLIENT_API_KEY)")
 
 

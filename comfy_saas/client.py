@@ -29,7 +29,7 @@ class ApiUnreachable(ConnectionError):
         base = urllib.parse.urlsplit(url)
         where = f"{base.scheme}://{base.netloc}"
         super().__init__(f"cannot reach the API at {where} ({reason}). Start one with `comfy-saas serve`, or "
-                         f"point to a running one with --url / COMFY_CLIENT_URL (or --modal-workspace).")
+                         f"point to a running one with --url / COMFY_CLIENT_URL (or --modal-app).")
         self.url = url
 
 
@@ -43,8 +43,15 @@ class ApiError(Exception):
         self.retry_after_s = retry_after_s
 
 
+# The Modal function serving each operation (app.py registers one web endpoint per route of web/routes.py).
+MODAL_FUNCTIONS = {"submit": "submit", "job": "job", "jobs": "jobs", "cancel": "cancel", "health": "health",
+                   "events": "events"}
+MODAL_TEMPLATE_FUNCTIONS = {"put": "put_workflow", "get": "workflow", "list": "workflows",
+                            "delete": "delete_workflow", "jobs": "workflow_jobs"}
+
+
 class Routes:
-    """Where each operation lives: `local(base)` for the local server, `modal(workspace)` for Modal."""
+    """Where each operation lives: `local(base)` for the local server, `deployed(app)` for Modal."""
 
     def __init__(self, submit: str, job: str, jobs: str, cancel: str, health: str, events: str,
                  by_path: bool, templates: dict[str, str] | None = None) -> None:
@@ -61,12 +68,21 @@ class Routes:
                    True, dict.fromkeys(("put", "get", "list", "delete", "jobs"), f"{b}/v1/workflows"))
 
     @classmethod
-    def modal(cls, workspace: str, app: str = "comfy-saas", suffix: str = "") -> Routes:
-        url = lambda name: f"https://{workspace}--{app}-{name}{suffix}.modal.run"  # noqa: E731
-        templates = {"put": url("put-workflow"), "get": url("workflow"), "list": url("workflows"),
-                     "delete": url("delete-workflow"), "jobs": url("workflow-jobs")}
-        return cls(url("submit"), url("job"), url("jobs"), url("cancel"), url("health"), url("events"), False,
-                   templates)
+    def deployed(cls, app: str = "comfy-saas", environment: str | None = None,
+                 web_url: Callable[[str], str] | None = None) -> Routes:
+        """Modal's endpoints, each URL as the deployment reports it (`modal.Function.from_name(app, name)
+        .get_web_url()`): Modal shortens labels over 63 characters and names environments its own way, so a URL
+        is never built from a workspace name. Needs Modal credentials; `web_url(function name)` replaces the
+        lookup (for a `modal serve` session, whose URLs it prints)."""
+        url = web_url or _deployed_web_url(app, environment)
+        names = [*MODAL_FUNCTIONS.values(), *MODAL_TEMPLATE_FUNCTIONS.values()]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:  # one lookup per function, each a round trip to Modal
+            urls = dict(zip(names, pool.map(url, names), strict=True))
+        op = {k: urls[v] for k, v in MODAL_FUNCTIONS.items()}
+        return cls(op["submit"], op["job"], op["jobs"], op["cancel"], op["health"], op["events"], False,
+                   {k: urls[v] for k, v in MODAL_TEMPLATE_FUNCTIONS.items()})
 
     def one(self, base: str, job_id: str, action: str = "") -> str:
         if self.by_path:
@@ -79,6 +95,18 @@ class Routes:
         if self.by_path:
             return f"{base}/{urllib.parse.quote(name)}" + ("/jobs" if operation == "jobs" else "")
         return f"{base}?{urllib.parse.urlencode({'name': name})}"
+
+
+def _deployed_web_url(app: str, environment: str | None) -> Callable[[str], str]:
+    def web_url(name: str) -> str:
+        import modal
+
+        url = modal.Function.from_name(app, name, environment_name=environment).get_web_url()
+        if not url:
+            raise ValueError(f"{app}.{name} is not a web endpoint of the deployed app")
+        return url
+
+    return web_url
 
 
 def with_query(url: str, **params: Any) -> str:
@@ -132,7 +160,7 @@ class Client:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, routes: Routes | None = None,
                  timeout_s: float = 60.0) -> None:
         if routes is None and base_url is None:
-            raise ValueError("give base_url (local server) or routes (e.g. Routes.modal(workspace))")
+            raise ValueError("give base_url (local server) or routes (e.g. Routes.deployed())")
         self.routes = routes or Routes.local(base_url or "")
         self.api_key = api_key
         self.timeout_s = timeout_s

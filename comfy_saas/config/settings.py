@@ -114,7 +114,8 @@ class ClientConfig:
 
     url: str = opt("http://127.0.0.1:8000", "the API's base URL")
     api_key: str = secret("the API key the commands send")
-    modal_workspace: str = opt("", "use the deployed Modal endpoints of this workspace instead of url")
+    modal_app: str = opt("", "use the endpoints of this deployed Modal app (e.g. comfy-saas) instead of url, as "
+                             "the deployment reports them (needs Modal credentials)")
 
 
 @dataclass(frozen=True)
