@@ -48,7 +48,7 @@ TIMEOUTS_S = {"endpoint": API.timeout_s, "events": API.events_timeout_s, "remote
               "cleanup_expired": 3600, "surfaces": SURFACES.timeout_s}
 EVENTS_STREAM_S = API.events_stream_s  # an SSE stream ends before its function's timeout; the client resumes
 WARM_ENDPOINTS = {"submit", "job"}  # kept at api.min_containers: the calls a client makes first and most
-# The functions that take a job body (up to api.max_body_bytes, held about three times over at its peak): fewer
+# The functions that take a job body (up to api.max_body_bytes, counted BODY_COPIES times at its peak): fewer
 # inputs per container and more memory each (deploy.toml [api] says the sizing).
 BODY_FUNCTIONS = {"submit", "workflow_jobs", "put_workflow", "submit_job", "submit_template_job", "put_template"}
 COMMON = {"image": api_image, "env": worker.RUNTIME_ENV, "secrets": storage.SECRETS}

@@ -157,7 +157,7 @@ def test_web_and_remote_functions_serve_many_requests_per_container(report: dict
 
 def test_every_api_container_has_the_memory_its_inputs_need(report: dict):
     """Memory from the registered functions: the baseline plus, per input in flight, a small request's peak, or
-    three copies of the largest body where a job body may arrive (deploy.toml [api] says the sizing)."""
+    BODY_COPIES of the largest body where a job body may arrive (deploy.toml [api] says the sizing)."""
     from comfy_saas.config.deploy import BASELINE_MIB, BODY_COPIES, SMALL_REQUEST_MIB
 
     assert report["body_functions"] == ["put_template", "put_workflow", "submit", "submit_job",
@@ -182,7 +182,7 @@ def test_the_body_limit_the_memory_is_sized_for_is_the_one_enforced(report: dict
 def test_a_deploy_toml_undersizing_memory_is_refused():
     from comfy_saas.config.deploy import Api
 
-    with pytest.raises(ValueError, match=r"api.body_memory_mib = 1024 is below the 1456 MiB"):
+    with pytest.raises(ValueError, match=r"api.body_memory_mib = 1024 is below the 1856 MiB"):
         Api(body_memory_mib=1024)
 
 
