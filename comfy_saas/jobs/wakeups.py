@@ -28,7 +28,7 @@ from comfy_saas.jobs.store import JobStore
 log = logging.getLogger(__name__)
 
 # Backoff between spawn attempts on a rate limit; short, because the submit waits on it and the sweeper
-# retries within a minute anyway (MODAL_MAX_THROTTLE_WAIT bounds each attempt's own wait).
+# retries within a minute anyway (each attempt's own wait is bounded by the spawn: worker.spawn's timeout).
 SPAWN_RETRY_DELAYS_S = (0.25, 0.5, 1.0)
 FULL_MEMO_S = 1.0  # a pool seen at its ceiling is not read again by this process for this long
 
