@@ -14,6 +14,7 @@ Every call is a network round trip on Modal (~25 ms); docstrings count the seque
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -39,6 +40,9 @@ PROGRESS_EVENTS_KEPT = 300
 CATALOGUE_TTL_S = 30.0  # how long a process trusts the node catalogue it read
 # With a status filter a page may need more slots than its size; bound the work and hand back a cursor.
 _FILTER_SCAN_FACTOR = 5
+# A queue partition holds 5,000 items and 64 MiB (pickled) on Modal: 13,421 bytes an item. A wake-up is its record
+# plus about 100 bytes, and pickle adds a few percent to JSON, so records up to 12 KiB ride along.
+WAKEUP_RECORD_MAX_BYTES = 12 * 1024
 
 
 class QueueLike(Protocol):
@@ -60,8 +64,9 @@ class Decided(NotOwner):
 
 @dataclass(frozen=True)
 class Wakeup:
-    """A queue item: the job as it was queued (so a worker can start it without reading it first) and
-    when the wake-up was sent."""
+    """A queue item: the job as it was queued (so a worker can start it without reading it first; None when its
+    record was too large to carry) and when the wake-up was sent. `payload` is only ever set by wake-ups sent
+    before they stopped carrying it."""
 
     job_id: str
     job: Job | None
@@ -306,17 +311,27 @@ class JobStore:
 
     # --- the work queue ------------------------------------------------------------------------
 
-    def enqueue(self, job: Job, payload: dict[str, Any] | None = None) -> None:
-        """Wake a worker of the job's pool with the job as it stands (and, for a new job, its payload, so the
-        worker needs no read that could race the record's first write); never blocks (a full partition is
-        QueueFull). One round trip."""
-        item = {"id": job.id, "job": job.to_record(), "at": self.clock().timestamp()}
-        if payload is not None:
-            item["payload"] = payload
+    def enqueue(self, job: Job) -> None:
+        """Wake a worker of the job's pool; never blocks (a full partition is QueueFull). One round trip.
+
+        The wake-up carries the job as it stands, so a worker can start it without reading it first, but never
+        its payload (the worker reads that with its claim): a partition holds 64 MiB as well as 5,000 items, and
+        only small items let 5,000 fit. A record too large to ride along goes as its id alone,
+        after its own write has landed (see carries_record)."""
+        item: dict[str, Any] = {"id": job.id, "at": self.clock().timestamp()}
+        if self.carries_record(job):
+            item["job"] = job.to_record()
+        else:
+            self.settle(job.id)
         try:
             self._q.put(item, block=False, partition=keys.partition(job.pool))
         except queue.Full:
             raise QueueFull(f"the {job.pool!r} work queue is full; retry later", retry_after_s=10) from None
+
+    @staticmethod
+    def carries_record(job: Job) -> bool:
+        """Whether the job's wake-up carries its record (else the record must be stored before it is sent)."""
+        return len(json.dumps(job.to_record(), separators=(",", ":"))) <= WAKEUP_RECORD_MAX_BYTES
 
     def next_wakeup(self, pool: str, timeout_s: float) -> Wakeup | None:
         """The next wake-up from a pool's queue, or None after timeout_s."""
@@ -326,7 +341,9 @@ class JobStore:
             return None
         if isinstance(item, str):  # a wake-up written before they carried the job
             return Wakeup(item, None, 0.0)
-        return Wakeup(item["id"], Job.model_validate(item["job"]), float(item.get("at", 0.0)), item.get("payload"))
+        record = item.get("job")
+        return Wakeup(item["id"], None if record is None else Job.model_validate(record), float(item.get("at", 0.0)),
+                      item.get("payload"))
 
     def next_job_id(self, pool: str, timeout_s: float) -> str | None:
         """The next woken job's id, or None after timeout_s."""
