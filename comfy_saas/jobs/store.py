@@ -247,6 +247,12 @@ class JobStore:
         live = self.d.get(keys.progress(job_id)) or {}
         return [e for e in live.get("events") or [] if e["seq"] > after]
 
+    def watch(self, job_id: str, after: int = 0) -> tuple[Job | None, list[dict[str, Any]]]:
+        """The job (as get() gives it) and its progress events with seq > after, from one round trip: what an
+        event stream looks at on each poll."""
+        record, live = run_all([lambda: self.d.get(keys.job(job_id)), lambda: self.d.get(keys.progress(job_id))])
+        return _merge(record, live), [e for e in (live or {}).get("events") or [] if e["seq"] > after]
+
     def latest_preview(self, job_id: str) -> dict[str, Any] | None:
         """The newest preview frame of the running attempt: {"seq", "format" (jpeg|png), "data_b64"}, or None."""
         return self.d.get(keys.preview(job_id))
