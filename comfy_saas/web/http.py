@@ -31,6 +31,7 @@ from comfy_saas.runner.monitor import PROGRESS_WRITE_S
 from comfy_saas.web import params, waiting
 from comfy_saas.web.auth import authenticate, parse_api_keys
 from comfy_saas.web.errors_http import error_response
+from comfy_saas.web.lingering import LingeringResponse, declared_length
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,13 @@ async def _body(svc: Services, request: Request) -> bytearray:
     return body
 
 
-def _refused_unread(exc: Exception) -> JSONResponse:
-    # The rest of the body is never read: ask the client to close the connection rather than send it.
+def _refused_unread(svc: Services, request: Request, exc: Exception) -> JSONResponse:
+    """The answer to a body refused before it was read: sent at once, then the rest of the body is read and
+    dropped (bounded) before the connection closes, so a client still sending receives it."""
     status, body, headers = error_response(exc)
-    return _json(status, body, {**headers, "Connection": "close"})
+    limits = svc.settings.limits
+    return LingeringResponse(body, status, headers, declared=declared_length(request.headers.get("content-length")),
+                             drain_bytes=limits.refused_drain_bytes, drain_s=limits.refused_drain_s)
 
 
 async def handle_submit(svc: Services, request: Request) -> JSONResponse:
@@ -112,7 +116,7 @@ async def handle_submit(svc: Services, request: Request) -> JSONResponse:
         caller = _caller(svc, request)
         body = await _body(svc, request)
     except ComfySaasError as exc:
-        return _refused_unread(exc)
+        return _refused_unread(svc, request, exc)
 
     def call() -> tuple[int, dict]:
         view, created = api.submit_job(svc, caller, body)
@@ -163,7 +167,7 @@ async def _with_body(svc: Services, request: Request, call: Callable[[bytes], tu
     try:
         body = await _body(svc, request)
     except BodyTooLarge as exc:
-        return _json(*error_response(exc))
+        return _refused_unread(svc, request, exc)
     if wait:
         return await respond_waiting(svc, request, lambda: call(body))
     return await respond(lambda: call(body))
