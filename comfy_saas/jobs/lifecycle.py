@@ -148,7 +148,7 @@ class Lifecycle:
         pointing at nothing (listing skips them): a slot is never handed out twice."""
         calls: list[Callable[[], Any]] = [lambda: self.store.quotas.release_all(job)]
         if request.idempotency_key:
-            calls.append(lambda: self.store.idempotency.forget(request.user_id, request.idempotency_key or ""))
+            calls.append(lambda: self.store.idempotency.forget(request.user_id, request.idempotency_key or "", job.id))
         if committed:
             calls += [lambda: self.store.forget_new(job), lambda: self.store.refuse_start(job)]
         else:

@@ -405,15 +405,17 @@ class JobStore:
 
     def delete_job(self, job: Job) -> None:
         """Remove a job and everything kept for it from the Dict, its listing slots included; idempotent (one
-        or two round trips)."""
+        to four round trips)."""
         doomed = [keys.job(job.id), keys.payload(job.id), keys.cancel(job.id), keys.progress(job.id),
                   keys.webhook(job.id), *(keys.claim(job.id, n) for n in range(1, job.claim_seq + 2)),
                   *(keys.index_slot(scope, n) for scope, n in job.index_slots.items())]
-        if job.idempotency_key:
-            doomed.append(keys.idempotency(job.user_id, job.idempotency_key))
+        doomed += self.quotas.handovers(job)
         if job.webhook_url:
             doomed += [keys.webhook_attempt(job.id, n) for n in range(1, self.settings.webhook_max_attempts + 2)]
-        run_all([lambda k=k: self.d.pop(k, None) for k in doomed])
+        calls: list[Callable[[], Any]] = [lambda k=k: self.d.pop(k, None) for k in doomed]
+        if job.idempotency_key:  # a later submission may hold the key by now: release ours only
+            calls.append(lambda: self.idempotency.drop(job.user_id, job.idempotency_key or "", job.id))
+        run_all(calls)
 
     # --- listing -------------------------------------------------------------------------------
 
