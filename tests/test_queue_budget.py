@@ -51,14 +51,21 @@ def test_a_partition_holds_its_item_count_of_jobs_with_the_largest_payloads(db_p
     assert svc.store.payload(wakeup.job_id)["workflow"] == request.workflow  # the payload is found by id
 
 
-def test_the_largest_wakeup_that_carries_its_record_fits_5000_to_a_modal_partition(db_path: Path, tmp_path: Path):
+def test_5000_of_the_largest_wakeups_fit_a_modal_partition_and_the_next_is_a_429(db_path: Path, tmp_path: Path):
     now = utcnow()
     job = Job(id=new_job_id(), created_at=now, updated_at=now, metadata={"k": ""})
     pad = WAKEUP_RECORD_MAX_BYTES - len(Job.model_validate(job.to_record()).model_dump_json())
-    job = job.model_copy(update={"metadata": {"k": "x" * pad}})
-    assert Services.over(LocalDict(db_path), LocalQueue(db_path), Settings(data_dir=tmp_path)).store.carries_record(job)
-    item = {"id": job.id, "at": now.timestamp(), "job": job.to_record()}
+    job = job.model_copy(update={"metadata": {"k": "x" * pad}})  # the largest record a wake-up carries
+    profile = Profile.modal(rpc_ms=0)  # Modal's own caps: 5,000 items, 64 MiB
+    queue = LocalQueue(db_path, "work", profile=profile)
+    svc = Services.over(LocalDict(db_path, "jobs", profile), queue, Settings(data_dir=tmp_path))
+    item = svc.store.wakeup_item(job)
+    assert item["job"] == job.to_record()
     assert len(pickle.dumps(item)) * MODAL_ITEMS <= MODAL_PARTITION_BYTES  # Modal pickles queue items
+    queue.put_many([item] * MODAL_ITEMS, partition=keys.partition("default"))  # one call: one budget check
+    with pytest.raises(QueueFull):
+        svc.store.enqueue(job)
+    assert svc.store.queue_depth("default") == MODAL_ITEMS
 
 
 def test_a_record_too_large_to_carry_wakes_by_id_and_the_worker_finds_it(db_path: Path, tmp_path: Path):

@@ -41,7 +41,7 @@ CATALOGUE_TTL_S = 30.0  # how long a process trusts the node catalogue it read
 # With a status filter a page may need more slots than its size; bound the work and hand back a cursor.
 _FILTER_SCAN_FACTOR = 5
 # A queue partition holds 5,000 items and 64 MiB (pickled) on Modal: 13,421 bytes an item. A wake-up is its record
-# plus about 100 bytes, and pickle adds a few percent to JSON, so records up to 12 KiB ride along.
+# plus about 100 bytes, and pickles to about its JSON size, so records up to 12 KiB ride along (12.3 KB pickled).
 WAKEUP_RECORD_MAX_BYTES = 12 * 1024
 
 
@@ -324,15 +324,20 @@ class JobStore:
         its payload (the worker reads that with its claim): a partition holds 64 MiB as well as 5,000 items, and
         only small items let 5,000 fit. A record too large to ride along goes as its id alone,
         after its own write has landed (see carries_record)."""
-        item: dict[str, Any] = {"id": job.id, "at": self.clock().timestamp()}
-        if self.carries_record(job):
-            item["job"] = job.to_record()
-        else:
+        item = self.wakeup_item(job)
+        if "job" not in item:
             self.settle(job.id)
         try:
             self._q.put(item, block=False, partition=keys.partition(job.pool))
         except queue.Full:
             raise QueueFull(f"the {job.pool!r} work queue is full; retry later", retry_after_s=10) from None
+
+    def wakeup_item(self, job: Job) -> dict[str, Any]:
+        """The queue item that wakes a worker for `job`: its id, when it was sent, and its record if it fits."""
+        item: dict[str, Any] = {"id": job.id, "at": self.clock().timestamp()}
+        if self.carries_record(job):
+            item["job"] = job.to_record()
+        return item
 
     @staticmethod
     def carries_record(job: Job) -> bool:
