@@ -203,6 +203,28 @@ def test_a_renewal_between_a_wakes_read_and_its_claim_keeps_the_slot(db_path: Pa
     assert LocalDict(db_path).get(keys.drain_slot("default", 0))["drain"] == "drain-D" and not lease.lost
 
 
+def test_a_renewal_whose_handover_landed_unheard_is_not_taken_for_a_lost_slot(db_path: Path, one_slot):
+    """A renewal's handover lands but every reply is lost (the store guard gives up): the next renewal, sent
+    under the same token, finds its own handover and keeps the slot."""
+    settings, clock = one_slot
+    scripted = Scripted(LocalDict(db_path))
+    lease = Wakeups(_services(scripted, db_path, settings).store, lambda pool, slot: None,
+                    clock=clock).lease("default", 0, "drain-D")
+    assert lease.renew()
+    slot = keys.drain_slot("default", 0)
+    handover = keys.handover(slot, lease.held["token"])
+
+    def away() -> None:
+        raise ConnectionError("the store is away")
+    scripted.at("put", handover, lambda: None, after=True, lose_reply=True)
+    scripted.at("put", handover, away, n=2)
+    scripted.at("put", handover, away, n=3)
+    clock.now += 50
+    assert lease.renew() and len(scripted.fired) == 3  # a missed renewal, not a lost slot
+    assert lease.renew() and not lease.lost
+    assert LocalDict(db_path).get(slot)["until"] == clock.now + settings.drain_lease_s
+
+
 def test_a_drain_starting_in_a_slot_another_drain_holds_does_not_share_it(db_path: Path, one_slot):
     settings, clock = one_slot
     svc = _services(LocalDict(db_path), db_path, settings)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -29,6 +30,8 @@ from typing import Any
 from comfy_saas.backends.parallel import run_all
 from comfy_saas.errors import BackendError
 from comfy_saas.jobs import keys
+
+log = logging.getLogger(__name__)
 
 REPAIR_AFTER_S = 300.0  # a handover won this long ago whose key still holds the old value: its winner died
 _ATTEMPTS = 4
@@ -97,26 +100,30 @@ def _finish(d: Any, key: str, token: str, value: dict[str, Any] | None) -> None:
 
 def _write_exact(d: Any, key: str, value: dict[str, Any], moved_from: str | None) -> None:
     """Put `value`, which only the handover's winner may do while the key holds `moved_from`."""
-    for _ in range(_ATTEMPTS):
-        try:
-            _once(d).put(key, value)
-            return
-        except BackendError:
-            if token_of(d.get(key)) != moved_from:
-                return  # it landed (and the key may have moved on since)
-    raise BackendError(f"the job store did not take the write of {key}")
+    _send_once(d, key, lambda once: once.put(key, value), moved_from)
 
 
 def _pop_exact(d: Any, key: str, token: str) -> None:
-    """Pop the key, which holds the value with `token` until we do: sent again only while it still does."""
+    """Pop the key, which holds the value with `token` until we do."""
+    _send_once(d, key, lambda once: once.pop(key, None), token)
+
+
+def _send_once(d: Any, key: str, call: Any, moved_from: str | None) -> None:
+    """Send the winner's write or pop without the guard's retries, and again only while the key still holds
+    `moved_from` (nobody else can change that): once it does not, the call landed, and a newer holder there
+    stays. Given up on, the move is still decided, and finished by the winner's next move or after
+    REPAIR_AFTER_S."""
     for _ in range(_ATTEMPTS):
         try:
-            _once(d).pop(key, None)
+            call(_once(d))
             return
         except BackendError:
-            if token_of(d.get(key)) != token:
-                return  # it landed; a newer holder may be there by now, and stays
-    raise BackendError(f"the job store did not take the removal of {key}")
+            try:
+                if token_of(d.get(key)) != moved_from:
+                    return
+            except BackendError:
+                break  # not knowing whether it landed, sending it again could undo a newer move
+    log.warning("the move of %s is decided but not written; it is finished later", key)
 
 
 def _once(d: Any) -> Any:

@@ -168,6 +168,7 @@ class DrainLease:
         self.state, self.since = "idle", time.monotonic()
         self._written: tuple[str, float] = ("", 0.0)  # the state last written, and when (monotonic)
         self.held: dict[str, Any] | None = None  # the slot's value as this drain last wrote it
+        self._token = held_keys.new_token()  # the next write's
         self.lost = False
         self._changed = threading.Event()
         self._stop = threading.Event()
@@ -212,10 +213,11 @@ class DrainLease:
         """Write the slot now (the keeper thread's renewals and reports); False once the slot is lost: taken
         over while this drain was too slow to renew it, or held by another drain when this one started."""
         state = self.state
-        entry = {"state": state, "drain": self.drain_id, "until": self.clock() + self.lease_s,
-                 "token": held_keys.new_token()}
+        # A move whose call failed is sent again under the same token: its handover may have landed.
+        entry = {"state": state, "drain": self.drain_id, "until": self.clock() + self.lease_s, "token": self._token}
         try:
             held = self._move(entry)
+            self._token = held_keys.new_token()
         except Exception as exc:  # a missed renewal costs at most one extra spawn later
             self._written = (self._written[0], time.monotonic())  # try again at the next renewal
             logs.event(log, "drain.lease_write_failed", logging.WARNING, error=str(exc))
