@@ -5,22 +5,26 @@ holds the key."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import submit
+from modelfiles import blob, sha
 
 from comfy_saas.backends.guarded import Guarded
+from comfy_saas.backends.objects import LocalStore
 from comfy_saas.backends.twins import LocalDict, LocalQueue
-from comfy_saas.config import Settings
+from comfy_saas.config import ModelCacheConfig, Settings
 from comfy_saas.jobs import keys, rollup
 from comfy_saas.jobs.idempotency import IdempotencyKeys
 from comfy_saas.jobs.model import Job, Status, utcnow
+from comfy_saas.jobs.model_cache import ModelCache
 from comfy_saas.jobs.quotas import ActiveSlots
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.wakeups import Wakeups
@@ -278,3 +282,48 @@ def test_an_abandoned_idempotency_key_freed_twice_frees_only_the_abandoned_entry
     scripted.at("get", key, meanwhile, after=True)
     assert repeat_a.original("u", "k", "digest") is None
     assert LocalDict(db_path).get(key)["job_id"] == "J3"
+
+
+# --- the model cache's eviction mark ------------------------------------------------------------------------
+
+class StoreClock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_an_evictor_slower_than_its_mark_leaves_the_next_evictors_mark(tmp_path: Path):
+    """E1 stalls while holding a file's eviction mark until it lapses; E2 takes the mark over, and while E2
+    works, E1 wakes and gives up. E1's clean-up popped E2's mark, so jobs no longer saw the file going."""
+    db, clock = tmp_path / "state.sqlite3", StoreClock()
+    settings = Settings(data_dir=tmp_path, model_cache=ModelCacheConfig(budget_bytes=1024 * 1024))
+    slow, fast = Scripted(LocalDict(db)), Scripted(LocalDict(db))
+    e1, e2 = (ModelCache(Services.over(d, LocalQueue(db), settings, LocalStore(tmp_path / "out", "s", "http://x"),
+                                       clock=clock)) for d in (slow, fast))
+    data = blob("model")
+    temp = e1.files.temp_path()
+    temp.write_bytes(data)
+    e1.files.put(temp, sha(data))
+    e1.remember(sha(data), len(data), "loras", "m.safetensors", "https://x/m", "job", None)
+    paused, go = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def stall() -> None:
+        paused.set()
+        assert go.wait(30)
+    slow.at("get", keys.model_used(sha(data)), stall)
+    first = threading.Thread(target=lambda: results.update(E1=e1.evict(sha(data))))
+    first.start()
+    assert paused.wait(30)
+    clock.now += timedelta(seconds=600)  # E1's mark lapsed while it stalled
+
+    def e1_finishes_meanwhile() -> None:
+        go.set()
+        first.join(30)
+        results["marked"] = e2.evicting(sha(data))
+    fast.at("get", keys.model_used(sha(data)), e1_finishes_meanwhile)
+    results["E2"] = e2.evict(sha(data))
+    assert results == {"E1": "busy", "marked": True, "E2": "evicted"}
+    assert not e2.files.exists(sha(data)) and not e2.evicting(sha(data))
