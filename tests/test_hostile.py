@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import ADMIN, ALICE, BOB, Server, free_port, peak_rss_kb, start_serve
+from conftest import ADMIN, ALICE, BOB, Server, free_port, peak_rss_kb, start_serve, wait_until
 
 WF = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 1}},
       "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "h"}}}
@@ -288,8 +288,8 @@ def test_big_bodies_are_not_held_once_answered(tmp_path: Path):
         for t in senders:
             t.join(60)
         assert len(answers) == 4 and all(a.startswith(b"HTTP/1.1 400") for a in answers), answers
-        held_mb = (resident_kb(proc.pid) - before) / 1024
-        assert held_mb < 60, f"{held_mb:.0f} MB still held after the answers"
+        # The answer can reach the client before the server's handler has let go of the body: poll for it.
+        wait_until(lambda: resident_kb(proc.pid) - before < 60 * 1024, 20, "the bodies' memory to be given back")
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
