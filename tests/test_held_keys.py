@@ -229,6 +229,23 @@ def test_a_renewal_whose_handover_landed_unheard_is_not_taken_for_a_lost_slot(db
     assert LocalDict(db_path).get(slot)["until"] == clock.now + settings.drain_lease_s
 
 
+def test_a_drain_whose_first_write_landed_unheard_holds_its_slot(db_path: Path, one_slot):
+    settings, clock = one_slot
+    scripted = Scripted(LocalDict(db_path))
+    lease = Wakeups(_services(scripted, db_path, settings).store, lambda pool, slot: None,
+                    clock=clock).lease("default", 0, "drain-D")
+    slot = keys.drain_slot("default", 0)
+
+    def away() -> None:
+        raise ConnectionError("the store is away")
+    scripted.at("put", slot, lambda: None, after=True, lose_reply=True)
+    scripted.at("put", slot, away, n=2)
+    scripted.at("put", slot, away, n=3)
+    assert lease.renew() and lease.held is None  # a missed write, not a lost slot
+    assert lease.renew() and lease.held is not None and not lease.lost
+    assert LocalDict(db_path).get(slot)["drain"] == "drain-D"
+
+
 def test_a_drain_starting_in_a_slot_another_drain_holds_does_not_share_it(db_path: Path, one_slot):
     settings, clock = one_slot
     svc = _services(LocalDict(db_path), db_path, settings)

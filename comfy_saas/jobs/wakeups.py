@@ -238,6 +238,8 @@ class DrainLease:
             seen = self.d.get(self.key)
             if seen is None:
                 won = held_keys.claim(self.d, self.key, entry)
+            elif held_keys.token_of(seen) == entry["token"]:
+                won = True  # a first write that landed though its call failed (sent again under its token)
             else:
                 won = _takeable(seen, self.clock()) and held_keys.replace(self.d, self.key, seen, entry,
                                                                             self.clock())
