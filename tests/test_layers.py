@@ -14,7 +14,7 @@ LAYERS = [
     ["backends"],
     ["workflows"],
     ["jobs.model", "jobs.keys", "jobs.deliveries"],
-    ["jobs.request", "jobs.index", "jobs.counters", "jobs.prepare", "jobs.model_leases"],
+    ["jobs.request", "jobs.index", "jobs.counters", "jobs.prepare", "jobs.model_leases", "jobs.held_keys"],
     ["jobs.idempotency", "jobs.quotas", "jobs.payloads"],
     ["jobs.store"],
     ["jobs.lifecycle", "jobs.watchlist", "jobs.rollup"],

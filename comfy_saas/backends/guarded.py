@@ -6,7 +6,9 @@ own errors, so callers see one tree whichever home they run in.
 
 KeyError, queue.Empty and queue.Full keep their meaning and pass through, as do programming errors
 (TypeError, ValueError). A retried `put(skip_if_exists=True)` may report False for a write that landed the
-first time; every caller of it checks the stored value against its own before concluding it lost.
+first time; every caller of it checks the stored value against its own before concluding it lost. A retried
+`pop` may take a value written after the first one landed: keys that several holders share are popped through
+`once` (jobs/held_keys.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ class Guarded:
         if not callable(attr):
             return attr
         return lambda *args, **kwargs: self._call(name, attr, args, kwargs)
+
+    @property
+    def once(self) -> Guarded:
+        """The same target without retries: for a call that must not be sent twice (a pop of a shared key,
+        which could take a newer holder's value the second time; see jobs/held_keys.py)."""
+        return Guarded(self._target, self._what, delays=())
 
     def __contains__(self, key: Any) -> bool:
         return self._call("contains", self._target.contains, (key,), {})

@@ -58,6 +58,10 @@ class Limits:
     max_models: int = opt(8, "model files (checkpoints, LoRAs, ...) one job may name by URL")
     max_body_bytes: int = opt(100 * 1024 * 1024, "size of a request body")
     max_json_depth: int = opt(64, "nesting of arrays and objects in a request body")
+    refused_drain_bytes: int = opt(128 * 1024 * 1024, "a body refused unread (no key, too large) is read and "
+                                                       "dropped up to this size after the answer, so a client "
+                                                       "still sending sees it (a larger declared body is not)")
+    refused_drain_s: float = opt(30.0, "and for at most this long")
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,11 @@ def template_name(object_key: str) -> str:
     return object_key.rsplit("/", 2)[-2]
 
 
+def handover(key: str, token: str) -> str:
+    """Who moved a held key (a slot, a lock) off its value with `token`: won once (jobs/held_keys.py)."""
+    return f"handover:{key}:{token}"
+
+
 def drain_slot(pool: str, n: int) -> str:
     """Slot n (0 .. ceiling-1) of a pool's drains: spawned, idle or busy, and until when (wakeups.py)."""
     return f"drain:{pool}:{n}"

@@ -93,7 +93,7 @@ class Lifecycle:
             who = "this user" if reserved.full[0] != keys.ALL else "the service"
             raise Overloaded(f"{who} already has {reserved.full[1]} active jobs; retry when some finish",
                              retry_after_s=10)
-        self._commit(job, request, payload, reserved)
+        self._commit(job, request, reserved)
         self._count(None, job)
         return job, True
 
@@ -127,13 +127,17 @@ class Lifecycle:
             caps.append((keys.scope(user_id), self.settings.max_active_jobs_per_user))
         return caps
 
-    def _commit(self, job: Job, request: JobRequest, payload: dict[str, Any], reserved: _Reserved) -> None:
+    def _commit(self, job: Job, request: JobRequest, reserved: _Reserved) -> None:
         """Round trip two: the record (with the index head hints) and the wake-up. Past this point a failure
         leaves at most a whole job: a record whose wake-up the sweeper re-sends, or a wake-up that writes the
         record when a worker starts it. A failure the store can hear of is undone."""
         heads = {keys.index_head(s): n for s, n in reserved.slots.items()}
         try:
-            run_all([lambda: self.store.put_record(job, heads), lambda: self.store.enqueue(job, payload)])
+            if self.store.carries_record(job):
+                run_all([lambda: self.store.put_record(job, heads), lambda: self.store.enqueue(job)])
+            else:  # the wake-up goes as an id alone: the worker must find the record
+                self.store.put_record(job, heads)
+                self.store.enqueue(job)
         except BaseException:
             self._give_back(job, request, reserved, committed=True)
             raise
@@ -144,7 +148,7 @@ class Lifecycle:
         pointing at nothing (listing skips them): a slot is never handed out twice."""
         calls: list[Callable[[], Any]] = [lambda: self.store.quotas.release_all(job)]
         if request.idempotency_key:
-            calls.append(lambda: self.store.idempotency.forget(request.user_id, request.idempotency_key or ""))
+            calls.append(lambda: self.store.idempotency.forget(request.user_id, request.idempotency_key or "", job.id))
         if committed:
             calls += [lambda: self.store.forget_new(job), lambda: self.store.refuse_start(job)]
         else:

@@ -5,7 +5,7 @@
     modelsrc:{url hash}    the sha256 a URL produced (so a job that gives none still finds it cached)
     modeldl:{ident}:{gen}  the one download in flight (put with skip_if_exists; renewed while it runs; a claim
                            not renewed within claim_ttl_s is taken over by generation gen+1)
-    modelevict:{sha}       held while one evictor removes the file
+    modelevict:{sha}       held while one evictor removes the file (a held key: jobs/held_keys.py)
 
 The blobs themselves are `svc.model_files` (a folder, or the models Volume on Modal). The worker's step that
 uses all this is runner/models.py; operators list and delete through the functions at the end.
@@ -21,7 +21,7 @@ from typing import Any
 from comfy_saas.backends.model_files import LocalModelFiles
 from comfy_saas.backends.parallel import map_all, run_all
 from comfy_saas.errors import Conflict, NotFound
-from comfy_saas.jobs import keys
+from comfy_saas.jobs import held_keys, keys
 from comfy_saas.jobs.model_leases import CLOCK_SKEW_S, Leases
 from comfy_saas.jobs.request import SHA256_PATTERN
 from comfy_saas.jobs.services import Services
@@ -104,13 +104,10 @@ class ModelCache:
 
     def evict(self, sha256: str) -> str:
         """Remove one file unless a job uses it: 'evicted', 'in_use' or 'busy' (another evictor has it)."""
-        mark = {"owner": uuid.uuid4().hex, "until": self.now() + _EVICTION_HOLD_S}
-        if not self.d.put(keys.model_eviction(sha256), mark, skip_if_exists=True):
-            held = self.d.get(keys.model_eviction(sha256))
-            if held is None or held["until"] > self.now():
-                return "busy"
-            self.d.pop(keys.model_eviction(sha256), None)  # a dead evictor's mark
-            return self.evict(sha256)
+        key, token = keys.model_eviction(sha256), uuid.uuid4().hex
+        mark = {"owner": token, "until": self.now() + _EVICTION_HOLD_S, "token": token}
+        if not self._take_mark(key, mark):
+            return "busy"
         try:
             if self.leases.in_use(sha256):
                 return "in_use"
@@ -120,8 +117,20 @@ class ModelCache:
             run_all([lambda: self.d.pop(keys.model(sha256), None), lambda: self.d.pop(keys.model_used(sha256), None)])
             log.info("model.evicted %s", sha256, extra={"event": "model.evicted", "phase": "download"})
             return "evicted"
-        finally:
-            self.d.pop(keys.model_eviction(sha256), None)
+        finally:  # ours only: an evictor slower than its mark may find another's there by now
+            held_keys.release(self.d, key, token, self.now())
+
+    def _take_mark(self, key: str, mark: dict[str, Any]) -> bool:
+        """Hold a file's eviction mark: a free one, or a dead evictor's, taken over as a held key (two evictors
+        finding it lapsed cannot both win)."""
+        if self.d.put(key, mark, skip_if_exists=True):
+            return True
+        held = self.d.get(key)
+        if held_keys.token_of(held) == mark["token"]:
+            return True  # our own write, reported lost by a retried call
+        if held is None or held["until"] > self.now():
+            return False
+        return held_keys.replace(self.d, key, held, mark, self.now())
 
     def evict_to_budget(self, keep: set[str]) -> list[str]:
         """Evict least recently used files until the cache fits its budget; never `keep` or a file in use."""

@@ -18,9 +18,8 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from comfy_saas.backends.conditional import pop_if
 from comfy_saas.backends.parallel import run_all
-from comfy_saas.jobs import keys
+from comfy_saas.jobs import held_keys, keys
 from comfy_saas.jobs.counters import FOLD_AFTER_S
 from comfy_saas.jobs.store import CounterRegistry, JobStore
 
@@ -88,19 +87,19 @@ def _new_low(registry: CounterRegistry, folded: set[str], gaps: dict[str, float]
 
 
 def _lock(store: JobStore, now: float, nonce: str) -> bool:
-    """Win the fold lock, taking over one left by a run that died: only the run that pops the dead run's own
-    entry may take it, so two runs finding it stale cannot both win."""
+    """Win the fold lock, taking over one left by a run that died: the lock is a held key
+    (backends/held_keys.py), so of the runs finding it stale, and the dead run's own late unlock, one wins."""
     key = keys.maintenance("metrics_fold")
-    mine = {"at": now, "nonce": nonce}
+    mine = {"at": now, "nonce": nonce, "token": nonce}
     if store.d.put(key, mine, skip_if_exists=True):
         return True
-    held = store.d.get(key) or {}
-    if now - float(held.get("at", now)) < LOCK_STALE_S:
-        return False
-    if not pop_if(store.d, key, lambda lock: lock.get("nonce") == held.get("nonce")):
-        return False  # a live run's lock: not ours to take
-    return store.d.put(key, mine, skip_if_exists=True)
+    held = store.d.get(key)
+    if held_keys.token_of(held) == nonce:
+        return True  # our own write, reported lost by a retried call
+    if held is None or now - float(held.get("at", now)) < LOCK_STALE_S:
+        return False  # freed meanwhile (the next run takes it), or a live run's lock
+    return held_keys.replace(store.d, key, held, mine, now)
 
 
 def _unlock(store: JobStore, nonce: str) -> None:
-    pop_if(store.d, keys.maintenance("metrics_fold"), lambda lock: lock.get("nonce") == nonce)
+    held_keys.release(store.d, keys.maintenance("metrics_fold"), nonce)

@@ -14,6 +14,7 @@ Every call is a network round trip on Modal (~25 ms); docstrings count the seque
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -39,6 +40,9 @@ PROGRESS_EVENTS_KEPT = 300
 CATALOGUE_TTL_S = 30.0  # how long a process trusts the node catalogue it read
 # With a status filter a page may need more slots than its size; bound the work and hand back a cursor.
 _FILTER_SCAN_FACTOR = 5
+# A queue partition holds 5,000 items and 64 MiB (pickled) on Modal: 13,421 bytes an item. A wake-up is its record
+# plus about 100 bytes, and pickles to about its JSON size, so records up to 12 KiB ride along (12.3 KB pickled).
+WAKEUP_RECORD_MAX_BYTES = 12 * 1024
 
 
 class QueueLike(Protocol):
@@ -60,8 +64,9 @@ class Decided(NotOwner):
 
 @dataclass(frozen=True)
 class Wakeup:
-    """A queue item: the job as it was queued (so a worker can start it without reading it first) and
-    when the wake-up was sent."""
+    """A queue item: the job as it was queued (so a worker can start it without reading it first; None when its
+    record was too large to carry) and when the wake-up was sent. `payload` is only ever set by wake-ups sent
+    before they stopped carrying it."""
 
     job_id: str
     job: Job | None
@@ -242,6 +247,12 @@ class JobStore:
         live = self.d.get(keys.progress(job_id)) or {}
         return [e for e in live.get("events") or [] if e["seq"] > after]
 
+    def watch(self, job_id: str, after: int = 0) -> tuple[Job | None, list[dict[str, Any]]]:
+        """The job (as get() gives it) and its progress events with seq > after, from one round trip: what an
+        event stream looks at on each poll."""
+        record, live = run_all([lambda: self.d.get(keys.job(job_id)), lambda: self.d.get(keys.progress(job_id))])
+        return _merge(record, live), [e for e in (live or {}).get("events") or [] if e["seq"] > after]
+
     def latest_preview(self, job_id: str) -> dict[str, Any] | None:
         """The newest preview frame of the running attempt: {"seq", "format" (jpeg|png), "data_b64"}, or None."""
         return self.d.get(keys.preview(job_id))
@@ -306,17 +317,32 @@ class JobStore:
 
     # --- the work queue ------------------------------------------------------------------------
 
-    def enqueue(self, job: Job, payload: dict[str, Any] | None = None) -> None:
-        """Wake a worker of the job's pool with the job as it stands (and, for a new job, its payload, so the
-        worker needs no read that could race the record's first write); never blocks (a full partition is
-        QueueFull). One round trip."""
-        item = {"id": job.id, "job": job.to_record(), "at": self.clock().timestamp()}
-        if payload is not None:
-            item["payload"] = payload
+    def enqueue(self, job: Job) -> None:
+        """Wake a worker of the job's pool; never blocks (a full partition is QueueFull). One round trip.
+
+        The wake-up carries the job as it stands, so a worker can start it without reading it first, but never
+        its payload (the worker reads that with its claim): a partition holds 64 MiB as well as 5,000 items, and
+        only small items let 5,000 fit. A record too large to ride along goes as its id alone,
+        after its own write has landed (see carries_record)."""
+        item = self.wakeup_item(job)
+        if "job" not in item:
+            self.settle(job.id)
         try:
             self._q.put(item, block=False, partition=keys.partition(job.pool))
         except queue.Full:
             raise QueueFull(f"the {job.pool!r} work queue is full; retry later", retry_after_s=10) from None
+
+    def wakeup_item(self, job: Job) -> dict[str, Any]:
+        """The queue item that wakes a worker for `job`: its id, when it was sent, and its record if it fits."""
+        item: dict[str, Any] = {"id": job.id, "at": self.clock().timestamp()}
+        if self.carries_record(job):
+            item["job"] = job.to_record()
+        return item
+
+    @staticmethod
+    def carries_record(job: Job) -> bool:
+        """Whether the job's wake-up carries its record (else the record must be stored before it is sent)."""
+        return len(json.dumps(job.to_record(), separators=(",", ":"))) <= WAKEUP_RECORD_MAX_BYTES
 
     def next_wakeup(self, pool: str, timeout_s: float) -> Wakeup | None:
         """The next wake-up from a pool's queue, or None after timeout_s."""
@@ -326,7 +352,9 @@ class JobStore:
             return None
         if isinstance(item, str):  # a wake-up written before they carried the job
             return Wakeup(item, None, 0.0)
-        return Wakeup(item["id"], Job.model_validate(item["job"]), float(item.get("at", 0.0)), item.get("payload"))
+        record = item.get("job")
+        return Wakeup(item["id"], None if record is None else Job.model_validate(record), float(item.get("at", 0.0)),
+                      item.get("payload"))
 
     def next_job_id(self, pool: str, timeout_s: float) -> str | None:
         """The next woken job's id, or None after timeout_s."""
@@ -382,15 +410,17 @@ class JobStore:
 
     def delete_job(self, job: Job) -> None:
         """Remove a job and everything kept for it from the Dict, its listing slots included; idempotent (one
-        or two round trips)."""
+        to four round trips)."""
         doomed = [keys.job(job.id), keys.payload(job.id), keys.cancel(job.id), keys.progress(job.id),
                   keys.webhook(job.id), *(keys.claim(job.id, n) for n in range(1, job.claim_seq + 2)),
                   *(keys.index_slot(scope, n) for scope, n in job.index_slots.items())]
-        if job.idempotency_key:
-            doomed.append(keys.idempotency(job.user_id, job.idempotency_key))
+        doomed += self.quotas.handovers(job)
         if job.webhook_url:
             doomed += [keys.webhook_attempt(job.id, n) for n in range(1, self.settings.webhook_max_attempts + 2)]
-        run_all([lambda k=k: self.d.pop(k, None) for k in doomed])
+        calls: list[Callable[[], Any]] = [lambda k=k: self.d.pop(k, None) for k in doomed]
+        if job.idempotency_key:  # a later submission may hold the key by now: release ours only
+            calls.append(lambda: self.idempotency.drop(job.user_id, job.idempotency_key or "", job.id))
+        run_all(calls)
 
     # --- listing -------------------------------------------------------------------------------
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from comfy_saas import logs
-from comfy_saas.backends.conditional import pop_if
 from comfy_saas.backends.parallel import map_all, run_all
 from comfy_saas.config.pools import PoolSpec
-from comfy_saas.jobs import keys
+from comfy_saas.jobs import held_keys, keys
 from comfy_saas.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -110,23 +109,24 @@ class Wakeups:
             self._full_until[pool] = now + FULL_MEMO_S
         spawned = 0
         for n in free[:spawns_needed(state)]:
-            if self._claim(pool, n, got[1 + n], now) and self._spawn(pool, n):
+            if (token := self._claim(pool, n, got[1 + n], now)) and self._spawn(pool, n, token):
                 spawned += 1
         if spawned:
             log.info("pool %s: spawned %d drain(s) for %d queued (%d idle, %d busy)", pool, spawned, state.queued,
                      state.idle, state.busy, extra={"event": "pool.spawned", "pool": pool})
         return spawned
 
-    def _claim(self, pool: str, n: int, seen: Any, now: float) -> bool:
-        """Take free slot n for a spawn; False when another decider got there first (its drain covers ours)."""
+    def _claim(self, pool: str, n: int, seen: Any, now: float) -> str | None:
+        """Take free slot n for a spawn (its entry's token); None when another decider got there first (its
+        drain covers ours), or the drain there renewed it since we read it."""
         key = keys.drain_slot(pool, n)
-        # An expired entry: cleared, unless it was renewed since we read it.
-        if seen is not None and not pop_if(self.store.d, key, lambda held: held == seen):
-            return False
-        entry = {"state": "spawned", "drain": None, "until": now + self.settings.drain_start_grace_s}
-        return self.store.d.put(key, entry, skip_if_exists=True)
+        entry = {"state": "spawned", "drain": None, "until": now + self.settings.drain_start_grace_s,
+                 "token": held_keys.new_token()}
+        if seen is None:
+            return entry["token"] if held_keys.claim(self.store.d, key, entry) else None
+        return entry["token"] if held_keys.replace(self.store.d, key, seen, entry, now) else None
 
-    def _spawn(self, pool: str, n: int) -> bool:
+    def _spawn(self, pool: str, n: int, token: str) -> bool:
         """Spawn with backoff on rate limits; on failure give the slot back (the job stays queued)."""
         error: BaseException | None = None
         for delay in (0.0, *self.delays):
@@ -140,13 +140,10 @@ class Wakeups:
             except Exception as exc:  # not a rate limit: retrying now would fail the same way
                 error = exc
                 break
-        self._release_claim(pool, n)
+        # A drain that took the slot meanwhile keeps it.
+        held_keys.release(self.store.d, keys.drain_slot(pool, n), token, self.clock())
         logs.event(log, "pool.spawn_failed", logging.WARNING, pool=pool, error=f"slot {n}: {error}")
         return False
-
-    def _release_claim(self, pool: str, n: int) -> None:
-        # A drain that took the slot meanwhile keeps it.
-        pop_if(self.store.d, keys.drain_slot(pool, n), lambda held: held.get("state") == "spawned")
 
     def lease(self, pool: str, slot: int, drain_id: str) -> DrainLease:
         """The slot a running drain holds; releasing it lets this process's next wake look again at once."""
@@ -170,12 +167,15 @@ class DrainLease:
         self.on_release = on_release
         self.state, self.since = "idle", time.monotonic()
         self._written: tuple[str, float] = ("", 0.0)  # the state last written, and when (monotonic)
+        self.held: dict[str, Any] | None = None  # the slot's value as this drain last wrote it
+        self._token = held_keys.new_token()  # the next write's
+        self.lost = False
         self._changed = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._write()
+        self.renew()
         self._thread = threading.Thread(target=self._keep, name=f"lease-{self.key}", daemon=True)
         self._thread.start()
 
@@ -207,17 +207,45 @@ class DrainLease:
             report = self.state != self._written[0] and (self.state == "idle"
                                                           or now - self.since >= self.BUSY_REPORT_S)
             if renew or report:
-                self._write()
+                self.renew()
 
-    def _write(self) -> None:
+    def renew(self) -> bool:
+        """Write the slot now (the keeper thread's renewals and reports); False once the slot is lost: taken
+        over while this drain was too slow to renew it, or held by another drain when this one started."""
         state = self.state
-        entry = {"state": state, "drain": self.drain_id, "until": self.clock() + self.lease_s}
+        # A move whose call failed is sent again under the same token: its handover may have landed.
+        entry = {"state": state, "drain": self.drain_id, "until": self.clock() + self.lease_s, "token": self._token}
         try:
-            self.d.put(self.key, entry)
-            self._written = (state, time.monotonic())
+            held = self._move(entry)
+            self._token = held_keys.new_token()
         except Exception as exc:  # a missed renewal costs at most one extra spawn later
             self._written = (self._written[0], time.monotonic())  # try again at the next renewal
             logs.event(log, "drain.lease_write_failed", logging.WARNING, error=str(exc))
+            return True
+        self._written = (state, time.monotonic())
+        if not held:
+            self.lost = True
+            self._stop.set()
+            logs.event(log, "drain.lease_lost", logging.WARNING, error=f"{self.key} is another drain's")
+        return held
+
+    def _move(self, entry: dict[str, Any]) -> bool:
+        """Every write of the slot moves it off the value this drain wrote last (held_keys.py), so a renewal
+        can never overwrite a takeover."""
+        if self.held is not None:
+            won = held_keys.replace(self.d, self.key, self.held, entry, self.clock())
+        else:
+            seen = self.d.get(self.key)
+            if seen is None:
+                won = held_keys.claim(self.d, self.key, entry)
+            elif held_keys.token_of(seen) == entry["token"]:
+                won = True  # a first write that landed though its call failed (sent again under its token)
+            else:
+                won = _takeable(seen, self.clock()) and held_keys.replace(self.d, self.key, seen, entry,
+                                                                            self.clock())
+        if won:
+            self.held = entry
+        return won
 
     def release(self) -> None:
         """Stop renewing and free the slot, unless another drain holds it by now."""
@@ -225,6 +253,13 @@ class DrainLease:
         self._changed.set()
         if self._thread is not None:
             self._thread.join()
-        pop_if(self.d, self.key, lambda held: held.get("drain") == self.drain_id)
+        if self.held is not None:
+            held_keys.release(self.d, self.key, self.held["token"], self.clock())
+            self.held = None
         if self.on_release is not None:
             self.on_release()
+
+
+def _takeable(seen: Any, now: float) -> bool:
+    """Whether a starting drain may take its slot from this value: the spawn that started it, or one expired."""
+    return not isinstance(seen, dict) or seen.get("state") == "spawned" or float(seen.get("until", 0)) <= now

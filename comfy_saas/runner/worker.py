@@ -256,11 +256,11 @@ class Worker:
             return True
         if not self.has_time_for(job, deadline):
             # Modal would kill the job at the input's timeout: a fresh drain (a new input) takes it instead.
-            self.store.enqueue(job, wakeup.payload)
+            self.store.enqueue(job)
             logs.event(log, "worker.deadline_near", job_id=job.id, worker_id=self.worker_id, pool=job.pool)
             return False
         if not self.comfy.healthy():
-            self.store.enqueue(job, wakeup.payload)  # hand the wake-up back before anything is claimed
+            self.store.enqueue(job)  # hand the wake-up back before anything is claimed
             return self.on_unhealthy()
         started, cancelled, payload, _ = run_all([
             lambda: self.lifecycle.start(job, self.worker_id), lambda: self.store.cancel_requested(job.id),

@@ -27,9 +27,11 @@ from comfy_saas.jobs.request import JobRequest
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.templates import TemplateRequest
 from comfy_saas.jobs.views import job_view
+from comfy_saas.runner.monitor import PROGRESS_WRITE_S
 from comfy_saas.web import params, waiting
 from comfy_saas.web.auth import authenticate, parse_api_keys
 from comfy_saas.web.errors_http import error_response
+from comfy_saas.web.lingering import LingeringResponse, declared_length
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +100,13 @@ async def _body(svc: Services, request: Request) -> bytearray:
     return body
 
 
-def _refused_unread(exc: Exception) -> JSONResponse:
-    # The rest of the body is never read: ask the client to close the connection rather than send it.
+def _refused_unread(svc: Services, request: Request, exc: Exception) -> JSONResponse:
+    """The answer to a body refused before it was read: sent at once, then the rest of the body is read and
+    dropped (bounded) before the connection closes, so a client still sending receives it."""
     status, body, headers = error_response(exc)
-    return _json(status, body, {**headers, "Connection": "close"})
+    limits = svc.settings.limits
+    return LingeringResponse(body, status, headers, declared=declared_length(request.headers.get("content-length")),
+                             drain_bytes=limits.refused_drain_bytes, drain_s=limits.refused_drain_s)
 
 
 async def handle_submit(svc: Services, request: Request) -> JSONResponse:
@@ -111,7 +116,7 @@ async def handle_submit(svc: Services, request: Request) -> JSONResponse:
         caller = _caller(svc, request)
         body = await _body(svc, request)
     except ComfySaasError as exc:
-        return _refused_unread(exc)
+        return _refused_unread(svc, request, exc)
 
     def call() -> tuple[int, dict]:
         view, created = api.submit_job(svc, caller, body)
@@ -162,7 +167,7 @@ async def _with_body(svc: Services, request: Request, call: Callable[[bytes], tu
     try:
         body = await _body(svc, request)
     except BodyTooLarge as exc:
-        return _json(*error_response(exc))
+        return _refused_unread(svc, request, exc)
     if wait:
         return await respond_waiting(svc, request, lambda: call(body))
     return await respond(lambda: call(body))
@@ -222,9 +227,10 @@ async def handle_metrics(svc: Services, request: Request) -> Response:
 
 
 async def handle_events(svc: Services, request: Request, job_id: str | None, max_s: float = 3600.0,
-                        poll_s: float = 0.25) -> Response:
+                        poll_s: float = PROGRESS_WRITE_S) -> Response:
     """Server-Sent Events: every progress event (id = its sequence number), then the terminal event.
-    Resume with Last-Event-ID. After max_s the stream asks the client to reconnect (Modal's web limit)."""
+    Resume with Last-Event-ID. After max_s the stream asks the client to reconnect (Modal's web limit).
+    A watcher reads the store as often as a worker writes progress, one round trip (two calls) a poll."""
     try:  # the same visibility rules as GET
         await run_in_threadpool(lambda: api.visible_job(svc, _caller(svc, request), job_id or ""))
         after = params.last_event_id(request.headers.get("last-event-id"), request.query_params.get("last_event_id"))
@@ -242,11 +248,12 @@ async def _event_stream(svc: Services, job_id: str, after: int, max_s: float, po
     deadline = loop.time() + max_s
     yield "retry: 1000\n\n"
     while True:
-        events = await run_in_threadpool(svc.store.progress_events, job_id, after)
+        job, events = await run_in_threadpool(svc.store.watch, job_id, after)
+        if job is None or job.terminal:  # events written just before the end may postdate that read
+            events = await run_in_threadpool(svc.store.progress_events, job_id, after)
         for event in events:
             yield f"id: {event['seq']}\nevent: progress\ndata: {json.dumps(event)}\n\n"
             after = event["seq"]
-        job = await run_in_threadpool(svc.store.get, job_id)
         if job is None or job.terminal:
             view = await run_in_threadpool(job_view, svc, job) if job is not None else {"id": job_id}
             yield f"id: end\nevent: {view.get('status', 'gone')}\ndata: {json.dumps(view)}\n\n"
