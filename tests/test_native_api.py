@@ -246,3 +246,35 @@ def test_many_sockets_and_prompts_at_once(server) -> None:
     for t in threads:
         t.join(60)
     assert len(results) == 4 and all(ids == {pid} for pid, ids in results.values())
+
+
+def test_preview_frames_and_execution_errors_reach_the_socket(server) -> None:
+    """A preview frame the running attempt left in the store goes out as ComfyUI's binary type-1 frame; a node
+    that fails ends the prompt with execution_error."""
+    import base64
+
+    from comfy_saas.jobs import keys
+
+    ws = websocket.create_connection(f"{server.base.replace('http://', 'ws://')}/ws?clientId=pv&token=alice-key",
+                                     timeout=30)
+    try:
+        ws.recv()
+        slow_id = post_prompt(server, ALICE, slow(steps=30, delay=0.1), client_id="pv").json()["prompt_id"]
+        wait_until(lambda: job_status(server, slow_id) == "running", 30, "the slow prompt to start")
+        frame = {"seq": 1, "format": "png", "data_b64": base64.b64encode(_png((5, 5, 5))).decode()}
+        server.stack.services.store.d.put(keys.preview(slow_id), frame)  # as the worker's attempt writes it
+        seen: list[Any] = []
+        while not (seen and isinstance(seen[-1], bytes)):
+            seen.append(ws.recv())
+        assert seen[-1][:8] == b"\x00\x00\x00\x01\x00\x00\x00\x02" and seen[-1][8:] == _png((5, 5, 5))
+        failing = {"1": EMPTY, "2": {"class_type": "FailNode", "inputs": {"image": ["1", 0], "message": "boom"}},
+                   "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "f"}}}
+        fail_id = post_prompt(server, ALICE, failing, client_id="pv").json()["prompt_id"]
+        events: list[dict] = []
+        _collect(ws, fail_id, events)
+    finally:
+        ws.close()
+    error = next(m["data"] for m in events if m["type"] == "execution_error" and m["data"]["prompt_id"] == fail_id)
+    assert error["node_id"] == "2" and "boom" in error["exception_message"]
+    status = server.call("GET", f"/history/{fail_id}", ALICE).json()[fail_id]["status"]
+    assert status["status_str"] == "error" and status["completed"] is False
