@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
+import comfy_saas
 from comfy_saas.config import Settings
 from comfy_saas.config.pools import parse_pool_gpus
 from comfy_saas.jobs.request import MODEL_FOLDERS
@@ -82,7 +85,25 @@ def folders() -> list[str]:
 
 
 def pool_gpus(settings: Settings, pool: str) -> list[str]:
-    return parse_pool_gpus(settings.pool_gpus).get(pool) or []
+    """The pool's GPU types: COMFY_POOL_GPUS, else deploy.toml beside the package (where the API image has it)."""
+    chosen = parse_pool_gpus(settings.pool_gpus).get(pool)
+    if chosen:
+        return chosen
+    config = _deploy_config()
+    if config is None or pool not in {p.name for p in config.pools}:
+        return []
+    return config.gpus(pool)
+
+
+@functools.cache
+def _deploy_config() -> Any:
+    from comfy_saas.config import deploy
+
+    path = Path(comfy_saas.__file__).resolve().parents[1] / "deploy.toml"
+    try:
+        return deploy.load(path)
+    except (OSError, ValueError):  # a wheel without the file: the device is then reported as unknown
+        return None
 
 
 def system_stats(settings: Settings, pool: str) -> dict[str, Any]:
