@@ -278,3 +278,26 @@ def test_preview_frames_and_execution_errors_reach_the_socket(server) -> None:
     assert error["node_id"] == "2" and "boom" in error["exception_message"]
     status = server.call("GET", f"/history/{fail_id}", ALICE).json()[fail_id]["status"]
     assert status["status_str"] == "error" and status["completed"] is False
+
+
+def test_mask_upload_composes_the_alpha(server) -> None:
+    """/upload/mask: the original upload with the painted mask's alpha, kept as a new upload."""
+    original = server.call("POST", "/upload/image", ALICE, files={"image": ("base.png", _png((200, 0, 0)))}).json()
+    mask = io.BytesIO()
+    Image.new("RGBA", (4, 4), (0, 0, 0, 64)).save(mask, format="PNG")
+    ref = json.dumps({"filename": original["name"], "subfolder": "", "type": "input"})
+    made = server.call("POST", "/upload/mask", ALICE, files={"image": ("clipspace-mask.png", mask.getvalue())},
+                       data={"original_ref": ref}).json()
+    assert made == {"name": "clipspace-mask.png", "subfolder": "", "type": "input"}
+    view = {"filename": made["name"], "type": "input"}
+    pixel = Image.open(io.BytesIO(server.call("GET", "/view", ALICE, params=view).content)).getpixel((0, 0))
+    assert pixel == (200, 0, 0, 64)
+    assert server.call("GET", "/view", BOB, params=view).status_code == 404
+
+
+def test_the_pool_comes_from_extra_data_and_key_limits_apply(server) -> None:
+    picked = post_prompt(server, ALICE, GRAPH, extra_data={"pool": "idle"}).json()["prompt_id"]
+    assert server.call("GET", f"/v1/jobs/{picked}").json()["pool"] == "idle"
+    assert server.call("POST", "/queue", ALICE, json={"delete": [picked]}).status_code == 200
+    refused = post_prompt(server, ALICE, GRAPH, path="/p/nowhere/prompt")
+    assert refused.status_code == 400 and refused.json()["error"]["details"] == "pool"
