@@ -31,6 +31,9 @@ FOLDER_INPUTS = {
 # GiB of memory per GPU type Modal offers, for /system_stats (ComfyUI reports bytes).
 GPU_MEMORY_GIB = {"T4": 16, "L4": 24, "A10G": 24, "A10": 24, "L40S": 48, "A100": 40, "A100-40GB": 40,
                   "A100-80GB": 80, "H100": 80, "H100!": 80, "H200": 141, "B200": 180}
+# What ComfyUI 0.3.64 (deploy.toml's commit) reports about itself and the frontend it requires.
+COMFYUI_VERSIONS = {"comfyui_version": "0.3.64", "required_frontend_version": "1.27.10",
+                    "installed_templates_version": "0.1.95", "required_templates_version": "0.1.95"}
 _OPTION_KEYS = {"default": "default", "min": "min", "max": "max", "step": "step", "tooltip": "tooltip"}
 _FLAGS = {"cag": "control_after_generate", "force": "forceInput", "dyn": "dynamicPrompts"}
 
@@ -113,8 +116,7 @@ def system_stats(settings: Settings, pool: str) -> dict[str, Any]:
     memory = GPU_MEMORY_GIB.get(name.split(":")[0], 0) * 2**30
     device = {"name": name if gpus else "cpu", "type": "cuda" if gpus else "cpu", "index": 0 if gpus else None,
               "vram_total": memory, "vram_free": memory, "torch_vram_total": memory, "torch_vram_free": memory}
-    return {"system": {"os": "posix", "ram_total": 0, "ram_free": 0, "comfyui_version": "0.3.64",
-                       "required_frontend_version": "", "installed_templates_version": "",
-                       "required_templates_version": "", "python_version": "3.11", "pytorch_version": "",
+    return {"system": {"os": "posix", "ram_total": 0, "ram_free": 0, **COMFYUI_VERSIONS,
+                       "python_version": "3.11", "pytorch_version": "",
                        "embedded_python": False, "argv": ["comfy-saas", "--pool", pool]},
             "devices": [device]}

@@ -62,11 +62,12 @@ class HistoryCache:
 
 
 def max_items(raw: str | None) -> int:
+    """?max_items=N, at most MAX_PAGE (the editor asks for 200: it gets the newest MAX_PAGE)."""
     if raw is None or raw == "":
         return DEFAULT_ITEMS
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
-        raise InvalidInput(f"max_items must be a whole number from 1 to {MAX_PAGE}", field="max_items")
-    return int(raw)
+    if not raw.isdigit() or len(raw) > 9 or int(raw) < 1:
+        raise InvalidInput("max_items must be a whole number, 1 or more", field="max_items")
+    return min(int(raw), MAX_PAGE)
 
 
 def _workflows(svc: Services, prompts: list[Prompt]) -> list[dict[str, Any]]:
