@@ -211,6 +211,7 @@ def test_pool_and_machine_views(server) -> None:
     assert server.call("GET", "/embeddings", ALICE).json() == []
     assert server.call("GET", "/api/history?max_items=200", ALICE).status_code == 200  # what the editor asks
     assert server.call("GET", "/object_info/NoSuchNode", ALICE).json() == {}
+    finished(server, post_prompt(server, ALICE, GRAPH).json()["prompt_id"])
     jobs = server.call("GET", "/api/jobs", ALICE, params={"status": "completed", "limit": "2"}).json()
     assert jobs["pagination"]["limit"] == 2 and all(j["status"] == "completed" for j in jobs["jobs"])
     detail = server.call("GET", f"/api/jobs/{jobs['jobs'][0]['id']}", ALICE).json()
