@@ -182,6 +182,12 @@ def test_uploads_are_the_callers_and_prompts_load_them(server) -> None:
     assert upload(ALICE, _png((10, 20, 30)), subfolder="default_upload_folder")["name"] == "in.png"
     assert upload(ALICE, _png((1, 2, 3)), subfolder="default_upload_folder")["name"] == "in (1).png"
     assert upload(BOB, _png((9, 9, 9)), subfolder="default_upload_folder")["name"] == "in.png"  # bob's own
+    def choices(headers: dict) -> list[str]:
+        return server.call("GET", "/object_info/LoadImage", headers).json()["LoadImage"]["input"]["required"][
+            "image"][0]
+
+    assert "default_upload_folder/in (1).png" in choices(ALICE)  # LoadImage lists the caller's uploads
+    assert choices(BOB) == ["default_upload_folder/in.png"]
     view = {"filename": "in.png", "subfolder": "default_upload_folder", "type": "input"}
     assert Image.open(io.BytesIO(server.call("GET", "/view", BOB, params=view).content)).getpixel((0, 0)) == (9, 9, 9)
     prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "default_upload_folder/in.png"}},

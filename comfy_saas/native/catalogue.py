@@ -38,20 +38,24 @@ _OPTION_KEYS = {"default": "default", "min": "min", "max": "max", "step": "step"
 _FLAGS = {"cag": "control_after_generate", "force": "forceInput", "dyn": "dynamicPrompts"}
 
 
-def input_spec(entry: dict[str, Any]) -> list[Any]:
-    """One compact input entry as ComfyUI's [type or choices, options]."""
+def input_spec(entry: dict[str, Any], uploads: list[str] | None = None) -> list[Any]:
+    """One compact input entry as ComfyUI's [type or choices, options]; an upload combo lists `uploads` (the
+    caller's files, as ComfyUI lists its input folder)."""
     opts = {name: entry[key] for key, name in _OPTION_KEYS.items() if key in entry}
     opts.update({name: entry[key] for key, name in _FLAGS.items() if key in entry})
     if entry.get("upload"):
         opts[entry["upload"]] = True
     if "choices" in entry:
         return [entry["choices"], opts]
-    return [entry.get("type", "*") if not entry.get("combo") else [], opts]
+    if entry.get("combo"):
+        return [list(uploads or []) if entry.get("upload") else [], opts]
+    return [entry.get("type", "*"), opts]
 
 
-def node_info(name: str, cls: dict[str, Any]) -> dict[str, Any]:
+def node_info(name: str, cls: dict[str, Any], uploads: list[str] | None = None) -> dict[str, Any]:
     """A class of the catalogue as ComfyUI's /object_info entry (what the compact form keeps of it)."""
-    sections = {s: {f: input_spec(e) for f, e in (cls.get(s) or {}).items()} for s in ("required", "optional")}
+    sections = {s: {f: input_spec(e, uploads) for f, e in (cls.get(s) or {}).items()}
+                for s in ("required", "optional")}
     outputs = list(cls.get("outputs") or [])
     return {"input": {s: v for s, v in sections.items() if v or s == "required"},
             "input_order": {s: list(v) for s, v in sections.items() if v or s == "required"},
@@ -60,11 +64,12 @@ def node_info(name: str, cls: dict[str, Any]) -> dict[str, Any]:
             "python_module": "nodes", "category": "comfy-saas", "output_node": bool(cls.get("output_node"))}
 
 
-def object_info(nodes: dict[str, Any] | None, only: str | None = None) -> dict[str, Any]:
+def object_info(nodes: dict[str, Any] | None, only: str | None = None, uploads: list[str] | None = None
+                ) -> dict[str, Any]:
     """/object_info (or /object_info/{only}: {} for an unknown class, as ComfyUI answers)."""
     nodes = nodes or {}
     names = [only] if only is not None else list(nodes)
-    return {n: node_info(n, nodes[n]) for n in names if isinstance(nodes.get(n), dict)}
+    return {n: node_info(n, nodes[n], uploads) for n in names if isinstance(nodes.get(n), dict)}
 
 
 def output_nodes(workflow: dict[str, Any], nodes: dict[str, Any] | None) -> list[str]:

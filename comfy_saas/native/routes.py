@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from comfy_saas.backends.parallel import run_all
 from comfy_saas.errors import BodyTooLarge, ComfySaasError, InvalidInput, NotFound
 from comfy_saas.inputs import loads
 from comfy_saas.jobs import operations
@@ -177,10 +178,10 @@ def _nodes(call: Call) -> dict[str, Any] | None:
 
 
 def _object_info(native: Native) -> Handler:
-    async def work(call: Call) -> Response:
-        only = call.request.path_params.get("node_class")
-        return _json(200, catalogue.object_info(await run_in_threadpool(_nodes, call), only))
-    return _route(native, work)
+    def fn(call: Call) -> dict[str, Any]:
+        nodes, listed = run_all([lambda: _nodes(call), lambda: uploads.listing(call.svc, call.owner)])
+        return catalogue.object_info(nodes, call.request.path_params.get("node_class"), listed)
+    return _blocking(native, fn)
 
 
 def _models(native: Native) -> Handler:

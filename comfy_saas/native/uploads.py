@@ -15,6 +15,7 @@ from comfy_saas.errors import InvalidInput
 from comfy_saas.jobs import keys
 from comfy_saas.jobs.services import Services
 
+LISTED = 1000  # uploads an upload combo lists
 RENAMES_TRIED = 20  # "name (1).png" ... before the upload is refused
 _SUBFOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()\-]{0,63}(/[A-Za-z0-9][A-Za-z0-9 ._()\-]{0,63}){0,3}")
 _ANNOTATION = re.compile(r"\s*\[(input|output|temp)\]\Z")
@@ -56,6 +57,12 @@ def store_upload(svc: Services, owner: str, name: str, subfolder: str, data: byt
                 svc.objects.put_bytes(key, data, content_type or "application/octet-stream")
             return {"name": candidate, "subfolder": subfolder, "type": "input"}
     raise InvalidInput(f"image: {RENAMES_TRIED} files named like {name!r} exist; choose another name", field="image")
+
+
+def listing(svc: Services, owner: str) -> list[str]:
+    """The owner's uploads as LoadImage names them (`subfolder/name`), at most LISTED of them."""
+    prefix = keys.native_upload(owner, "", "")
+    return sorted(k.removeprefix(prefix) for k in svc.objects.list_keys(prefix))[:LISTED]
 
 
 def read_upload(svc: Services, owner: str, name: str, subfolder: str) -> bytes | None:
