@@ -95,11 +95,20 @@ def recent(svc: Services, owner: str, limit: int) -> list[Prompt]:
     return records.load(svc, owner, records.newest_ids(svc, owner, limit))
 
 
+def unsettled(svc: Services, cache: HistoryCache, owner: str, limit: int) -> tuple[list[str], list[Prompt]]:
+    """The owner's newest prompt ids, and those of them not known finished, read (the finished ones this process
+    built an entry for are not read again: an owner's index lists only prompts that owner claimed)."""
+    ids = records.newest_ids(svc, owner, limit)
+    return ids, records.load(svc, owner, [i for i in ids if cache.entry(i) is None])
+
+
 def history(svc: Services, cache: HistoryCache, owner: str, limit: int) -> dict[str, Any]:
     """GET /history: the caller's finished prompts, oldest first as ComfyUI orders them."""
     key = (owner, "history", limit)
     if (body := cache.listing(key)) is None:
-        body = dict(reversed(list(entries(svc, cache, recent(svc, owner, limit)).items())))
+        ids, prompts = unsettled(svc, cache, owner, limit)
+        entries(svc, cache, prompts)
+        body = {i: e for i in reversed(ids) if (e := cache.entry(i)) is not None}
         cache.keep_listing(key, body)
     return body
 
@@ -120,7 +129,7 @@ def active(svc: Services, cache: HistoryCache, owner: str) -> list[Prompt]:
     """The caller's queued and running prompts among their newest (kept for LIST_TTL_S)."""
     key = (owner, "active", MAX_PAGE)
     if (found := cache.listing(key)) is None:
-        found = [p for p in recent(svc, owner, MAX_PAGE) if p.job is not None and not p.job.terminal]
+        found = [p for p in unsettled(svc, cache, owner, MAX_PAGE)[1] if p.job is not None and not p.job.terminal]
         cache.keep_listing(key, found)
     return found
 
