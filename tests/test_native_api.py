@@ -105,6 +105,9 @@ def test_two_keys_never_cross(server) -> None:
     assert server.call("POST", "/queue", ALICE, json={"delete": [queued]}).status_code == 200
     assert finished(server, queued) == "cancelled"
     assert server.call("GET", "/queue", ALICE).json()["queue_pending"] == []
+    waiting = [post_prompt(server, ALICE, GRAPH, path="/p/idle/prompt").json()["prompt_id"] for _ in range(2)]
+    assert server.call("POST", "/api/queue", ALICE, json={"clear": True}).status_code == 200
+    assert [finished(server, p) for p in waiting] == ["cancelled", "cancelled"]
 
 
 def test_interrupt_cancels_the_callers_running_prompt_and_the_next_runs(server) -> None:
@@ -113,6 +116,7 @@ def test_interrupt_cancels_the_callers_running_prompt_and_the_next_runs(server) 
     assert server.call("POST", "/interrupt", BOB, json={"prompt_id": running}).status_code == 200
     assert server.call("GET", f"/api/jobs/{running}", ALICE).json()["status"] == "in_progress"
     assert server.call("GET", "/queue", ALICE).json()["queue_running"][0][1] == running
+    assert server.call("GET", f"/history/{running}", ALICE).json() == {}  # {} until it is done
     assert server.call("POST", "/interrupt", ALICE).status_code == 200
     assert finished(server, running) == "cancelled"
     entry = server.call("GET", f"/history/{running}", ALICE).json()[running]
