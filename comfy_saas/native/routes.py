@@ -5,6 +5,7 @@ them), the newer jobs API at /api/jobs, and the /k/<key>/ and /p/<pool>/ prefixe
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from comfy_saas.native.history import HistoryCache
 from comfy_saas.native.prefixes import PrefixMiddleware, prefixed
 from comfy_saas.native.ws import SocketOptions, serve_socket
 
+log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -65,9 +67,9 @@ def _route(native: Native, work: Callable[[Call], Awaitable[Response]],
     async def handler(request: Request) -> Response:
         try:
             return await work(_who(native, request))
-        except Exception as exc:
+        except Exception as exc:  # every error becomes an answer; unexpected ones are logged
             if not isinstance(exc, ComfySaasError):
-                raise
+                log.exception("native API: unhandled error")
             return _json(*refuse(exc))
     return handler
 

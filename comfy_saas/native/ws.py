@@ -259,20 +259,22 @@ async def _listen(ws: WebSocket, options: SocketOptions, closed: asyncio.Event) 
     """Answer a first `feature_flags` frame as ComfyUI does; ignore everything else until the client leaves."""
     first = True
     try:
-        while True:
-            text = await ws.receive_text()
-            if first:
-                first = False
-                try:
-                    sent = json.loads(text)
-                except ValueError:
-                    continue
-                if isinstance(sent, dict) and sent.get("type") == "feature_flags":
-                    await _send(ws, message("feature_flags", dict(options.feature_flags)))
+        while (frame := await ws.receive())["type"] != "websocket.disconnect":
+            if first and frame.get("text") is not None and _asks_flags(frame["text"]):
+                await _send(ws, message("feature_flags", dict(options.feature_flags)))
+            first = False
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
         closed.set()
+
+
+def _asks_flags(text: str) -> bool:
+    try:
+        sent = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(sent, dict) and sent.get("type") == "feature_flags"
 
 
 async def serve_socket(ws: WebSocket, svc: Services, owner: str, client_id: str | None,
