@@ -313,3 +313,11 @@ def test_the_pool_comes_from_extra_data_and_key_limits_apply(server) -> None:
     assert server.call("POST", "/queue", ALICE, json={"delete": [picked]}).status_code == 200
     refused = post_prompt(server, ALICE, GRAPH, path="/p/nowhere/prompt")
     assert refused.status_code == 400 and refused.json()["error"]["details"] == "pool"
+
+
+@pytest.mark.parametrize("prompt", [{"1": {"class_type": "SaveImage", "inputs": ["not", "an", "object"]}},
+                                    {"1": "not a node"}, [1, 2]])
+def test_malformed_prompts_are_refused_in_comfyuis_shape(server, prompt: Any) -> None:
+    resp = post_prompt(server, ALICE, prompt)
+    assert resp.status_code == 400 and resp.json()["error"]["type"] in {"invalid_prompt", "no_prompt"}
+    assert server.call("POST", "/prompt", ALICE, data=b"{not json").status_code == 400

@@ -92,7 +92,8 @@ def stage(svc: Services, owner: str, prompt: dict[str, Any]) -> tuple[dict[str, 
     media items; inputs naming no upload stay as they are (the worker may have the file). One round trip."""
     wanted: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for node_id, node in prompt.items():
-        for field, value in ((node or {}).get("inputs") or {}).items() if isinstance(node, dict) else ():
+        node_inputs = node.get("inputs") if isinstance(node, dict) else None
+        for field, value in node_inputs.items() if isinstance(node_inputs, dict) else ():
             ref = _reference(value) if field in FILE_INPUTS else None
             if ref is not None:
                 wanted.setdefault(ref, []).append((node_id, field))
