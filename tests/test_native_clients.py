@@ -10,6 +10,7 @@ import urllib.request
 import uuid
 
 import pytest
+import requests
 import websocket
 from conftest import ALICE, running_server
 from PIL import Image
@@ -102,3 +103,21 @@ def test_object_info_is_the_pools_catalogue(server, path: str) -> None:
     body = server.call("GET", path, ALICE).json()
     assert body["SaveImage"]["output_node"] is True
     assert body["SaveImage"]["input"]["required"]["images"][0] == "IMAGE"
+
+
+def test_view_streams_from_s3_storage(tmp_path, s3) -> None:
+    """With outputs in R2 (moto here), /view answers the bytes itself, read from storage as they come."""
+    from comfy_api_simplified import ComfyApiWrapper, ComfyWorkflowWrapper
+
+    with running_server(tmp_path / "data", storage_backend="s3", r2=s3.config) as r2_server:
+        api = ComfyApiWrapper(r2_server.base, user="alice", password="alice-key")
+        images = api.queue_and_wait_images(ComfyWorkflowWrapper(json.loads(json.dumps(GRAPH))), "Save Image")
+        assert [_png_size(data) for data in images.values()] == [(16, 8)]
+        upload = requests.post(f"{r2_server.base}/k/alice-key/upload/image", timeout=30,
+                               files={"image": ("up.png", next(iter(images.values())), "image/png")}).json()
+        ref = {"filename": upload["name"], "subfolder": upload["subfolder"], "type": upload["type"]}
+        view = requests.get(f"{r2_server.base}/k/alice-key/view", params=ref, timeout=30)
+        assert view.headers["Content-Type"] == "image/png" and _png_size(view.content) == (16, 8)
+        missing = requests.get(f"{r2_server.base}/k/alice-key/view", timeout=30,
+                               params={**ref, "filename": "nothing.png"})
+        assert missing.status_code == 404

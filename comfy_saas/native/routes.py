@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from comfy_saas.backends.parallel import run_all
@@ -136,8 +136,10 @@ def _view(native: Native) -> Handler:
         path = files.local_path(call.svc, found)
         if path is not None:
             return FileResponse(path, media_type=found.content_type, headers=headers)
-        data = await run_in_threadpool(files.read, call.svc, found)
-        return Response(data, media_type=found.content_type, headers=headers)
+        size, chunks = await files.open_stream(call.svc, found)
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        return StreamingResponse(chunks, media_type=found.content_type, headers=headers)
     return _route(native, work)
 
 
