@@ -105,9 +105,11 @@ def test_two_keys_never_cross(server) -> None:
     assert server.call("POST", "/queue", ALICE, json={"delete": [queued]}).status_code == 200
     assert finished(server, queued) == "cancelled"
     assert server.call("GET", "/queue", ALICE).json()["queue_pending"] == []
-    waiting = [post_prompt(server, ALICE, GRAPH, path="/p/idle/prompt").json()["prompt_id"] for _ in range(2)]
+    waiting = [post_prompt(server, ALICE, GRAPH, path="/p/idle/prompt").json()["prompt_id"] for _ in range(3)]
+    assert server.call("POST", "/api/jobs/cancel", BOB, json={"job_ids": waiting[:1]}).json() == {"cancelled": False}
+    assert server.call("POST", "/api/jobs/cancel", ALICE, json={"job_ids": waiting[:1]}).json() == {"cancelled": True}
     assert server.call("POST", "/api/queue", ALICE, json={"clear": True}).status_code == 200
-    assert [finished(server, p) for p in waiting] == ["cancelled", "cancelled"]
+    assert [finished(server, p) for p in waiting] == ["cancelled"] * 3
 
 
 def test_interrupt_cancels_the_callers_running_prompt_and_the_next_runs(server) -> None:

@@ -59,3 +59,9 @@ def cancel(svc: Services, caller: Caller, owner: str, prompt_id: str) -> bool:
     """POST /api/jobs/{id}/cancel: whether a cancel was sent (False for finished or unknown ids)."""
     prompts = records.load(svc, owner, _ids([prompt_id], "job_id"))
     return _cancel(svc, caller, [p for p in prompts if p.job is not None and not p.job.terminal]) > 0
+
+
+def cancel_many(svc: Services, caller: Caller, owner: str, body: dict[str, Any]) -> bool:
+    """POST /api/jobs/cancel {"job_ids": [...]}: whether any of the caller's was still going."""
+    prompts = records.load(svc, owner, _ids(body.get("job_ids"), "job_ids"))
+    return _cancel(svc, caller, [p for p in prompts if p.job is not None and not p.job.terminal]) > 0

@@ -212,6 +212,15 @@ def _api_job(native: Native) -> Handler:
     return _blocking(native, fn)
 
 
+def _cancel_many(native: Native) -> Handler:
+    async def work(call: Call) -> Response:
+        body = await _json_body(call)
+        cancelled = await run_in_threadpool(control.cancel_many, call.svc, call.caller, call.owner, body)
+        native.cache.forget(call.owner)
+        return _json(200, {"cancelled": cancelled})
+    return _route(native, work)
+
+
 def router(native: Native) -> APIRouter:
     """The routes ComfyUI serves both at its paths and under /api/."""
     r = APIRouter(include_in_schema=False)
@@ -254,6 +263,7 @@ def jobs_router(native: Native) -> APIRouter:
     r = APIRouter(include_in_schema=False)
     r.add_api_route("/jobs", _blocking(native, lambda c: history.jobs(c.svc, c.owner, dict(c.request.query_params))),
                     methods=["GET"])
+    r.add_api_route("/jobs/cancel", _cancel_many(native), methods=["POST"])
     r.add_api_route("/jobs/{job_id}", _api_job(native), methods=["GET"])
     r.add_api_route("/jobs/{job_id}/cancel", _blocking(native, lambda c: {"cancelled": control.cancel(
         c.svc, c.caller, c.owner, c.request.path_params["job_id"])}), methods=["POST"])
