@@ -323,3 +323,20 @@ def test_malformed_prompts_are_refused_in_comfyuis_shape(server, prompt: Any) ->
     resp = post_prompt(server, ALICE, prompt)
     assert resp.status_code == 400 and resp.json()["error"]["type"] in {"invalid_prompt", "no_prompt"}
     assert server.call("POST", "/prompt", ALICE, data=b"{not json").status_code == 400
+
+
+def test_a_socket_joining_mid_run_hears_from_where_the_prompt_is(server) -> None:
+    prompt_id = post_prompt(server, ALICE, slow(steps=16, delay=0.2), client_id="late").json()["prompt_id"]
+    wait_until(lambda: ((server.call("GET", f"/v1/jobs/{prompt_id}").json().get("progress") or {}).get("step")
+                        or 0) >= 4, 30, "the prompt to be a few steps in")
+    ws = websocket.create_connection(f"{server.base.replace('http://', 'ws://')}/ws?clientId=late&token=alice-key",
+                                     timeout=30)
+    try:
+        seen: list[dict] = []
+        _collect(ws, prompt_id, seen)
+    finally:
+        ws.close()
+    kinds = [m["type"] for m in seen]
+    assert kinds[:2] == ["status", "execution_start"] and kinds[-1] == "executing"
+    steps = [m["data"]["value"] for m in seen if m["type"] == "progress"]
+    assert steps and steps[0] >= 4 and steps == sorted(steps)  # no replay of the steps before it joined

@@ -56,6 +56,7 @@ class Watch:
     step: tuple[str | None, int | None] = (None, None)
     event_seq: int = 0
     preview_seq: int = 0
+    catch_up: bool = False  # followed from mid-run: of the progress so far, only the latest is told
 
 
 @dataclass
@@ -134,7 +135,7 @@ class Fanout:
         for p in prompts:
             if p.id in self.watches or p.job is None or len(self.watches) >= TRACKED_MAX:
                 continue
-            watch = Watch(p, mine=p.client_id == self.client_id)
+            watch = Watch(p, mine=p.client_id == self.client_id, catch_up=replay_after is not None)
             recent = replay_after is None or (p.job.finished_at is not None and p.job.finished_at >= replay_after)
             if p.job.terminal and not (watch.mine and recent):
                 continue
@@ -215,7 +216,10 @@ class Fanout:
     def _advance_one(self, watch: Watch, job: Job, poll: Poll) -> list[Message]:
         out = start_messages(watch, job)
         if job.status is Status.RUNNING:
-            out += progress_messages(watch, poll.events.get(job.id) or [])
+            events = poll.events.get(job.id) or []
+            if watch.catch_up and events:
+                watch.catch_up, events = False, events[-1:]
+            out += progress_messages(watch, events)
             frame = poll.previews.get(job.id)
             if frame and int(frame.get("seq", 0)) > watch.preview_seq and frame.get("data_b64"):
                 watch.preview_seq = int(frame["seq"])
