@@ -39,7 +39,7 @@ BACKEND_RETRY_AFTER_S = 5
 
 # (exception class, HTTP status, contract code); the first match wins, so subclasses come first.
 _CODES: list[tuple[type[ComfySaasError], int, str]] = [
-    (MalformedBody, 400, "invalid_request"),
+    (MalformedBody, 422, "invalid_request"),  # the contract answers every unreadable submission with 422
     (BodyTooLarge, 413, "payload_too_large"),
     (RangeNotSatisfiable, 416, "range_not_satisfiable"),
     (WorkflowFormatUi, 422, "workflow_format_ui"),

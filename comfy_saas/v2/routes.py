@@ -31,7 +31,7 @@ def mount(app: FastAPI, services: Services_, events_stream_s: float | None = Non
         from comfy_saas.config.deploy import Api
 
         events_stream_s = float(Api().events_stream_s)
-    router = APIRouter()
+    router = APIRouter(include_in_schema=False)  # the contract is its own document (Comfy API v2 openapi.yaml)
     add_job_routes(router, services, events_stream_s)
     _add_asset_routes(router, services)
     router.add_api_route("/api/v2/{rest:path}", _unknown, methods=_EVERY_METHOD, include_in_schema=False)
