@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from comfy_saas.jobs.services import Services
 
 
 def mount_surfaces(app: FastAPI, services: Callable[[], Services]) -> None:
     """Register every surface's routes on `app` (the native API last: it serves the editor at `/`)."""
+    from comfy_saas.v2.asset_routes import add_asset_routes  # v2 assets, until the v2 router takes them in
+
+    add_asset_routes(assets := APIRouter(), services)
+    app.include_router(assets)
 
 
 def surfaces_app(services: Callable[[], Services]) -> FastAPI:
