@@ -19,6 +19,7 @@ from comfy_saas.jobs import operations as api
 from comfy_saas.jobs.model import Job, Status
 from comfy_saas.jobs.request import json_object
 from comfy_saas.v2 import idempotency
+from comfy_saas.v2.references import resolve_references
 from comfy_saas.v2.views import Live, store_status, v2_job
 from comfy_saas.workflows.ui_graph import is_ui_format
 
@@ -96,18 +97,10 @@ def _check_labels(labels: Any) -> None:
 
 def _submit(svc: Services, caller: Caller, body: dict[str, Any]) -> Job:
     """The workflow's asset references resolved into media, then the one submit /v1 uses."""
-    workflow, media = _resolve(svc, caller, body["workflow"])
-    submission = {"workflow": workflow, "media": media, "metadata": body.get("metadata") or {}}
-    view, _ = api.submit_job(svc, caller, submission)
+    workflow, staged = resolve_references(svc, caller, body["workflow"])
+    submission = {"workflow": workflow, "metadata": body.get("metadata") or {}}
+    view, _ = api.submit_job(svc, caller, submission, staged=staged)
     return Job.model_validate(view)
-
-
-def _resolve(svc: Services, caller: Caller, workflow: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
-    try:
-        from comfy_saas.v2.references import resolve_references
-    except ImportError:  # the assets half is not merged in yet
-        return workflow, []
-    return resolve_references(svc, caller, workflow)
 
 
 def get(svc: Services, caller: Caller, job_id: str, root: str = "") -> dict[str, Any]:

@@ -17,6 +17,7 @@ from comfy_saas.jobs.operations import Caller
 from comfy_saas.jobs.services import Services
 from comfy_saas.v2 import events
 from comfy_saas.v2 import jobs as v2jobs
+from comfy_saas.v2.asset_routes import add_asset_routes
 from comfy_saas.v2.errors import envelope, error_response
 from comfy_saas.web.auth import authenticate
 
@@ -33,17 +34,9 @@ def mount(app: FastAPI, services: Services_, events_stream_s: float | None = Non
         events_stream_s = float(Api().events_stream_s)
     router = APIRouter(include_in_schema=False)  # the contract is its own document (Comfy API v2 openapi.yaml)
     add_job_routes(router, services, events_stream_s)
-    _add_asset_routes(router, services)
+    add_asset_routes(router, services)
     router.add_api_route("/api/v2/{rest:path}", _unknown, methods=_EVERY_METHOD, include_in_schema=False)
     app.include_router(router)
-
-
-def _add_asset_routes(router: APIRouter, services: Services_) -> None:
-    try:
-        from comfy_saas.v2.asset_routes import add_asset_routes
-    except ImportError:  # the assets half is not merged in yet
-        return
-    add_asset_routes(router, services)
 
 
 def caller(svc: Services, request: Request) -> Caller:

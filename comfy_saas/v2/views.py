@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from comfy_saas.jobs.model import Job, Output, Progress, Status
+from comfy_saas.jobs.model import Job, Progress, Status
 
 if TYPE_CHECKING:
     from comfy_saas.jobs.services import Services
@@ -24,7 +24,6 @@ _ERROR_CODES = {"execution_error": "node_execution_error", "validation_error": "
 _V1_OF = {"queued": Status.QUEUED, "running": Status.RUNNING, "succeeded": Status.COMPLETED,
           "canceled": Status.CANCELLED, "failed": Status.FAILED, "expired": Status.FAILED,
           "canceling": None}
-OUTPUT_ID_PREFIX = "out_"
 
 
 @dataclass(frozen=True)
@@ -47,22 +46,6 @@ def v2_status(job: Job, cancel_requested: bool = False) -> str:
 def store_status(v2: str) -> Status | None:
     """The store's status a v2 status is rendered from (None for `canceling`, which has no own status)."""
     return _V1_OF[v2]
-
-
-def output_asset_id(job_id: str, index: int) -> str:
-    """An output's asset id: the job and the output's place in it, so it resolves without a stored record
-    (and only for callers who may see the job)."""
-    return f"{OUTPUT_ID_PREFIX}{job_id}_{index}"
-
-
-def parse_output_asset_id(asset_id: str) -> tuple[str, int] | None:
-    """(job id, output index) of an id output_asset_id made; None for any other id."""
-    if not asset_id.startswith(OUTPUT_ID_PREFIX):
-        return None
-    job_id, _, index = asset_id[len(OUTPUT_ID_PREFIX):].rpartition("_")
-    if not job_id or not index.isascii() or not index.isdigit() or len(index) > 6:
-        return None
-    return job_id, int(index)
 
 
 def job_links(job_id: str, root: str = "") -> dict[str, str]:
@@ -126,20 +109,11 @@ def _message(p: Progress) -> str | None:
     return p.node_class
 
 
-def outputs(svc: Services, job: Job, items: list[Output] | None = None) -> list[dict[str, Any]]:
-    """Every committed output (or those of `items`) with a fresh download URL."""
-    expiry = svc.settings.presign_expiry_s
-    until = _iso(svc.store.clock() + timedelta(seconds=expiry))
-    chosen = range(len(job.outputs)) if items is None else [job.outputs.index(o) for o in items]
-    return [output_view(job.id, i, job.outputs[i], svc.objects.url(job.outputs[i].key), until) for i in chosen]
+def outputs(svc: Services, job: Job) -> list[dict[str, Any]]:
+    """Every committed output as the contract's Output: an asset (v2/output_assets.py), with a fresh URL."""
+    from comfy_saas.v2.output_assets import output_assets
 
-
-def output_view(job_id: str, index: int, out: Output, url: str, url_expires_at: str | None) -> dict[str, Any]:
-    """One output as the contract's Output (it is also an asset, `id`)."""
-    kind = out.kind if out.kind in ("image", "video", "audio", "text", "file", "latent") else "file"
-    return {"node_id": out.node_id, "name": out.filename, "type": kind, "content_type": out.content_type,
-            "size_bytes": out.size_bytes, "id": output_asset_id(job_id, index), "hash": None, "url": url,
-            "url_expires_at": url_expires_at, "job_id": job_id}
+    return output_assets(svc, job)
 
 
 def job_error(job: Job) -> dict[str, Any] | None:
