@@ -73,7 +73,6 @@ def test_a_finished_job_can_be_rehydrated_listed_and_its_workflow_read(client: C
 
 
 def test_outputs_download_through_the_sdk(client: Comfy, tmp_path: Path):
-    pytest.importorskip("comfy_saas.v2.asset_routes", reason="the v2 assets half serves output content")
     job = client.run(client.workflows.from_json(SLOW))
     data = job.outputs[0].to_bytes()
     assert Image.open(io.BytesIO(data)).size == (16, 16)
@@ -114,10 +113,9 @@ def test_every_refusal_is_a_typed_sdk_exception(client: Comfy, stack: Server, mo
     with Comfy(api_key="bob-key") as bob, pytest.raises(NotFound):  # another user's job: not found
         bob.jobs.get(client.submit(client.workflows.from_json(SLOW)).id)
     ref = {"__type": "core/ASSET", "info": {"id": "00000000-0000-4000-8000-000000000000"}}
-    if _assets_merged():
-        missing = {**SLOW, "4": {"class_type": "LoadImage", "inputs": {"image": ref}}}
-        with pytest.raises(MissingAsset):
-            client.submit(client.workflows.from_json(missing))
+    missing = {**SLOW, "4": {"class_type": "LoadImage", "inputs": {"image": ref}}}
+    with pytest.raises(MissingAsset):
+        client.submit(client.workflows.from_json(missing))
 
 
 def test_a_full_queue_is_queue_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -133,9 +131,21 @@ def test_a_full_queue_is_queue_full(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert full.value.retry_after >= 1
 
 
-def _assets_merged() -> bool:
-    try:
-        import comfy_saas.v2.references  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def test_upload_dedups_and_jobs_run_by_asset_handle_and_by_file_name(client: Comfy, tmp_path: Path):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(photo)
+    first, second = client.assets.from_file(photo), client.assets.from_file(photo)
+    first.commit()
+    second.commit()  # the same bytes: the SDK finds the blob by hash and mints over it, nothing is sent again
+    assert first.created_new is True and second.created_new is False
+    assert second.hash == first.hash  # (the same name over the same blob: the identical record, as-is)
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+             "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}}}
+    by_handle = client.workflows.from_json(graph)
+    by_handle.set_input("1", "image", first)
+    # the plain file name first (so no earlier job left the file in ComfyUI's input folder), then the handle
+    for wf in (client.workflows.from_json(graph), by_handle):
+        job = client.run(wf)
+        pixel = Image.open(io.BytesIO(job.get_outputs("3")[0].to_bytes())).convert("RGB").getpixel((0, 0))
+        assert pixel == (55, 245, 245), job.id
