@@ -128,7 +128,7 @@ def test_queued_jobs_have_a_queue_position_and_cancel_at_once(v2: Server):
     assert seen["status"] == "queued" and isinstance(seen["queue_position"], int)
     canceled = v2.call("POST", f"/api/v2/jobs/{job['id']}/cancel", CAROL)
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
-    assert canceled.json()["error"]["code"] == "cancelled"
+    assert canceled.json()["error"]["code"] == "canceled"
     again = v2.call("POST", f"/api/v2/jobs/{job['id']}/cancel", CAROL)  # idempotent on a finished job
     assert again.status_code == 200 and again.json()["status"] == "canceled"
     assert v2.call("GET", f"/v1/jobs/{job['id']}", CAROL).json()["status"] == "cancelled"
@@ -166,6 +166,9 @@ def test_the_list_pages_with_a_cursor_and_filters_by_v2_status(v2: Server):
     done = v2.call("GET", "/api/v2/jobs?status=succeeded&limit=100", BOB).json()["jobs"]
     assert set(ids) <= {j["id"] for j in done} and {j["status"] for j in done} == {"succeeded"}
     assert v2.call("GET", "/api/v2/jobs?status=queued,canceling", BOB).json()["jobs"] == []
+    labelled = post(v2, {"workflow": WF, "metadata": {"batch": "b7"}}, BOB).json()["id"]
+    found = v2.call("GET", "/api/v2/jobs?metadata[batch]=b7", BOB).json()["jobs"]
+    assert [j["id"] for j in found] == [labelled]
     bad = v2.call("GET", "/api/v2/jobs?status=done", BOB)
     assert bad.status_code == 422 and bad.json()["error"]["details"] == {"field": "status"}
 

@@ -68,6 +68,9 @@ def test_a_finished_job_can_be_rehydrated_listed_and_its_workflow_read(client: C
     assert again.status == "succeeded" and again.outputs[0].id == job.outputs[0].id
     assert again.get_workflow().graph == SLOW and again.get_workflow().format == "api"
     assert job.id in {s.id for s in client.list_jobs(limit=5)}
+    labelled = client.submit(client.workflows.from_json(SLOW), metadata={"run": "r1"})
+    assert [s.id for s in client.list_jobs(metadata={"run": "r1"})] == [labelled.id]
+    assert labelled.metadata == {"run": "r1"}
     snapshot = list(again.events())  # a finished job: its last progress and outputs, then the terminal status
     assert [type(e) for e in snapshot] == [Progress, OutputReady, StatusChange] and snapshot[-1].status == "succeeded"
 
@@ -85,7 +88,7 @@ def test_cancel_of_a_running_job_is_canceling_then_canceled(client: Comfy):
     job.cancel()
     assert job.status == "canceling"
     job.wait(timeout=30)
-    assert job.status == "canceled" and job.error.code == "cancelled"
+    assert job.status == "canceled" and job.error.code == "canceled"
 
 
 def test_an_explicit_idempotency_key_replays_the_same_request_and_refuses_another(client: Comfy):

@@ -135,7 +135,8 @@ def workflow(svc: Services, caller: Caller, job_id: str) -> dict[str, Any]:
 
 def list_jobs(svc: Services, caller: Caller, query: dict[str, str], root: str = "") -> dict[str, Any]:
     """GET /api/v2/jobs: a page of the caller's jobs, newest first; `next_cursor` while there are more.
-    `status` takes v2 names, comma-separated."""
+    `status` takes v2 names, comma-separated; `metadata[key]=value` keeps jobs with those labels (both filter
+    the page, so a filtered page may hold fewer jobs than `limit` and still have a next one)."""
     wanted = _statuses(query.get("status"))
     stored = {store_status(s) for s in wanted} if wanted else set()
     one = next(iter(stored)) if len(stored) == 1 and None not in stored else None
@@ -146,10 +147,17 @@ def list_jobs(svc: Services, caller: Caller, query: dict[str, str], root: str = 
     flags = dict(zip([j.id for j in active], run_all([lambda j=j: svc.store.cancel_requested(j.id) for j in active]),
                      strict=True))
     views = render(svc, [(j, bool(flags.get(j.id))) for j in jobs], root)
-    body: dict[str, Any] = {"jobs": [v for v in views if not wanted or v["status"] in wanted]}
+    labels = _label_filter(query)
+    body: dict[str, Any] = {"jobs": [v for v in views if (not wanted or v["status"] in wanted)
+                                     and labels.items() <= v["metadata"].items()]}
     if page["next_cursor"]:
         body["next_cursor"] = page["next_cursor"]
     return body
+
+
+def _label_filter(query: dict[str, str]) -> dict[str, str]:
+    """`metadata[key]=value` pairs (the SDK's label filter): a job is listed when it carries all of them."""
+    return {k[len("metadata["):-1]: v for k, v in query.items() if k.startswith("metadata[") and k.endswith("]")}
 
 
 def _statuses(raw: str | None) -> set[str]:

@@ -20,7 +20,8 @@ EXPIRED_ERRORS = frozenset({"queue_timeout", "timeout"})
 _STATUS = {Status.QUEUED: "queued", Status.RUNNING: "running", Status.COMPLETED: "succeeded",
            Status.CANCELLED: "canceled", Status.FAILED: "failed"}
 # Our job error types that have a contract name of their own.
-_ERROR_CODES = {"execution_error": "node_execution_error", "validation_error": "invalid_workflow"}
+_ERROR_CODES = {"execution_error": "node_execution_error", "validation_error": "invalid_workflow",
+                "cancelled": "canceled"}
 _V1_OF = {"queued": Status.QUEUED, "running": Status.RUNNING, "succeeded": Status.COMPLETED,
           "canceled": Status.CANCELLED, "failed": Status.FAILED, "expired": Status.FAILED,
           "canceling": None}
