@@ -145,7 +145,9 @@ def test_a_full_queue_is_429_queue_full_with_retry_after(tmp_path: Path):
 
 def test_user_bound_keys_never_see_each_others_jobs(v2: Server):
     job = post(v2, {"workflow": WF}, ALICE).json()
-    finished(v2, job["id"])
+    output = finished(v2, job["id"])["outputs"][0]["id"]
+    for path in (f"/api/v2/assets/{output}", f"/api/v2/assets/{output}/content"):  # outputs are the job's
+        assert v2.call("GET", path, BOB).status_code == 404 and v2.call("GET", path, ALICE).status_code == 200
     for method, path in (("GET", ""), ("GET", "/workflow"), ("POST", "/cancel"), ("GET", "/events")):
         answer = v2.call(method, f"/api/v2/jobs/{job['id']}{path}", BOB)
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found", path

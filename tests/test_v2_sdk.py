@@ -87,6 +87,8 @@ def test_cancel_of_a_running_job_is_canceling_then_canceled(client: Comfy):
     wait_until(lambda: job.refresh().status == "running", 30, "the job to run")
     job.cancel()
     assert job.status == "canceling"
+    statuses = [e.status for e in job.events() if isinstance(e, StatusChange)]
+    assert statuses[-1] == "canceled" and set(statuses) <= {"canceling", "canceled"}
     job.wait(timeout=30)
     assert job.status == "canceled" and job.error.code == "canceled"
 
