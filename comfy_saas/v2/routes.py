@@ -83,12 +83,28 @@ async def read_body(svc: Services, request: Request) -> bytearray:
 
 def add_job_routes(router: APIRouter, services: Services_, events_stream_s: float) -> None:
     """POST/GET /api/v2/jobs, GET /api/v2/jobs/{id}, .../workflow, .../cancel, .../events, GET /api/v2/health."""
+    h = JobHandlers(services, events_stream_s)
+    for method, path, handler in (("POST", "/api/v2/jobs", h.post_jobs), ("GET", "/api/v2/jobs", h.list_jobs),
+                                  ("GET", "/api/v2/jobs/{id}", h.get_job),
+                                  ("GET", "/api/v2/jobs/{id}/workflow", h.get_job_workflow),
+                                  ("POST", "/api/v2/jobs/{id}/cancel", h.cancel_job),
+                                  ("GET", "/api/v2/jobs/{id}/events", h.job_events),
+                                  ("GET", "/api/v2/health", h.health)):
+        router.add_api_route(path, handler, methods=[method], summary=(handler.__doc__ or "").split("\n")[0])
 
-    @router.post("/api/v2/jobs", summary="Submit an API-format workflow (Comfy API v2)")
-    async def post_jobs(request: Request) -> Response:
-        svc = services()
+
+class JobHandlers:
+    """The job routes' handlers over the services `services()` builds."""
+
+    def __init__(self, services: Services_, events_stream_s: float) -> None:
+        self.services = services
+        self.events_stream_s = events_stream_s
+
+    async def post_jobs(self, request: Request) -> Response:
+        """Submit an API-format workflow; authenticated before a byte of the body is read."""
+        svc = self.services()
         try:
-            who = caller(svc, request)  # before a byte of the body is read
+            who = caller(svc, request)
             raw = await read_body(svc, request)
         except ComfySaasError as exc:
             status, body, headers = error_response(exc)
@@ -100,40 +116,39 @@ def add_job_routes(router: APIRouter, services: Services_, events_stream_s: floa
             return error(exc)
         return json_response(201, view, {"Idempotency-Replayed": "true"} if replayed else None)
 
-    @router.get("/api/v2/jobs", summary="The caller's jobs, newest first (cursor pages)")
-    async def list_jobs(request: Request) -> Response:
-        svc = services()
-        query = dict(request.query_params)
+    async def list_jobs(self, request: Request) -> Response:
+        """The caller's jobs, newest first, in cursor pages."""
+        svc, query = self.services(), dict(request.query_params)
         return await answer(lambda: (200, v2jobs.list_jobs(svc, caller(svc, request), query, root(request))))
 
-    @router.get("/api/v2/jobs/{id}", summary="A job: status, progress, outputs (the polling workhorse)")
-    async def get_job(request: Request, id: str) -> Response:
-        svc = services()
+    async def get_job(self, request: Request, id: str) -> Response:
+        """A job: status, progress, outputs (the polling workhorse)."""
+        svc = self.services()
         return await answer(lambda: (200, v2jobs.get(svc, caller(svc, request), id, root(request))))
 
-    @router.get("/api/v2/jobs/{id}/workflow", summary="The API-format workflow a job ran")
-    async def get_job_workflow(request: Request, id: str) -> Response:
-        svc = services()
+    async def get_job_workflow(self, request: Request, id: str) -> Response:
+        """The API-format workflow a job ran."""
+        svc = self.services()
         return await answer(lambda: (200, v2jobs.workflow(svc, caller(svc, request), id)))
 
-    @router.post("/api/v2/jobs/{id}/cancel", summary="Request cancellation (idempotent)")
-    async def cancel_job(request: Request, id: str) -> Response:
-        svc = services()
+    async def cancel_job(self, request: Request, id: str) -> Response:
+        """Request cancellation (idempotent)."""
+        svc = self.services()
         return await answer(lambda: (200, v2jobs.cancel(svc, caller(svc, request), id, root(request))))
 
-    @router.get("/api/v2/jobs/{id}/events", summary="Live events (SSE) until the job ends")
-    async def job_events(request: Request, id: str) -> Response:
-        svc = services()
+    async def job_events(self, request: Request, id: str) -> Response:
+        """Live events (SSE) until the job ends, or the stream's time limit."""
+        svc = self.services()
         try:
             job = await run_in_threadpool(lambda: api.visible_job(svc, caller(svc, request), id))
         except Exception as exc:
             return error(exc)
-        return StreamingResponse(events.stream(svc, job, events_stream_s), media_type="text/event-stream",
+        return StreamingResponse(events.stream(svc, job, self.events_stream_s), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @router.get("/api/v2/health", summary="Whether the store and the queue answer")
-    async def health(request: Request) -> Response:
-        svc = services()
+    async def health(self, request: Request) -> Response:
+        """Whether the store and the queue answer (no key needed; no backend detail shown)."""
+        svc = self.services()
 
         def call() -> tuple[int, dict[str, Any]]:
             report = api.health(svc)
