@@ -115,3 +115,12 @@ def test_requests_naming_a_real_job_get_conforming_answers(srv: Server, finished
 def test_unauthenticated_requests_get_conforming_answers(srv: Server, key: str):
     for op in operations():
         run(srv, op.as_strategy(), examples=3, headers={"Authorization": key} if key else {})
+
+
+def test_a_real_submission_and_its_replay_conform(srv: Server):
+    schema = schemathesis.openapi.from_path(SPEC)
+    for _ in range(2):  # the first creates, the second (same key, same body) is the replay
+        case = schema["/api/v2/jobs"]["POST"].Case(body={"workflow": WF}, headers={"Idempotency-Key": "conf-1"})
+        response = case.call(base_url=srv.base, headers=ADMIN, timeout=20)
+        assert response.status_code == 201
+        case.validate_response(response, checks=CHECKS)
