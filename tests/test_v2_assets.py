@@ -72,8 +72,14 @@ def test_the_sdk_uploads_dedups_and_downloads(srv: Server, sdk: comfy_sdk.Comfy)
         f"assets/users/alice/blobs/{hexd}/refs/{first_id}/ref"]
     rehydrated = sdk.assets.get(first_id)
     assert (rehydrated.file_path, rehydrated.hash) == ("sdk-in.png", digest(data))
-    got = srv.call("GET", f"/api/v2/assets/{first_id}/content", ALICE)
+    link = again.get_download_url()  # self-hosted: the content endpoint itself, behind the key
+    got = requests.get(link.url, headers=ALICE, timeout=10)
     assert got.status_code == 200 and got.content == data and got.headers["content-type"] == "image/png"
+    sdk.assets.delete(first_id)
+    with pytest.raises(comfy_sdk.exceptions.NotFound):
+        sdk.assets.get(first_id)
+    with pytest.raises(comfy_sdk.exceptions.NotFound):
+        sdk.assets.delete(first_id)
 
 
 def test_a_second_upload_of_the_same_bytes_reuses_the_blob(srv: Server) -> None:
@@ -230,3 +236,21 @@ def test_on_s3_content_redirects_to_a_presigned_url_or_streams(s3_client: tuple[
     assert client.delete(f"/api/v2/assets/{asset['id']}", headers=ALICE).status_code == 204
     assert client.delete(f"/api/v2/assets/{again.json()['id']}", headers=ALICE).status_code == 204
     assert svc.objects.list_keys("assets/") == []
+
+
+def test_a_cut_or_broken_multipart_body_is_refused(srv: Server) -> None:
+    boundary = "xyzzy"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"content_type\"\r\n\r\nimage/png\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file_path\"\r\n\r\ncut.png\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.png\"\r\n\r\n").encode()
+    before = stored(srv)
+    headers = {**ALICE, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    cut = srv.call("POST", "/api/v2/assets", headers, data=head + b"partial bytes")
+    assert cut.status_code == 422 and "closing boundary" in cut.json()["error"]["message"]
+    whole = srv.call("POST", "/api/v2/assets", headers, data=head + f"ok\r\n--{boundary}--\r\n".encode())
+    assert whole.status_code == 201 and whole.json()["size_bytes"] == 2
+    broken = srv.call("POST", "/api/v2/assets", headers, data=b"no boundary here at all\r\n")
+    assert broken.status_code == 422
+    not_multipart = srv.call("POST", "/api/v2/assets", ALICE, json={"file": "x"})
+    assert not_multipart.status_code == 422 and "multipart" in not_multipart.json()["error"]["message"]
+    assert len(stored(srv)) == len(before) + 5  # the whole one: data, meta, ref, record, name entry
