@@ -25,6 +25,31 @@ blake3 = pytest.importorskip("blake3").blake3
 comfy_sdk = pytest.importorskip("comfy_sdk")
 
 
+SPEC = Path(__file__).parent / "fixtures" / "comfy-api-v2" / "openapi.yaml"
+
+
+def _nullable(schema: object) -> object:
+    """OpenAPI 3.0's `nullable` as JSON Schema's null type, all the way down."""
+    if isinstance(schema, list):
+        return [_nullable(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _nullable(v) for k, v in schema.items() if k != "nullable"}
+    if schema.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def conforms(body: dict, name: str = "Asset") -> dict:
+    """`body`, after checking it against the contract's schema `name`."""
+    import jsonschema
+    import yaml
+
+    components = _nullable(yaml.safe_load(SPEC.read_text())["components"])
+    jsonschema.validate(body, {"$ref": f"#/components/schemas/{name}", "components": components})
+    return body
+
+
 def png(color: tuple[int, int, int] = (200, 30, 10), size: tuple[int, int] = (8, 6)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "PNG")
@@ -72,20 +97,26 @@ def test_the_sdk_uploads_dedups_and_downloads(srv: Server, sdk: comfy_sdk.Comfy)
         f"assets/users/alice/blobs/{hexd}/refs/{first_id}/ref"]
     rehydrated = sdk.assets.get(first_id)
     assert (rehydrated.file_path, rehydrated.hash) == ("sdk-in.png", digest(data))
-    got = srv.call("GET", f"/api/v2/assets/{first_id}/content", ALICE)
+    link = again.get_download_url()  # self-hosted: the content endpoint itself, behind the key
+    got = requests.get(link.url, headers=ALICE, timeout=10)
     assert got.status_code == 200 and got.content == data and got.headers["content-type"] == "image/png"
+    sdk.assets.delete(first_id)
+    with pytest.raises(comfy_sdk.exceptions.NotFound):
+        sdk.assets.get(first_id)
+    with pytest.raises(comfy_sdk.exceptions.NotFound):
+        sdk.assets.delete(first_id)
 
 
 def test_a_second_upload_of_the_same_bytes_reuses_the_blob(srv: Server) -> None:
     data = png((4, 5, 6))
     one, two = upload(srv, data, ALICE, "a.png"), upload(srv, data, ALICE, "b.png")
     assert (one.status_code, two.status_code) == (201, 200)
-    a, b = one.json(), two.json()
+    a, b = conforms(one.json()), conforms(two.json())
     assert (a["created_new"], b["created_new"]) == (True, False)
     assert a["id"] != b["id"] and a["hash"] == b["hash"] == digest(data) and b["size_bytes"] == len(data)
     hexd = digest(data).removeprefix("blake3:")
     assert [k for k in stored(srv) if k.endswith("/data") and hexd in k] == [f"assets/users/alice/blobs/{hexd}/data"]
-    shown = srv.call("GET", f"/api/v2/assets/{b['id']}", ALICE).json()
+    shown = conforms(srv.call("GET", f"/api/v2/assets/{b['id']}", ALICE).json())
     assert shown["file_path"] == "b.png" and requests.get(shown["url"], timeout=10).content == data
 
 
@@ -127,7 +158,7 @@ def test_from_hash_and_by_hash(srv: Server) -> None:
     assert same.status_code == 200 and same.json()["id"] == first["id"]
     other = srv.call("POST", "/api/v2/assets/from-hash", ALICE, json={"hash": digest(data), "file_path": "copy.png"})
     assert other.status_code == 201
-    minted = other.json()
+    minted = conforms(other.json())
     assert minted["id"] != first["id"] and minted["created_new"] is False
     assert (minted["file_path"], minted["size_bytes"], minted["content_type"]) == ("copy.png", len(data), "image/png")
     assert srv.call("GET", f"/api/v2/assets/{minted['id']}/content", ALICE).content == data
@@ -177,7 +208,8 @@ def test_outputs_are_assets_of_the_job(srv: Server) -> None:
     assert listed == {**listed, "node_id": "2", "type": "image", "hash": None, "job_id": job.id,
                       "content_type": "image/png", "size_bytes": done["outputs"][0]["size_bytes"]}
     assert output_assets(svc, job)[0]["id"] == listed["id"]  # the same id on every read
-    shown = srv.call("GET", f"/api/v2/assets/{listed['id']}", ALICE).json()
+    conforms(listed, "Output")
+    shown = conforms(srv.call("GET", f"/api/v2/assets/{listed['id']}", ALICE).json())
     assert shown["job_id"] == job.id and shown["hash"] is None and shown["file_path"] == listed["name"]
     got = srv.call("GET", f"/api/v2/assets/{listed['id']}/content", ALICE)
     assert Image.open(io.BytesIO(got.content)).size == (16, 8)
@@ -230,3 +262,21 @@ def test_on_s3_content_redirects_to_a_presigned_url_or_streams(s3_client: tuple[
     assert client.delete(f"/api/v2/assets/{asset['id']}", headers=ALICE).status_code == 204
     assert client.delete(f"/api/v2/assets/{again.json()['id']}", headers=ALICE).status_code == 204
     assert svc.objects.list_keys("assets/") == []
+
+
+def test_a_cut_or_broken_multipart_body_is_refused(srv: Server) -> None:
+    boundary = "xyzzy"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"content_type\"\r\n\r\nimage/png\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file_path\"\r\n\r\ncut.png\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.png\"\r\n\r\n").encode()
+    before = stored(srv)
+    headers = {**ALICE, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    cut = srv.call("POST", "/api/v2/assets", headers, data=head + b"partial bytes")
+    assert cut.status_code == 422 and "closing boundary" in cut.json()["error"]["message"]
+    whole = srv.call("POST", "/api/v2/assets", headers, data=head + f"ok\r\n--{boundary}--\r\n".encode())
+    assert whole.status_code == 201 and whole.json()["size_bytes"] == 2
+    broken = srv.call("POST", "/api/v2/assets", headers, data=b"no boundary here at all\r\n")
+    assert broken.status_code == 422
+    not_multipart = srv.call("POST", "/api/v2/assets", ALICE, json={"file": "x"})
+    assert not_multipart.status_code == 422 and "multipart" in not_multipart.json()["error"]["message"]
+    assert len(stored(srv)) == len(before) + 5  # the whole one: data, meta, ref, record, name entry

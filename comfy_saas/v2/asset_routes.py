@@ -7,6 +7,7 @@ follow a redirect), the Range header passed on.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from comfy_saas.v2 import assets
 from comfy_saas.v2.asset_uploads import UploadReader
 from comfy_saas.web.auth import authenticate
 
+log = logging.getLogger(__name__)
 MAX_JSON_BODY = 64 * 1024
 FIELDS_SLACK = 1024 * 1024  # what the text parts and the multipart framing may add to the file's size
 SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
@@ -40,8 +42,11 @@ def error_answer(exc: BaseException) -> Response:
 
 
 def _fallback(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    from comfy_saas.errors import ComfySaasError
     from comfy_saas.web.errors_http import error_response
 
+    if not isinstance(exc, ComfySaasError):
+        log.error("v2 assets: unhandled error", exc_info=exc)
     status, body, headers = error_response(exc)
     err = body["error"]
     return status, {"error": {"code": err["type"], "message": err["message"], "details": None}}, headers

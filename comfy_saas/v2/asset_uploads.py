@@ -32,15 +32,23 @@ class UploadReader:
         self.size, self.parts, self._file, self._path = 0, 0, None, None
         self._hasher: Any = None
         self._header, self._headers, self._name, self._value = b"", {}, None, bytearray()
+        self._ended = False
         names = ("on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",
-                 "on_header_end", "on_headers_finished")
+                 "on_header_end", "on_headers_finished", "on_end")
         self._parser = MultipartParser(params[b"boundary"], {n: getattr(self, "_" + n) for n in names})
 
     def feed(self, chunk: bytes) -> None:
-        self._parser.write(chunk)
+        from python_multipart.exceptions import MultipartParseError
+
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError:
+            raise InvalidInput("body: is not valid multipart/form-data", field="body") from None
 
     def finish(self) -> Received:
         self._parser.finalize()
+        if not self._ended:  # a body cut short must not become a shorter asset
+            raise InvalidInput("body: the multipart body ended before its closing boundary", field="body")
         if self._path is None or self._file is None:
             raise InvalidInput("file: is required (the part holding the bytes)", field="file")
         self._file.close()
@@ -94,6 +102,9 @@ class UploadReader:
             raise BodyTooLarge(f"file: larger than the {self.cap} byte limit for one asset", field="file")
         self._hasher.update(chunk)
         self._file.write(chunk)
+
+    def _on_end(self) -> None:
+        self._ended = True
 
     def _on_part_end(self) -> None:
         if self._name and self._name != FILE_FIELD:

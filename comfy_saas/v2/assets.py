@@ -157,14 +157,17 @@ def view(svc: Services, record: dict[str, Any], created_new: bool | None = None)
 
 
 def _mint(svc: Services, acct: str, hex_digest: str, meta: dict[str, Any], file_path: str | None,
-          tags: list[str], content_type: str | None = None) -> dict[str, Any]:
-    """A new record over a blob the account has: its ref marker and the record first, the name entry last (a
-    name entry always points at a record that was written)."""
+          tags: list[str], content_type: str | None = None, new_blob: bool = False) -> dict[str, Any]:
+    """A new record over a blob the account has: its ref marker and the record first (with the blob's meta.json
+    for a new blob), the name entry last (a name entry always points at a record that was written)."""
     record = {"id": str(uuid.uuid4()), "account": acct, "hash": f"blake3:{hex_digest}",
               "size_bytes": meta["size_bytes"], "content_type": content_type or meta["content_type"],
               "file_path": file_path, "tags": tags, "created_at": timestamp(svc.store.clock())}
-    run_all([lambda: svc.objects.put_bytes(keys.asset_blob_ref(acct, hex_digest, record["id"]), b"{}"),
-             lambda: _put_json(svc, keys.asset_record(acct, record["id"]), record)])
+    writes = [lambda: svc.objects.put_bytes(keys.asset_blob_ref(acct, hex_digest, record["id"]), b"{}"),
+              lambda: _put_json(svc, keys.asset_record(acct, record["id"]), record)]
+    if new_blob:
+        writes.append(lambda: _put_json(svc, keys.asset_blob_meta(acct, hex_digest), meta))
+    run_all(writes)
     if name := base_name(file_path):
         _put_json(svc, keys.asset_name(acct, name), record)
     return record
@@ -183,8 +186,8 @@ def store_upload(svc: Services, caller: Caller, received: Received) -> tuple[dic
         svc.objects.put_file(keys.asset_blob(acct, hex_digest), received.path, fields["content_type"])
         meta = {"size_bytes": received.size, "content_type": fields["content_type"],
                 "created_at": timestamp(svc.store.clock())}
-        _put_json(svc, keys.asset_blob_meta(acct, hex_digest), meta)
-    record = _mint(svc, acct, hex_digest, meta, fields["file_path"], fields["tags"], fields["content_type"])
+    record = _mint(svc, acct, hex_digest, meta, fields["file_path"], fields["tags"], fields["content_type"],
+                   new_blob=created_new)
     return view(svc, record, created_new), created_new
 
 

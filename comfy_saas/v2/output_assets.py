@@ -58,18 +58,19 @@ def _day(asset_id: str) -> datetime:
     return EPOCH + timedelta(days=uuid.UUID(asset_id).int >> 112)
 
 
-def output_assets(svc: Services, job: Job) -> list[dict[str, Any]]:
-    """The job's outputs as the contract's Output objects (asset ids, fresh URLs); every id is resolvable by
-    GET /api/v2/assets/{id} once this returns."""
-    ids = [output_id(job, o.key) for o in job.outputs]
-    _remember(svc, job, ids)
-    return [_output(svc, job, o, i) for o, i in zip(job.outputs, ids, strict=True)]
+def output_assets(svc: Services, job: Job, items: list[Output] | None = None) -> list[dict[str, Any]]:
+    """The job's outputs (or those of `items`) as the contract's Output objects (asset ids, fresh URLs); every
+    id is resolvable by GET /api/v2/assets/{id} once this returns."""
+    chosen = job.outputs if items is None else items
+    ids = [output_id(job, o.key) for o in chosen]
+    _remember(svc, job, chosen, ids)
+    return [_output(svc, job, o, i) for o, i in zip(chosen, ids, strict=True)]
 
 
-def _remember(svc: Services, job: Job, ids: list[str]) -> None:
+def _remember(svc: Services, job: Job, chosen: list[Output], ids: list[str]) -> None:
     """Store the pointers this process has not stored yet (idempotent writes, together)."""
     with _lock:
-        missing = [(o, i) for o, i in zip(job.outputs, ids, strict=True) if i not in _written]
+        missing = [(o, i) for o, i in zip(chosen, ids, strict=True) if i not in _written]
     def pointer(out: Output, asset_id: str) -> None:
         body = json.dumps({"job_id": job.id, "key": out.key}).encode()
         svc.objects.put_bytes(keys.output_asset(job.created_at, asset_id), body, "application/json")
