@@ -89,12 +89,9 @@ def _preview(job: Job, preview: dict[str, Any] | None, seen: Seen) -> list[str]:
 
 
 def _outputs(svc: Services, job: Job, seen: Seen) -> list[str]:
-    fresh = [i for i, out in enumerate(job.outputs) if out.key not in seen.outputs]
-    if not fresh:
-        return []  # rendered (presigned) only when there is something new
-    seen.outputs.update(job.outputs[i].key for i in fresh)
-    rendered = outputs(svc, job)
-    return [frame("output", rendered[i]) for i in fresh]
+    fresh = [out for out in job.outputs if out.key not in seen.outputs]  # rendered (presigned) only when new
+    seen.outputs.update(out.key for out in fresh)
+    return [frame("output", item) for item in outputs(svc, job, fresh)] if fresh else []
 
 
 def preview_event(job: Job, preview: dict[str, Any]) -> dict[str, Any]:

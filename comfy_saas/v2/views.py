@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from comfy_saas.jobs.model import Job, Progress, Status
+from comfy_saas.jobs.model import Job, Output, Progress, Status
 
 if TYPE_CHECKING:
     from comfy_saas.jobs.services import Services
@@ -110,11 +110,12 @@ def _message(p: Progress) -> str | None:
     return p.node_class
 
 
-def outputs(svc: Services, job: Job) -> list[dict[str, Any]]:
-    """Every committed output as the contract's Output: an asset (v2/output_assets.py), with a fresh URL."""
+def outputs(svc: Services, job: Job, items: list[Output] | None = None) -> list[dict[str, Any]]:
+    """Every committed output (or those of `items`) as the contract's Output: an asset (v2/output_assets.py),
+    with a fresh URL."""
     from comfy_saas.v2.output_assets import output_assets
 
-    return output_assets(svc, job)
+    return output_assets(svc, job, items)
 
 
 def job_error(job: Job) -> dict[str, Any] | None:
