@@ -12,6 +12,7 @@ from comfy_sdk import (
     Comfy,
     IdempotencyKeyReuse,
     InvalidWorkflow,
+    JobFailed,
     MissingAsset,
     NotFound,
     OutputReady,
@@ -154,3 +155,12 @@ def test_upload_dedups_and_jobs_run_by_asset_handle_and_by_file_name(client: Com
         job = client.run(wf)
         pixel = Image.open(io.BytesIO(job.get_outputs("3")[0].to_bytes())).convert("RGB").getpixel((0, 0))
         assert pixel == (55, 245, 245), job.id
+
+
+def test_a_failed_node_is_job_failed_with_the_node_and_its_traceback(client: Comfy):
+    graph = {**SLOW, "2": {"class_type": "FailNode", "inputs": {"image": ["1", 0], "message": "boom"}}}
+    with pytest.raises(JobFailed) as failed:
+        client.run(client.workflows.from_json(graph))
+    error = failed.value.error
+    assert (error.code, error.node_id, error.class_type) == ("node_execution_error", "2", "FailNode")
+    assert "boom" in error.message and "fail_node" in (error.traceback or "")

@@ -124,7 +124,13 @@ def job_error(job: Job) -> dict[str, Any] | None:
         return None
     e = job.error
     return {"code": _ERROR_CODES.get(e.type, e.type), "message": e.message, "node_id": e.node_id,
-            "class_type": e.node_class, "traceback": None}
+            "class_type": e.node_class, "traceback": _traceback(e.details)}
+
+
+def _traceback(details: list[dict[str, Any]]) -> str | None:
+    """The tail of ComfyUI's traceback a failed node left (the worker keeps its last lines)."""
+    lines = next((d["traceback"] for d in details if isinstance(d.get("traceback"), list)), None)
+    return "".join(str(line) for line in lines) or None if lines else None
 
 
 def metrics(job: Job) -> dict[str, int | None]:
