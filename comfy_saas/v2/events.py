@@ -1,11 +1,12 @@
 """GET /api/v2/jobs/{id}/events: the contract's live stream, derived from the job as the store holds it.
 
 On connect: a `status` event, the latest `progress` and the latest `preview`. Then what changed, polled from
-the store at most twice a second, each poll one round trip (record, cancel flag, preview and queue depth
-together): `status` on every change (and queue_position moves), `progress` snapshots, the newest `preview`,
-an `output` for each committed output (all of them before the terminal `status`), and the stream ends after
-the terminal `status`. Streams also end after a time limit (Modal's web requests last at most 150 s); the
-SDK reconnects, and since every snapshot is complete, the next connect re-syncs it.
+the store at most twice a second, each poll one round trip (record and progress, cancel flag, and the preview
+while it runs or the queue depth while it waits, together): `status` on every change (and queue_position
+moves), `progress` snapshots, the newest `preview`, an `output` for each committed output (all of them before
+the terminal `status`), and the stream ends after the terminal `status`. Streams also end after a time limit
+(Modal's web requests last at most 150 s); the SDK reconnects, and since every snapshot is complete, the next
+connect re-syncs it.
 """
 
 from __future__ import annotations
@@ -47,13 +48,15 @@ class Poll:
     queue_depth: int | None
 
 
-def poll(svc: Services, job_id: str, pool: str) -> Poll:
-    """One round trip: the job, its cancel flag, its latest preview and its pool's queue depth."""
-    job, flagged, preview, depth = run_all([lambda: svc.store.get(job_id),
-                                            lambda: svc.store.cancel_requested(job_id),
-                                            lambda: svc.store.latest_preview(job_id),
-                                            lambda: svc.store.queue_depth(pool)])
-    return Poll(job, bool(flagged), preview, depth)
+def poll(svc: Services, job: Job) -> Poll:
+    """One round trip: the job, its cancel flag, and what its last known status makes worth reading (its
+    latest preview while it runs, its pool's queue depth while it waits)."""
+    running, queued = job.status is Status.RUNNING, job.status is Status.QUEUED
+    got, flagged, preview, depth = run_all([lambda: svc.store.get(job.id),
+                                            lambda: svc.store.cancel_requested(job.id),
+                                            lambda: svc.store.latest_preview(job.id) if running else None,
+                                            lambda: svc.store.queue_depth(job.pool) if queued else None])
+    return Poll(got, bool(flagged), preview, depth)
 
 
 def frames(svc: Services, p: Poll, seen: Seen) -> tuple[list[str], bool]:
@@ -110,7 +113,8 @@ async def stream(svc: Services, job: Job, max_s: float, poll_s: float = POLL_S) 
     loop = asyncio.get_running_loop()
     deadline, quiet_since, seen = loop.time() + max_s, loop.time(), Seen()
     while True:
-        p = await run_in_threadpool(poll, svc, job.id, job.pool)
+        p = await run_in_threadpool(poll, svc, job)
+        job = p.job or job
         out, over = frames(svc, p, seen)
         if out:
             quiet_since = loop.time()
