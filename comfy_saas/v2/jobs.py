@@ -112,10 +112,10 @@ def get(svc: Services, caller: Caller, job_id: str, root: str = "") -> dict[str,
 
 def render(svc: Services, jobs: list[tuple[Job, bool]], root: str = "") -> list[dict[str, Any]]:
     """Jobs (with their cancel flags) as Job objects; the queue depth of each pool a queued one waits in is
-    read once, together."""
+    read once, together, and the jobs are rendered side by side (a first render stores output asset pointers)."""
     pools = sorted({job.pool for job, _ in jobs if job.status is Status.QUEUED})
     depths = dict(zip(pools, run_all([lambda p=p: svc.store.queue_depth(p) for p in pools]), strict=True))
-    return [v2_job(svc, job, Live(flag, depths.get(job.pool)), root) for job, flag in jobs]
+    return run_all([lambda j=job, f=flag: v2_job(svc, j, Live(f, depths.get(j.pool)), root) for job, flag in jobs])
 
 
 def cancel(svc: Services, caller: Caller, job_id: str, root: str = "") -> dict[str, Any]:
