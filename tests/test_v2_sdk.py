@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 from comfy_sdk import (
+    BlobNotFound,
     Comfy,
+    HashMismatch,
     IdempotencyKeyReuse,
     InvalidWorkflow,
     JobFailed,
@@ -22,7 +24,7 @@ from comfy_sdk import (
     Unauthorized,
     WorkflowFormatUi,
 )
-from comfy_sdk.exceptions import to_sdk_error
+from comfy_sdk.exceptions import to_sdk_error, translating
 from conftest import KEYS, Server, running_server, wait_until
 from PIL import Image
 
@@ -122,6 +124,10 @@ def test_every_refusal_is_a_typed_sdk_exception(client: Comfy, stack: Server, mo
     missing = {**SLOW, "4": {"class_type": "LoadImage", "inputs": {"image": ref}}}
     with pytest.raises(MissingAsset):
         client.submit(client.workflows.from_json(missing))
+    with pytest.raises(HashMismatch), translating():
+        client._low.post_assets(io.BytesIO(b"bytes"), "text/plain", "a.txt", expected_hash="blake3:" + "0" * 64)
+    with pytest.raises(BlobNotFound), translating():
+        client._low.asset_from_hash("blake3:" + "0" * 64, file_path="a.txt")
 
 
 def test_a_full_queue_is_queue_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
