@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from comfy_saas import inputs
@@ -31,6 +33,9 @@ RESERVED = ("webhook_url", "inputs")  # the contract reserves them for later and
 KNOWN = {"workflow", "extra_data", "metadata"}
 MAX_LABELS = 16
 LIST_DEFAULT = 50
+DEPTH_TTL_S = 1.0
+_depths: dict[tuple[int, str], tuple[float, int]] = {}  # (store, pool) -> (when read, depth), this process's
+_depth_lock = threading.Lock()
 
 
 def submit(svc: Services, caller: Caller, raw: bytes | bytearray, idempotency_key: str | None,
@@ -111,11 +116,25 @@ def get(svc: Services, caller: Caller, job_id: str, root: str = "") -> dict[str,
 
 
 def render(svc: Services, jobs: list[tuple[Job, bool]], root: str = "") -> list[dict[str, Any]]:
-    """Jobs (with their cancel flags) as Job objects; the queue depth of each pool a queued one waits in is
-    read once, together, and the jobs are rendered side by side (a first render stores output asset pointers)."""
-    pools = sorted({job.pool for job, _ in jobs if job.status is Status.QUEUED})
-    depths = dict(zip(pools, run_all([lambda p=p: svc.store.queue_depth(p) for p in pools]), strict=True))
+    """Jobs (with their cancel flags) as Job objects, rendered side by side (a first render stores output asset
+    pointers); the queue depth of each pool a queued one waits in comes from queue_depths."""
+    depths = queue_depths(svc, {job.pool for job, _ in jobs if job.status is Status.QUEUED})
     return run_all([lambda j=job, f=flag: v2_job(svc, j, Live(f, depths.get(j.pool)), root) for job, flag in jobs])
+
+
+def queue_depths(svc: Services, pools: set[str]) -> dict[str, int]:
+    """Each pool's queue depth, as this process read it within DEPTH_TTL_S (it only bounds queue_position, so
+    a poll of a queued job costs no extra round trip most of the time); the stale ones are read together."""
+    now = time.monotonic()
+    with _depth_lock:
+        known = {p: d for (store, p), (at, d) in _depths.items()
+                 if store == id(svc.store) and p in pools and now - at < DEPTH_TTL_S}
+    stale = sorted(pools - set(known))
+    for pool, depth in zip(stale, run_all([lambda p=p: svc.store.queue_depth(p) for p in stale]), strict=True):
+        with _depth_lock:
+            _depths[(id(svc.store), pool)] = (now, depth)
+        known[pool] = depth
+    return known
 
 
 def cancel(svc: Services, caller: Caller, job_id: str, root: str = "") -> dict[str, Any]:
