@@ -8,10 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN, ALICE, BOB, KEYS, Server, running_server, wait_until
+from conftest import ADMIN, ALICE, BOB, KEYS, Server, running_server, submit, wait_until
 
 from comfy_saas.jobs.model import Job, JobError, Status
+from comfy_saas.jobs.operations import Caller
+from comfy_saas.jobs.sweeper import sweep
 from comfy_saas.v2 import idempotency
+from comfy_saas.v2 import jobs as v2jobs
 from comfy_saas.v2.views import v2_status
 
 CAROL = {"Authorization": "Bearer carol-key"}  # bound to carol, limited to the "idle" pool nobody serves
@@ -180,10 +183,17 @@ def test_health(v2: Server):
     assert answer.status_code == 200 and answer.json()["status"] == "healthy"
 
 
-def test_time_outs_are_expired_and_a_pending_cancel_is_canceling(tmp_path: Path):
+def test_a_job_the_sweeper_timed_out_in_the_queue_is_expired(svc):
+    job = submit(svc)
+    sweep(svc, now=svc.store.clock() + timedelta(seconds=svc.settings.queue_timeout_s + 60))
+    view = v2jobs.get(svc, Caller(key_id="op"), job.id)
+    assert (view["status"], view["error"]["code"]) == ("expired", "queue_timeout") and view["completed_at"]
+    assert svc.store.get(job.id).status is Status.FAILED  # the job model is unchanged: expired is a rendering
+
+
+def test_run_time_outs_are_expired_and_a_pending_cancel_is_canceling():
     now = Job(id="j", created_at="2026-01-01T00:00:00Z", updated_at="2026-01-01T00:00:00Z").created_at
     base = {"id": "j", "created_at": now, "updated_at": now}
-    for kind in ("queue_timeout", "timeout"):
-        assert v2_status(Job(**base, status=Status.FAILED, error=JobError(type=kind, message="m"))) == "expired"
+    assert v2_status(Job(**base, status=Status.FAILED, error=JobError(type="timeout", message="m"))) == "expired"
     assert v2_status(Job(**base, status=Status.FAILED, error=JobError(type="execution_error", message="m"))) == "failed"
     assert v2_status(Job(**base, status=Status.RUNNING), cancel_requested=True) == "canceling"
