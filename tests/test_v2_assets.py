@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import ADMIN, ALICE, BOB, Server, running_server
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -19,7 +20,6 @@ from comfy_saas.config import Limits, Settings
 from comfy_saas.jobs.services import Services
 from comfy_saas.v2.asset_routes import add_asset_routes
 from comfy_saas.v2.output_assets import output_assets
-from tests.conftest import ADMIN, ALICE, BOB, Server, running_server
 
 blake3 = pytest.importorskip("blake3").blake3
 comfy_sdk = pytest.importorskip("comfy_sdk")

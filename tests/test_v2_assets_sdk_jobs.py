@@ -7,9 +7,8 @@ import io
 from collections.abc import Iterator
 
 import pytest
+from conftest import Server, running_server
 from PIL import Image
-
-from tests.conftest import Server, running_server
 
 comfy_sdk = pytest.importorskip("comfy_sdk")
 pytest.importorskip("comfy_saas.v2.routes", reason="the v2 jobs routes are not here yet")

@@ -7,13 +7,13 @@ import io
 from collections.abc import Iterator
 
 import pytest
+from conftest import Server, running_server
 from PIL import Image
 
 from comfy_saas.errors import MissingAsset
 from comfy_saas.jobs.operations import Caller, submit_job
 from comfy_saas.v2.output_assets import output_assets
 from comfy_saas.v2.references import resolve_references
-from tests.conftest import Server, running_server
 
 blake3 = pytest.importorskip("blake3").blake3
 
