@@ -4,6 +4,7 @@ every response matches the schema the contract gives for its status."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,6 @@ import schemathesis
 import yaml
 from conftest import ADMIN, Server, running_server, wait_until
 from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
@@ -58,7 +58,7 @@ def run(srv: Server, strategy, examples: int = EXAMPLES, headers: dict | None = 
 
 def check_events(text: str) -> None:
     """Every SSE frame names an event of the catalogue and its data matches that event's schema."""
-    spec = yaml.safe_load(SPEC.read_text())
+    spec = _spec()
     catalogue = spec["paths"]["/api/v2/jobs/{id}/events"]["get"]["x-sse-events"]
     components = {"components": _nullable(spec["components"])}
     for block in filter(None, text.split("\n\n")):
@@ -67,6 +67,11 @@ def check_events(text: str) -> None:
             continue
         ref = {"$ref": catalogue[lines["event"]]["schema"], **components}
         jsonschema.validate(json.loads(lines["data"]), ref)
+
+
+@functools.cache
+def _spec() -> dict:
+    return yaml.safe_load(SPEC.read_text())
 
 
 def _nullable(node):
@@ -81,6 +86,7 @@ def _nullable(node):
     return out
 
 
+@functools.cache
 def operations() -> list:
     schema = schemathesis.openapi.from_path(SPEC)
     return [result.ok() for result in schema.get_all_operations()]
@@ -92,17 +98,19 @@ def test_the_contract_lists_what_we_serve():
             "headAssetByHash", "getAsset", "getAssetContent", "deleteAsset"} == ids
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
-def test_generated_requests_get_conforming_answers(srv: Server, mode: GenerationMode):
-    ran = []
+def test_generated_requests_get_conforming_answers(srv: Server):
     for op in operations():
-        try:
-            run(srv, op.as_strategy(generation_mode=mode))
-        except Unsatisfiable:  # nothing can break this operation's schema (a path id is any string)
-            assert mode is GenerationMode.NEGATIVE, op.label
-            continue
-        ran.append(op.label)
-    assert len(ran) >= (11 if mode is GenerationMode.POSITIVE else 3), ran
+        run(srv, op.as_strategy(generation_mode=GenerationMode.POSITIVE))
+
+
+def test_requests_breaking_the_schema_get_conforming_answers(srv: Server):
+    """Negative cases, for the operations with a body: a path id or a Range header is any string, so those
+    have no request that breaks the schema."""
+    with_body = [op for op in operations() if op.body]
+    assert {op.label for op in with_body} == {"POST /api/v2/jobs", "POST /api/v2/assets",
+                                              "POST /api/v2/assets/from-hash"}
+    for op in with_body:
+        run(srv, op.as_strategy(generation_mode=GenerationMode.NEGATIVE))
 
 
 def test_requests_naming_a_real_job_get_conforming_answers(srv: Server, finished_job: str):
