@@ -21,11 +21,11 @@ from comfy_saas.v2.asset_routes import add_asset_routes
 from comfy_saas.v2.errors import envelope, error_response
 from comfy_saas.web.auth import authenticate
 
-Services_ = Callable[[], Services]
+ServicesFn = Callable[[], Services]
 _EVERY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
-def mount(app: FastAPI, services: Services_, events_stream_s: float | None = None) -> None:
+def mount(app: FastAPI, services: ServicesFn, events_stream_s: float | None = None) -> None:
     """Add every v2 route to `app` (jobs, assets, health; anything else under /api/v2 is a v2 `not_found`).
     An events stream ends after `events_stream_s` (default: deploy.toml's api.events_stream_s)."""
     if events_stream_s is None:
@@ -81,7 +81,7 @@ async def read_body(svc: Services, request: Request) -> bytearray:
     return body
 
 
-def add_job_routes(router: APIRouter, services: Services_, events_stream_s: float) -> None:
+def add_job_routes(router: APIRouter, services: ServicesFn, events_stream_s: float) -> None:
     """POST/GET /api/v2/jobs, GET /api/v2/jobs/{id}, .../workflow, .../cancel, .../events, GET /api/v2/health."""
     h = JobHandlers(services, events_stream_s)
     for method, path, handler in (("POST", "/api/v2/jobs", h.post_jobs), ("GET", "/api/v2/jobs", h.list_jobs),
@@ -96,7 +96,7 @@ def add_job_routes(router: APIRouter, services: Services_, events_stream_s: floa
 class JobHandlers:
     """The job routes' handlers over the services `services()` builds."""
 
-    def __init__(self, services: Services_, events_stream_s: float) -> None:
+    def __init__(self, services: ServicesFn, events_stream_s: float) -> None:
         self.services = services
         self.events_stream_s = events_stream_s
 
