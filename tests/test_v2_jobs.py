@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -10,10 +11,13 @@ from pathlib import Path
 import pytest
 from conftest import ADMIN, ALICE, BOB, KEYS, Server, running_server, submit, wait_until
 
+from comfy_saas.errors import IdempotencyInFlight
+from comfy_saas.jobs import idempotency as jobs_idempotency
+from comfy_saas.jobs.lifecycle import request_digest
 from comfy_saas.jobs.model import Job, JobError, Status
-from comfy_saas.jobs.operations import Caller
+from comfy_saas.jobs.operations import Caller, route_to_pool
+from comfy_saas.jobs.request import parse_submission
 from comfy_saas.jobs.sweeper import sweep
-from comfy_saas.v2 import idempotency
 from comfy_saas.v2 import jobs as v2jobs
 from comfy_saas.v2.views import v2_status
 
@@ -110,19 +114,28 @@ def test_idempotency_key_replays_the_first_job_and_refuses_another_body(v2: Serv
     assert blank.status_code == 422 and blank.json()["error"]["details"] == {"field": "Idempotency-Key"}
 
 
-def test_a_retry_while_the_first_is_in_flight_is_409_and_keys_expire_after_a_day(svc):
+def test_keys_expire_after_a_day_and_a_retry_while_the_first_is_stored_is_409(svc, monkeypatch):
     now = [svc.store.clock()]
     svc.store.clock = lambda: now[0]
-    digest = idempotency.body_digest({"workflow": WF})
-    held = idempotency.claim(svc, "alice", "k", digest)
-    assert isinstance(held, idempotency.Held)
-    with pytest.raises(Exception) as in_flight:
-        idempotency.claim(svc, "alice", "k", digest)
-    assert type(in_flight.value).__name__ == "IdempotencyInFlight" and in_flight.value.retry_after_s >= 1
-    idempotency.settle(svc, held, "job-1")
-    assert wait_until(lambda: idempotency.claim(svc, "alice", "k", digest) == "job-1", 5, "the settled key")
+    op, raw = Caller(key_id="op"), json.dumps({"workflow": WF}).encode()
+    first, replayed = v2jobs.submit(svc, op, raw, "day-key")
+    assert not replayed and svc.store.get(first["id"]).idempotency_key == "v2:day-key"  # the job's own key
+    assert v2jobs.submit(svc, op, raw, "day-key")[0]["id"] == first["id"]
     now[0] += timedelta(hours=25)
-    assert isinstance(idempotency.claim(svc, "alice", "k", digest), idempotency.Held)
+    later, replayed = v2jobs.submit(svc, op, raw, "day-key")
+    assert not replayed and later["id"] != first["id"]
+    # a first request that claimed its key and is not stored yet (a job record that never appears)
+    monkeypatch.setattr(jobs_idempotency, "WAIT_FOR_ORIGINAL_S", 0.1)
+    svc.store.idempotency.claim(None, "v2:ghost-key", "ghost", _digest(svc, op, {"workflow": WF}, "v2:ghost-key"))
+    with pytest.raises(IdempotencyInFlight) as in_flight:
+        v2jobs.submit(svc, op, raw, "ghost-key")
+    assert in_flight.value.retry_after_s >= 1
+
+
+def _digest(svc, caller: Caller, body: dict, key: str) -> str:
+    """What the lifecycle compares a repeat by, for this submission."""
+    request = route_to_pool(svc, caller, parse_submission({**body, "metadata": {}, "idempotency_key": key}))
+    return request_digest(request)
 
 
 def test_queued_jobs_have_a_queue_position_and_cancel_at_once(v2: Server):

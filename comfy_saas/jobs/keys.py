@@ -46,12 +46,6 @@ def idempotency(user_id: str | None, key: str) -> str:
     return f"idem:{digest}"
 
 
-def v2_idempotency(owner: str, key: str) -> str:
-    """A Comfy API v2 Idempotency-Key of one owner (a user, or an API key not bound to one)."""
-    digest = hashlib.sha256(f"{owner}\0{key}".encode()).hexdigest()
-    return f"v2idem:{digest}"
-
-
 def scope(user_id: str | None) -> str:
     return ALL if user_id is None else f"user:{user_id}"
 

@@ -12,9 +12,11 @@ from comfy_saas import inputs
 from comfy_saas.backends.parallel import run_all
 from comfy_saas.errors import (
     AlreadyFinished,
-    BackendError,
-    ComfySaasError,
+    Conflict,
+    IdempotencyInFlight,
+    IdempotencyKeyReuse,
     InvalidInput,
+    Overloaded,
     WorkflowFormatUi,
 )
 from comfy_saas.jobs import operations as api
@@ -40,25 +42,17 @@ _depth_lock = threading.Lock()
 
 def submit(svc: Services, caller: Caller, raw: bytes | bytearray, idempotency_key: str | None,
            root: str = "") -> tuple[dict[str, Any], bool]:
-    """POST /api/v2/jobs: (the Job object, replayed). With an Idempotency-Key a repeat of the same body gets
-    the first request's job."""
+    """POST /api/v2/jobs: (the Job object, replayed). With an Idempotency-Key a repeat of the same request gets
+    the job the first one made, for 24 hours (v2/idempotency.py)."""
     body = parse_body(svc, raw)
-    owner = caller.user_id if caller.user_id is not None else f"key:{caller.key_id}"
-    held = None
-    if idempotency_key is not None:
-        got = idempotency.claim(svc, owner, idempotency_key, idempotency.body_digest(body))
-        if isinstance(got, str):
-            return get(svc, caller, got, root), True
-        held = got
-    try:
-        job = _submit(svc, caller, body)
-    except ComfySaasError as exc:
-        if held is not None and not isinstance(exc, BackendError):
-            idempotency.release(svc, held)  # refused outright: no job was made, a retry may use the key
-        raise
-    if held is not None:
-        idempotency.settle(svc, held, job.id)
-    return v2_job(svc, job, Live(queue_depth=None), root), False
+    key = idempotency.job_key(idempotency_key) if idempotency_key is not None else None
+    job, created = _submit(svc, caller, body, key)
+    if not created and idempotency.expired(svc, job):
+        idempotency.free(svc, job)
+        job, created = _submit(svc, caller, body, key)
+    if not created:
+        return get(svc, caller, job.id, root), True
+    return v2_job(svc, job, Live(), root), False
 
 
 def parse_body(svc: Services, raw: bytes | bytearray) -> dict[str, Any]:
@@ -100,12 +94,23 @@ def _check_labels(labels: Any) -> None:
                                "characters", field="metadata")
 
 
-def _submit(svc: Services, caller: Caller, body: dict[str, Any]) -> Job:
-    """The workflow's asset references resolved into media, then the one submit /v1 uses."""
+def _submit(svc: Services, caller: Caller, body: dict[str, Any], key: str | None) -> tuple[Job, bool]:
+    """The workflow's asset references resolved into media, then the one submit /v1 uses; (job, created). The
+    lifecycle's idempotency refusals become the contract's."""
     workflow, staged = resolve_references(svc, caller, body["workflow"])
-    submission = {"workflow": workflow, "metadata": body.get("metadata") or {}}
-    view, _ = api.submit_job(svc, caller, submission, staged=staged)
-    return Job.model_validate(view)
+    submission = {"workflow": workflow, "metadata": body.get("metadata") or {}, "idempotency_key": key}
+    try:
+        view, created = api.submit_job(svc, caller, submission, staged=staged)
+    except Conflict as exc:
+        if key is None or type(exc) is not Conflict:  # the lifecycle's "used with a different request"
+            raise
+        raise IdempotencyKeyReuse("this Idempotency-Key was already used with a different request") from None
+    except Overloaded:
+        if key is not None and idempotency.in_flight(svc, caller.user_id, key):
+            raise IdempotencyInFlight("the first request with this Idempotency-Key is still being stored; "
+                                      "retry shortly", retry_after_s=1) from None
+        raise
+    return Job.model_validate(view), created
 
 
 def get(svc: Services, caller: Caller, job_id: str, root: str = "") -> dict[str, Any]:
