@@ -86,7 +86,8 @@ def progress(job: Job, status: str) -> dict[str, Any] | None:
     """The latest progress snapshot; a finished job's is complete."""
     p = job.progress
     if status == "succeeded":
-        total = len(job.timings.nodes) if job.timings and job.timings.nodes else (p.nodes_total or 0) if p else 0
+        total = len(job.timings.nodes) if job.timings else 0  # every node that ran or was cached
+        total = total or (p.nodes_total or 0 if p else 0)
         return {"value": 1.0, "nodes_done": total, "nodes_total": total, "current_node": None,
                 "current_node_class": None, "step": None, "steps": None, "message": None}
     if p is None:
@@ -129,8 +130,8 @@ def job_error(job: Job) -> dict[str, Any] | None:
 
 def _traceback(details: list[dict[str, Any]]) -> str | None:
     """The tail of ComfyUI's traceback a failed node left (the worker keeps its last lines)."""
-    lines = next((d["traceback"] for d in details if isinstance(d.get("traceback"), list)), None)
-    return "".join(str(line) for line in lines) or None if lines else None
+    lines = next((d["traceback"] for d in details if isinstance(d.get("traceback"), list)), [])
+    return "".join(str(line) for line in lines) or None
 
 
 def metrics(job: Job) -> dict[str, int | None]:
