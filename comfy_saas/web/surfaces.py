@@ -15,8 +15,10 @@ from comfy_saas.jobs.services import Services
 
 def mount_surfaces(app: FastAPI, services: Callable[[], Services]) -> None:
     """Register every surface's routes on `app` (the native API last: it serves the editor at `/`)."""
+    from comfy_saas import v2
     from comfy_saas.native.routes import mount as mount_native
 
+    v2.mount(app, services)
     mount_native(app, services)
 
 
