@@ -58,6 +58,8 @@ class Limits:
     max_models: int = opt(8, "model files (checkpoints, LoRAs, ...) one job may name by URL")
     max_body_bytes: int = opt(100 * 1024 * 1024, "size of a request body")
     max_json_depth: int = opt(64, "nesting of arrays and objects in a request body")
+    max_userdata_files: int = opt(1_000, "files one user keeps in the editor (saved workflows, settings, ...)")
+    max_userdata_bytes: int = opt(16 * 1024 * 1024, "size of one of the editor's user files")
 
 
 @dataclass(frozen=True)
