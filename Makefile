@@ -9,13 +9,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-.PHONY: install test lint
+.PHONY: install test lint browser
 install: $(VENV)/.installed
+
+# Debian's chromium for the editor's browser test (Playwright drives it; it never downloads a browser). Installed
+# only when missing, and only as root (CI and a fresh machine run `make test` as root); otherwise the test skips.
+browser:
+	@[ -x /usr/bin/chromium ] || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install lint
+test: install lint browser
 	$(VENV)/bin/pytest
 
 .PHONY: serve

@@ -167,20 +167,26 @@ async def _store_settings(svc: Services, request: Request, setting_id: str | Non
 
 
 def _userdata_names(request: Request) -> tuple[str, str | None]:
-    """(file, move destination or None) from the raw path: the frontend sends `workflows%2Fa.json` as one
-    segment, which the decoded path would split."""
-    parts = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1").split("?")[0].split("/")
-    rest = parts[parts.index("userdata") + 1:]
-    if len(rest) == 3 and rest[1] == "move" and request.method == "POST":
-        return unquote(rest[0]), unquote(rest[2])
-    if len(rest) != 1:
-        raise NotFound("no such userdata route")
-    return unquote(rest[0]), None
+    """(file, move destination or None). The frontend sends `workflows%2Fa.json` as one segment, which the
+    decoded path would split, so the raw path decides; where a proxy or prefix decoded it, the whole rest is
+    the file (or `file/move/dest` for a POST)."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    rest = raw.decode("latin-1").split("?")[0].partition("/userdata/")[2]
+    parts = rest.split("/")
+    if len(parts) == 1:
+        return unquote(rest), None
+    if len(parts) == 3 and parts[1] == "move" and request.method == "POST":
+        return unquote(parts[0]), unquote(parts[2])
+    decoded = unquote(rest)
+    if request.method == "POST" and "/move/" in decoded:
+        source, _, dest = decoded.partition("/move/")
+        return source, dest
+    return decoded, None
 
 
 async def _userdata_file(svc: Services, request: Request) -> Response:
+    name, dest = _userdata_names(request)
     try:
-        name, dest = _userdata_names(request)
         caller = await run_in_threadpool(_caller, svc, request)
     except Exception as exc:
         return _error(exc)

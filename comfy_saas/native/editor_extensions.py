@@ -23,7 +23,7 @@ MAX_FILES = 2_000  # web files one pool publishes (a large node pack has a few h
 
 def publish(svc: Services, pool: str, web_dirs: dict[str, Path]) -> list[str]:
     """Upload every file under each pack's web dir, then the index naming them; the published paths."""
-    files = [(f"{quote(name)}/{p.relative_to(root).as_posix()}", p) for name, root in sorted(web_dirs.items())
+    files = [(f"{name}/{p.relative_to(root).as_posix()}", p) for name, root in sorted(web_dirs.items())
              for p in sorted(Path(root).rglob("*")) if p.is_file()][:MAX_FILES]
     run_all([lambda rel=rel, p=p: svc.objects.put_file(keys.extension_file(pool, rel), p, guess_content_type(p.name))
              for rel, p in files])
@@ -46,7 +46,7 @@ def script_urls(svc: Services, pool: str, frontend_root: Path | None) -> list[st
     """ComfyUI's GET /extensions: the URL of every extension script, the frontend's own and the pool's."""
     own = [] if frontend_root is None else sorted(
         "/" + p.relative_to(frontend_root).as_posix() for p in (frontend_root / "extensions").rglob("*.js"))
-    return own + [f"/extensions/{f}" for f in published(svc, pool) if f.endswith(".js")]
+    return own + [f"/extensions/{quote(f)}" for f in published(svc, pool) if f.endswith(".js")]
 
 
 def read(svc: Services, pool: str, path: str) -> bytes | None:

@@ -3,8 +3,8 @@ storage, so they outlive every container: a user's saved workflows are there aft
 
 Each file is a folder of versions, `userdata/{owner}/{path, base64url}/{modified}-{created}-{size}/data`: a
 write adds a version and then drops the older ones, so a reader never sees half a file and a listing is one
-LIST that reads no file. A key bound to a user has its own files; keys not bound to a user (and the local
-server without keys) share one set, as ComfyUI's single user "default" does.
+LIST that reads no file. The owner is the native surface's: a key's user, or a key bound to none (each such
+key has its own files, as it has its own prompts and uploads).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def check_path(path: Any, field: str = "file") -> str:
 
 
 def _scope(caller: Caller) -> str:
-    return keys.userdata_scope(caller.user_id)
+    return keys.userdata_scope(f"user/{caller.user_id}" if caller.user_id is not None else f"key/{caller.key_id}")
 
 
 def _newest(files: list[UserFile]) -> dict[str, UserFile]:
