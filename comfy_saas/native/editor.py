@@ -54,6 +54,13 @@ def frontend_version() -> str | None:
         return None
 
 
+def banner(base: str) -> str:
+    """What `comfy-saas serve` says about the editor: where it is, or how to get it."""
+    if frontend_root() is None:
+        return "the ComfyUI editor is not installed (pip install 'comfy-saas[editor]' to open it at /)"
+    return f"the ComfyUI editor at {base}/ (frontend {frontend_version()})"
+
+
 class _Static(StaticFiles):
     """The frontend's files with ComfyUI's types and caching: scripts as JavaScript (module scripts are refused
     under any other type), `.js` and `.css` revalidated on every load (no-cache), as ComfyUI's middleware does."""
