@@ -4,15 +4,16 @@ files, and the editor living beside every other surface without taking their pat
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
+from conftest import ADMIN, ALICE, BOB, running_server
 
 from comfy_saas.config.settings import Limits
 from comfy_saas.native import editor_extensions
 from comfy_saas.native.editor import frontend_root
-from tests.conftest import ADMIN, ALICE, BOB, running_server
 
 WORKFLOW = json.dumps({"last_node_id": 2, "nodes": [], "links": [], "version": 0.4}).encode()
 
@@ -46,7 +47,8 @@ def test_settings_merge_per_user(server) -> None:
     assert server.call("POST", "/api/settings", ALICE, json={"Comfy.Locale": "en", "Comfy.A": 1}).status_code == 200
     assert server.call("POST", "/api/settings/Comfy.B", ALICE, json={"x": [1, 2]}).status_code == 200
     assert server.call("GET", "/api/settings", ALICE).json() == {"Comfy.Locale": "en", "Comfy.A": 1,
-                                                                 "Comfy.B": {"x": [1, 2]}}
+                                                                 "Comfy.B": {"x": [1, 2]},
+                                                                 "Comfy.TutorialCompleted": True}
     assert server.call("GET", "/settings/Comfy.B", ALICE).json() == {"x": [1, 2]}
     assert server.call("GET", "/settings/Comfy.Nope", ALICE).json() is None
     assert server.call("GET", "/api/users", ALICE).json() == {"storage": "server", "migrated": True}
@@ -122,7 +124,8 @@ def test_the_editor_page_asks_a_browser_for_the_key(server) -> None:
         pytest.skip("the editor extra is not installed")
     challenge = server.call("GET", "/", {})
     assert challenge.status_code == 401 and challenge.headers["www-authenticate"].startswith("Basic")
-    page = server.call("GET", "/", ALICE)
+    basic = "Basic " + base64.b64encode(b"any:alice-key").decode()
+    page = server.call("GET", "/", {"Authorization": basic})
     assert page.status_code == 200 and "<title>ComfyUI</title>" in page.text
     assert page.headers["cache-control"] == "no-cache"
     script = next(line for line in page.text.split('"') if line.startswith("./assets/") and line.endswith(".js"))

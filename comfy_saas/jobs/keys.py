@@ -112,6 +112,24 @@ def template_name(object_key: str) -> str:
     return object_key.rsplit("/", 2)[-2]
 
 
+# --- ComfyUI's native API (comfy_saas/native): per-prompt routing state, never part of a job record ------------
+
+
+def native_prompt(prompt_id: str) -> str:
+    """Who submitted a native prompt (the job of the same id), from which client_id, and its queue number."""
+    return f"nativeprompt:{prompt_id}"
+
+
+def native_scope(owner: str) -> str:
+    """The index scope listing one owner's native prompts, newest first (their /history and /queue)."""
+    return f"native:{owner}"
+
+
+def native_upload(owner: str, subfolder: str, name: str) -> str:
+    """A file uploaded through /upload/image for one owner, kept until deleted (prompts name it)."""
+    return f"native/uploads/{owner}/{subfolder + '/' if subfolder else ''}{name}"
+
+
 def drain_slot(pool: str, n: int) -> str:
     """Slot n (0 .. ceiling-1) of a pool's drains: spawned, idle or busy, and until when (wakeups.py)."""
     return f"drain:{pool}:{n}"

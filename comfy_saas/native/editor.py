@@ -28,7 +28,8 @@ from comfy_saas.jobs.operations import Caller
 from comfy_saas.jobs.services import Services
 from comfy_saas.native import editor_extensions, editor_models
 from comfy_saas.native import editor_userdata as userdata
-from comfy_saas.web.auth import authenticate
+from comfy_saas.native.auth import native_caller
+from comfy_saas.native.prefixes import prefixed
 from comfy_saas.web.errors_http import error_response
 
 INSTALL_HINT = "The ComfyUI editor is not installed on this server: pip install 'comfy-saas[editor]'."
@@ -79,7 +80,12 @@ def _typed(path: str, response: Response) -> Response:
 
 
 def _caller(svc: Services, request: Request) -> Caller:
-    return authenticate(svc.settings, request.headers.get("authorization"))
+    """The caller as the native API sees it (Bearer, Basic, ?token= or the /k/<key>/ prefix)."""
+    return native_caller(svc.settings, request.headers, request.query_params, prefixed(request.scope))
+
+
+def _pool(request: Request) -> str | None:
+    return prefixed(request.scope).get("pool")
 
 
 def _error(exc: Exception) -> Response:
@@ -242,12 +248,12 @@ def _mount_info_routes(app: FastAPI, services: Callable[[], Services], prefix: s
     @app.get(prefix + "/experiment/models", include_in_schema=False)
     async def model_folders(request: Request) -> Response:
         svc = services()
-        return await _answer(lambda: editor_models.folders(svc, _caller(svc, request)))
+        return await _answer(lambda: (_caller(svc, request), editor_models.folders())[1])
 
     @app.get(prefix + "/experiment/models/{folder}", include_in_schema=False)
     async def models_in(request: Request, folder: str) -> Response:
         svc = services()
-        return await _answer(lambda: editor_models.files(svc, _caller(svc, request), folder))
+        return await _answer(lambda: (_caller(svc, request), editor_models.files(svc, _pool(request), folder))[1])
 
 
 def _mount_frontend(app: FastAPI, services: Callable[[], Services], root: Path | None) -> None:

@@ -19,8 +19,12 @@ from comfy_saas.errors import Conflict, InvalidInput, NotFound
 from comfy_saas.jobs import keys
 from comfy_saas.jobs.operations import Caller
 from comfy_saas.jobs.services import Services
+from comfy_saas.native.auth import owner_of
 
 SETTINGS_FILE = "comfy.settings.json"  # where ComfyUI keeps a user's settings, among their files
+# Our image has no ComfyUI template gallery, so the editor's first-run "Get started with a template" dialog would
+# open empty: a user starts as one who has seen it (storing their own value still wins).
+DEFAULT_SETTINGS = {"Comfy.TutorialCompleted": True}
 MAX_PATH_BYTES = 180  # base64 of it stays one folder name (255 bytes) on every filesystem
 
 
@@ -45,7 +49,7 @@ def check_path(path: Any, field: str = "file") -> str:
 
 
 def _scope(caller: Caller) -> str:
-    return keys.userdata_scope(f"user/{caller.user_id}" if caller.user_id is not None else f"key/{caller.key_id}")
+    return keys.userdata_scope(owner_of(caller))
 
 
 def _newest(files: list[UserFile]) -> dict[str, UserFile]:
@@ -148,14 +152,15 @@ def file_info(f: UserFile, full_info: bool) -> Any:
 
 
 def settings(svc: Services, caller: Caller) -> dict[str, Any]:
-    """Every setting of the user ({} before the first is stored)."""
+    """Every setting of the user, over DEFAULT_SETTINGS."""
+    return {**DEFAULT_SETTINGS, **_stored_settings(svc, caller)}
+
+
+def _stored_settings(svc: Services, caller: Caller) -> dict[str, Any]:
     try:
         data, _ = read(svc, caller, SETTINGS_FILE)
-    except NotFound:
-        return {}
-    try:
         loaded = json.loads(data)
-    except ValueError:
+    except (NotFound, ValueError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
@@ -164,5 +169,5 @@ def store_settings(svc: Services, caller: Caller, values: Any) -> None:
     """Merge these settings into the user's (a JSON object of id -> value)."""
     if not isinstance(values, dict):
         raise InvalidInput("settings: must be a JSON object of setting id -> value", field="settings")
-    merged = {**settings(svc, caller), **values}
+    merged = {**_stored_settings(svc, caller), **values}
     write(svc, caller, SETTINGS_FILE, json.dumps(merged, indent=4).encode())

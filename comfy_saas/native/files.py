@@ -1,0 +1,57 @@
+"""GET /view: the bytes of an output or an upload, answered directly (some tools cannot follow a redirect to a
+signed URL), with the content type and file name ComfyUI gives."""
+
+from __future__ import annotations
+
+import mimetypes
+from dataclasses import dataclass
+
+from comfy_saas.backends.objects import LocalStore
+from comfy_saas.errors import InvalidInput, NotFound
+from comfy_saas.jobs import keys
+from comfy_saas.jobs.services import Services
+from comfy_saas.native import records, uploads
+
+
+@dataclass(frozen=True)
+class Found:
+    key: str
+    filename: str
+    content_type: str
+
+
+def _output(svc: Services, owner: str, filename: str, subfolder: str) -> Found:
+    prompt_id, _, node_id = subfolder.partition("/")
+    prompt = records.one(svc, owner, prompt_id) if 0 < len(prompt_id) <= 64 else None
+    job = prompt.job if prompt is not None else None
+    out = next((o for o in (job.outputs if job else []) if o.filename == filename and o.node_id == node_id), None)
+    if out is None:
+        raise NotFound("no such file")
+    return Found(out.key, out.filename, out.content_type)
+
+
+def find(svc: Services, owner: str, filename: str, subfolder: str, kind: str) -> Found:
+    """Where the file /history or /upload named lives; NotFound for anything not the caller's."""
+    if not filename or filename.startswith("/") or ".." in filename:
+        raise InvalidInput("filename must be a plain file name", field="filename")
+    if kind in ("output", "temp"):
+        return _output(svc, owner, filename, subfolder)
+    if kind != "input":
+        raise InvalidInput("type must be output, input or temp", field="type")
+    key = keys.native_upload(owner, uploads.check_subfolder(subfolder), uploads.check_name(filename))
+    return Found(key, filename, mimetypes.guess_type(filename)[0] or "application/octet-stream")
+
+
+def local_path(svc: Services, found: Found) -> str | None:
+    """The file itself when storage is a local folder (served streamed from disk)."""
+    if isinstance(svc.objects, LocalStore):
+        path = svc.objects.path(found.key)
+        return str(path) if path.is_file() else None
+    return None
+
+
+def read(svc: Services, found: Found) -> bytes:
+    data = svc.objects.read_if_exists(found.key)
+    if data is None:
+        raise NotFound("no such file")
+    return data

@@ -1,0 +1,179 @@
+"""/history, /queue, GET /prompt and /api/jobs: the caller's recent prompts, read from their index (never a scan).
+
+A finished prompt's entry never changes, so this process keeps the newest ones it built (a bounded map); a
+listing is kept for LIST_TTL_S, so a tool polling /history ten times a second costs the store about two reads
+a second, each a bounded batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from comfy_saas.backends.parallel import run_all
+from comfy_saas.errors import InvalidInput
+from comfy_saas.jobs import operations
+from comfy_saas.jobs.model import Status
+from comfy_saas.jobs.services import Services
+from comfy_saas.jobs.store import MAX_PAGE
+from comfy_saas.native import catalogue, records, views
+from comfy_saas.native.records import Prompt
+
+LIST_TTL_S = 0.5
+ENTRIES_KEPT = 2000
+DEFAULT_ITEMS = 64
+
+
+class HistoryCache:
+    """Finished prompts' entries by id, and recent listings by (owner, what, size) for LIST_TTL_S."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lists: dict[tuple[str, str, int], tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def entry(self, prompt_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._entries.get(prompt_id)
+
+    def keep(self, prompt_id: str, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._entries[prompt_id] = entry
+            while len(self._entries) > ENTRIES_KEPT:
+                self._entries.popitem(last=False)
+
+    def listing(self, key: tuple[str, str, int]) -> Any:
+        with self._lock:
+            expires, body = self._lists.get(key, (0.0, None))
+            return body if time.monotonic() < expires else None
+
+    def forget(self, owner: str) -> None:
+        """Drop the owner's listings (after a submit or a cancel, so their next read sees it)."""
+        with self._lock:
+            for key in [k for k in self._lists if k[0] == owner]:
+                del self._lists[key]
+
+    def keep_listing(self, key: tuple[str, str, int], body: Any) -> None:
+        with self._lock:
+            if len(self._lists) > ENTRIES_KEPT:
+                self._lists.clear()
+            self._lists[key] = (time.monotonic() + LIST_TTL_S, body)
+
+
+def max_items(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_ITEMS
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise InvalidInput(f"max_items must be a whole number from 1 to {MAX_PAGE}", field="max_items")
+    return int(raw)
+
+
+def _workflows(svc: Services, prompts: list[Prompt]) -> list[dict[str, Any]]:
+    return run_all([lambda p=p: operations.job_workflow(svc, p.id) for p in prompts])
+
+
+def entries(svc: Services, cache: HistoryCache, prompts: list[Prompt]) -> dict[str, dict[str, Any]]:
+    """History entries of the finished ones among `prompts` (built once per process, then kept)."""
+    done = [p for p in prompts if p.job is not None and p.job.terminal]
+    todo = [p for p in done if cache.entry(p.id) is None]
+    if todo:
+        nodes = _nodes(svc, todo)
+        for p, wf in zip(todo, _workflows(svc, todo), strict=True):
+            cache.keep(p.id, views.history_entry(p, wf, catalogue.output_nodes(wf, nodes)))
+    return {p.id: e for p in done if (e := cache.entry(p.id)) is not None}
+
+
+def _nodes(svc: Services, prompts: list[Prompt]) -> dict[str, Any] | None:
+    pool = prompts[0].job.pool if prompts and prompts[0].job else None
+    return operations.catalogue(svc, pool, needed=False)
+
+
+def recent(svc: Services, owner: str, limit: int) -> list[Prompt]:
+    """The owner's newest prompts with their jobs, newest first: two or three round trips."""
+    return records.load(svc, owner, records.newest_ids(svc, owner, limit))
+
+
+def history(svc: Services, cache: HistoryCache, owner: str, limit: int) -> dict[str, Any]:
+    """GET /history: the caller's finished prompts, oldest first as ComfyUI orders them."""
+    key = (owner, "history", limit)
+    if (body := cache.listing(key)) is None:
+        body = dict(reversed(list(entries(svc, cache, recent(svc, owner, limit)).items())))
+        cache.keep_listing(key, body)
+    return body
+
+
+def history_of(svc: Services, cache: HistoryCache, owner: str, prompt_id: str) -> dict[str, Any]:
+    """GET /history/{id}: {} until the prompt is done (or when it is not the caller's)."""
+    if (entry := cache.entry(prompt_id)) is not None:
+        return {prompt_id: entry} if entry["prompt"][1] == prompt_id and _mine(svc, owner, prompt_id) else {}
+    prompt = records.one(svc, owner, prompt_id) if len(prompt_id) <= 64 else None
+    return entries(svc, cache, [prompt]) if prompt is not None else {}
+
+
+def _mine(svc: Services, owner: str, prompt_id: str) -> bool:
+    return (records.record(svc, prompt_id) or {}).get("owner") == owner
+
+
+def active(svc: Services, cache: HistoryCache, owner: str) -> list[Prompt]:
+    """The caller's queued and running prompts among their newest (kept for LIST_TTL_S)."""
+    key = (owner, "active", MAX_PAGE)
+    if (found := cache.listing(key)) is None:
+        found = [p for p in recent(svc, owner, MAX_PAGE) if p.job is not None and not p.job.terminal]
+        cache.keep_listing(key, found)
+    return found
+
+
+def queue(svc: Services, cache: HistoryCache, owner: str) -> dict[str, Any]:
+    """GET /queue: ComfyUI's running and pending tuples, oldest first."""
+    prompts = list(reversed(active(svc, cache, owner)))
+    nodes = _nodes(svc, prompts)
+    items = [views.queue_item(p, wf, catalogue.output_nodes(wf, nodes))
+             for p, wf in zip(prompts, _workflows(svc, prompts), strict=True)]
+    running = [i for i, p in zip(items, prompts, strict=True) if p.job and p.job.status is Status.RUNNING]
+    return {"queue_running": running, "queue_pending": [i for i in items if i not in running]}
+
+
+def queue_info(svc: Services, cache: HistoryCache, owner: str) -> dict[str, Any]:
+    """GET /prompt."""
+    return {"exec_info": {"queue_remaining": len(active(svc, cache, owner))}}
+
+
+def jobs(svc: Services, owner: str, query: dict[str, str]) -> dict[str, Any]:
+    """GET /api/jobs: the caller's newest prompts in ComfyUI's jobs shape (status filter, offset, limit)."""
+    wanted = {s.strip() for s in (query.get("status") or "").split(",") if s.strip()}
+    if unknown := wanted - set(views.JOBS_STATUS.values()):
+        raise InvalidInput(f"status: unknown {', '.join(sorted(unknown))}; use {', '.join(views.JOBS_STATUS.values())}",
+                           field="status")
+    offset, limit = _number(query.get("offset"), "offset", 0), _number(query.get("limit"), "limit", MAX_PAGE)
+    found = [p for p in recent(svc, owner, MAX_PAGE) if p.job is not None]
+    found = [p for p in found if not wanted or views.JOBS_STATUS[p.job.status] in wanted]  # type: ignore[union-attr]
+    if query.get("sort_order", "desc") == "asc":
+        found.reverse()
+    page = found[offset: offset + limit]
+    return {"jobs": [views.jobs_item(p) for p in page],
+            "pagination": {"offset": offset, "limit": limit, "total": len(found),
+                           "has_more": offset + len(page) < len(found)}}
+
+
+def job(svc: Services, owner: str, prompt_id: str) -> dict[str, Any] | None:
+    """GET /api/jobs/{id}, or None when it is not the caller's."""
+    prompt = records.one(svc, owner, prompt_id) if len(prompt_id) <= 64 else None
+    if prompt is None or prompt.job is None:
+        return None
+    wf = operations.job_workflow(svc, prompt.id)
+    detail = {"outputs": views.outputs_by_node(prompt.job), "workflow": {"prompt": wf,
+                                                                         "extra_data": views.extra_data(prompt)}}
+    if prompt.job.terminal:
+        ok = prompt.job.status is Status.COMPLETED
+        detail["execution_status"] = {"status_str": "success" if ok else "error", "completed": ok,
+                                      "messages": views.status_messages(prompt.job)}
+    return views.jobs_item(prompt, detail)
+
+
+def _number(raw: str | None, field: str, default: int) -> int:
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > 10**6:
+        raise InvalidInput(f"{field} must be a whole number", field=field)
+    return max(1, int(raw)) if field == "limit" else int(raw)

@@ -1,0 +1,104 @@
+"""POST /prompt: a ComfyUI prompt becomes one of our jobs, whose id is the prompt id (the client's, when it
+names one, as current ComfyUI allows: a canonical UUID, answered back as given)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from comfy_saas.errors import InvalidInput
+from comfy_saas.jobs import operations
+from comfy_saas.jobs.operations import Caller
+from comfy_saas.jobs.request import json_object
+from comfy_saas.jobs.services import Services
+from comfy_saas.native import catalogue, records, uploads
+
+MAX_CLIENT_ID = 256
+
+
+class PromptRefused(InvalidInput):
+    """A prompt refused before it became a job, with the error type ComfyUI gives (`kind`)."""
+
+    def __init__(self, message: str, kind: str, field: str) -> None:
+        super().__init__(message, field=field)
+        self.kind = kind
+
+
+def prompt_id_of(body: dict[str, Any]) -> str:
+    """The client's prompt_id (a canonical UUID) or a new one."""
+    given = body.get("prompt_id")
+    if given is None:
+        return str(uuid.uuid4())
+    try:
+        ok = isinstance(given, str) and str(uuid.UUID(given)) == given
+    except ValueError:
+        ok = False
+    if not ok:
+        raise PromptRefused("prompt_id must be a valid UUID", "invalid_prompt_id", "prompt_id")
+    return given
+
+
+def client_id_of(body: dict[str, Any]) -> str | None:
+    client_id = body.get("client_id")
+    if client_id is None or client_id == "":
+        return None
+    if not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID or not client_id.isprintable():
+        raise InvalidInput(f"client_id must be text of at most {MAX_CLIENT_ID} printable characters",
+                           field="client_id")
+    return client_id
+
+
+def pool_of(body: dict[str, Any], prefix_pool: str | None) -> str | None:
+    """The pool: the /p/<pool>/ prefix, else extra_data.pool; None for the key's default."""
+    extra = body.get("extra_data")
+    chosen = prefix_pool or (extra.get("pool") if isinstance(extra, dict) else None)
+    if chosen is not None and not isinstance(chosen, str):
+        raise InvalidInput("extra_data.pool must be a pool name", field="extra_data.pool")
+    return chosen
+
+
+def check_prompt(svc: Services, prompt: Any, pool: str | None) -> dict[str, Any]:
+    """ComfyUI's first refusals: no prompt, and a prompt without an output node (as far as the catalogue says)."""
+    if not isinstance(prompt, dict):
+        raise PromptRefused("No prompt provided", "no_prompt", "prompt")
+    nodes = operations.catalogue(svc, pool, needed=False)
+    if not prompt or (nodes is not None and all(isinstance(n, dict) and n.get("class_type") in nodes for n in
+                                                prompt.values()) and not catalogue.output_nodes(prompt, nodes)):
+        raise PromptRefused("Prompt has no outputs", "prompt_no_outputs", "prompt")
+    return prompt
+
+
+def submit_prompt(svc: Services, caller: Caller, owner: str, raw: bytes | bytearray,
+                  prefix_pool: str | None) -> dict[str, Any]:
+    """Queue a prompt as a job; ComfyUI's answer {prompt_id, number, node_errors}."""
+    body = json_object(raw, svc.settings.limits)
+    if "prompt" not in body:
+        raise PromptRefused("No prompt provided", "no_prompt", "prompt")
+    prompt_id, client_id, pool = prompt_id_of(body), client_id_of(body), pool_of(body, prefix_pool)
+    workflow, media = uploads.stage(svc, owner, check_prompt(svc, body["prompt"], pool))
+    created_ms = int(time.time() * 1000)
+    if not records.claim(svc, prompt_id, owner, client_id, created_ms):
+        repeated = _repeat(svc, owner, prompt_id)
+        if repeated is not None:
+            return repeated
+    request = {"workflow": workflow, "media": media, "include_previews": True, **({"pool": pool} if pool else {})}
+    try:
+        operations.submit_job(svc, caller, request, job_id=prompt_id)
+    except BaseException:
+        records.release(svc, prompt_id)
+        raise
+    number = records.listed(svc, prompt_id, owner, client_id, created_ms)
+    return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
+
+
+def _repeat(svc: Services, owner: str, prompt_id: str) -> dict[str, Any] | None:
+    """A prompt_id already claimed: the same owner's repeat answers as the first time (None: its submission
+    never finished, so this one goes on); anyone else's is refused."""
+    rec = records.record(svc, prompt_id) or {}
+    if rec.get("owner") != owner:
+        raise PromptRefused("prompt_id is already in use; omit it to let the server choose one",
+                            "invalid_prompt_id", "prompt_id")
+    if not svc.store.exists(prompt_id):
+        return None
+    return {"prompt_id": prompt_id, "number": int(rec.get("number") or 0), "node_errors": {}}

@@ -1,0 +1,114 @@
+"""Files a tool uploads (/upload/image, /upload/mask) go to object storage for the caller; a later prompt that
+names one gets it staged to the worker as the job's media (base64 through JobRequest.media, which packs it back
+into object storage under the job: a reference to the upload would avoid the re-encoding)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from typing import Any
+
+from comfy_saas import inputs
+from comfy_saas.backends.parallel import run_all
+from comfy_saas.errors import InvalidInput
+from comfy_saas.jobs import keys
+from comfy_saas.jobs.services import Services
+
+RENAMES_TRIED = 20  # "name (1).png" ... before the upload is refused
+_SUBFOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()\-]{0,63}(/[A-Za-z0-9][A-Za-z0-9 ._()\-]{0,63}){0,3}")
+_ANNOTATION = re.compile(r"\s*\[(input|output|temp)\]\Z")
+FILE_INPUTS = frozenset({"image", "mask", "video", "audio", "file", "upload", "model_file"})
+
+
+def check_name(name: str) -> str:
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    if not inputs.file_name_ok(base):
+        raise InvalidInput("image: the file name must be plain (letters, digits, space, . _ - ( ))", field="image")
+    return base
+
+
+def check_subfolder(subfolder: str) -> str:
+    subfolder = subfolder.strip("/")
+    if subfolder and (not inputs.matches(_SUBFOLDER, subfolder) or ".." in subfolder):
+        raise InvalidInput("subfolder: up to 4 plain folder names separated by /", field="subfolder")
+    return subfolder
+
+
+def _renamed(name: str, n: int) -> str:
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem} ({n}).{ext}" if dot else f"{name} ({n})"
+
+
+def store_upload(svc: Services, owner: str, name: str, subfolder: str, data: bytes, overwrite: bool,
+                 content_type: str | None) -> dict[str, str]:
+    """Keep an upload; as ComfyUI: the same bytes under a taken name keep it, other bytes get `name (n).ext`."""
+    limit = svc.settings.limits.max_media_bytes
+    if len(data) > limit:
+        raise InvalidInput(f"image: the file is larger than {limit} bytes", field="image")
+    name, subfolder = check_name(name), check_subfolder(subfolder)
+    for n in range(RENAMES_TRIED + 1):
+        candidate = name if n == 0 else _renamed(name, n)
+        key = keys.native_upload(owner, subfolder, candidate)
+        existing = None if overwrite else svc.objects.read_if_exists(key)
+        if existing is None or existing == data:
+            if existing is None:
+                svc.objects.put_bytes(key, data, content_type or "application/octet-stream")
+            return {"name": candidate, "subfolder": subfolder, "type": "input"}
+    raise InvalidInput(f"image: {RENAMES_TRIED} files named like {name!r} exist; choose another name", field="image")
+
+
+def read_upload(svc: Services, owner: str, name: str, subfolder: str) -> bytes | None:
+    return svc.objects.read_if_exists(keys.native_upload(owner, check_subfolder(subfolder), check_name(name)))
+
+
+def _reference(value: Any) -> tuple[str, str] | None:
+    """(subfolder, name) when a node input names a file the way LoadImage's widget does."""
+    if not isinstance(value, str) or not value or len(value) > 300:
+        return None
+    value = _ANNOTATION.sub("", value)
+    subfolder, _, name = value.rpartition("/")
+    if not inputs.file_name_ok(name) or "." not in name:
+        return None
+    try:
+        return check_subfolder(subfolder), name
+    except InvalidInput:
+        return None
+
+
+def _staged_name(subfolder: str, name: str) -> str:
+    return f"{subfolder.replace('/', '_')}_{name}" if subfolder else name
+
+
+def stage(svc: Services, owner: str, prompt: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The prompt with its references to this owner's uploads renamed to plain names, and those uploads as
+    media items; inputs naming no upload stay as they are (the worker may have the file). One round trip."""
+    wanted: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for node_id, node in prompt.items():
+        for field, value in ((node or {}).get("inputs") or {}).items() if isinstance(node, dict) else ():
+            ref = _reference(value) if field in FILE_INPUTS else None
+            if ref is not None:
+                wanted.setdefault(ref, []).append((node_id, field))
+    refs = list(wanted)[: svc.settings.limits.max_media_items]
+    found = run_all([lambda r=r: svc.objects.read_if_exists(keys.native_upload(owner, *r)) for r in refs])
+    media, staged = [], {k: dict(v) if isinstance(v, dict) else v for k, v in prompt.items()}
+    for ref, data in zip(refs, found, strict=True):
+        if data is None:
+            continue
+        name = _staged_name(*ref)
+        media.append({"name": name, "base64": base64.b64encode(data).decode()})
+        for node_id, field in wanted[ref]:
+            staged[node_id] = {**staged[node_id], "inputs": {**staged[node_id]["inputs"], field: name}}
+    return staged, media
+
+
+def with_mask(original: bytes, mask: bytes) -> bytes:
+    """ComfyUI's /upload/mask: the original image with the mask's alpha as its alpha channel, as PNG."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(original)) as base, Image.open(io.BytesIO(mask)) as painted:
+        image = base.convert("RGBA")
+        image.putalpha(painted.convert("RGBA").getchannel("A").resize(image.size))
+        out = io.BytesIO()
+        image.save(out, format="PNG", compress_level=4)
+        return out.getvalue()
