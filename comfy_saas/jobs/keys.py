@@ -90,6 +90,24 @@ def catalogue_object(pool: str) -> str:
     return f"catalogues/{pool}.json"
 
 
+# --- ComfyUI's native API (comfy_saas/native): per-prompt routing state, never part of a job record ------------
+
+
+def native_prompt(prompt_id: str) -> str:
+    """Who submitted a native prompt (the job of the same id), from which client_id, and its queue number."""
+    return f"nativeprompt:{prompt_id}"
+
+
+def native_scope(owner: str) -> str:
+    """The index scope listing one owner's native prompts, newest first (their /history and /queue)."""
+    return f"native:{owner}"
+
+
+def native_upload(owner: str, subfolder: str, name: str) -> str:
+    """A file uploaded through /upload/image for one owner, kept until deleted (prompts name it)."""
+    return f"native/uploads/{owner}/{subfolder + '/' if subfolder else ''}{name}"
+
+
 def template_scope(user_id: str | None) -> str:
     """Whose workflow templates: one user's, or the shared set (managed by keys not bound to a user). It is
     their folder in object storage, where templates live rather than in the Dict, whose entries Modal drops
@@ -110,24 +128,6 @@ def template_object(scope: str, name: str) -> str:
 def template_name(object_key: str) -> str:
     """The name in a key made by template_object."""
     return object_key.rsplit("/", 2)[-2]
-
-
-# --- ComfyUI's native API (comfy_saas/native): per-prompt routing state, never part of a job record ------------
-
-
-def native_prompt(prompt_id: str) -> str:
-    """Who submitted a native prompt (the job of the same id), from which client_id, and its queue number."""
-    return f"nativeprompt:{prompt_id}"
-
-
-def native_scope(owner: str) -> str:
-    """The index scope listing one owner's native prompts, newest first (their /history and /queue)."""
-    return f"native:{owner}"
-
-
-def native_upload(owner: str, subfolder: str, name: str) -> str:
-    """A file uploaded through /upload/image for one owner, kept until deleted (prompts name it)."""
-    return f"native/uploads/{owner}/{subfolder + '/' if subfolder else ''}{name}"
 
 
 def drain_slot(pool: str, n: int) -> str:

@@ -13,7 +13,7 @@ from comfy_saas.jobs.operations import Caller
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.store import MAX_PAGE
 from comfy_saas.native import records
-from comfy_saas.native.history import HistoryCache, recent
+from comfy_saas.native.history import HistoryCache, unsettled
 from comfy_saas.native.records import Prompt
 
 
@@ -40,7 +40,7 @@ def interrupt(svc: Services, cache: HistoryCache, caller: Caller, owner: str, bo
     if named is not None:
         prompts = records.load(svc, owner, _ids([named], "prompt_id"))
     else:
-        prompts = recent(svc, owner, MAX_PAGE)
+        prompts = unsettled(svc, cache, owner, MAX_PAGE)[1]
     return _cancel(svc, caller, [p for p in prompts if p.job is not None and p.job.status is Status.RUNNING])
 
 
@@ -49,7 +49,7 @@ def edit_queue(svc: Services, cache: HistoryCache, caller: Caller, owner: str, b
     their queued prompts. Running ones are left alone, as ComfyUI leaves them."""
     prompts: list[Prompt] = []
     if body.get("clear"):
-        prompts = recent(svc, owner, MAX_PAGE)
+        prompts = unsettled(svc, cache, owner, MAX_PAGE)[1]
     elif "delete" in body:
         prompts = records.load(svc, owner, _ids(body["delete"], "delete"))
     return _cancel(svc, caller, [p for p in prompts if p.job is not None and p.job.status is Status.QUEUED])
@@ -58,4 +58,10 @@ def edit_queue(svc: Services, cache: HistoryCache, caller: Caller, owner: str, b
 def cancel(svc: Services, caller: Caller, owner: str, prompt_id: str) -> bool:
     """POST /api/jobs/{id}/cancel: whether a cancel was sent (False for finished or unknown ids)."""
     prompts = records.load(svc, owner, _ids([prompt_id], "job_id"))
+    return _cancel(svc, caller, [p for p in prompts if p.job is not None and not p.job.terminal]) > 0
+
+
+def cancel_many(svc: Services, caller: Caller, owner: str, body: dict[str, Any]) -> bool:
+    """POST /api/jobs/cancel {"job_ids": [...]}: whether any of the caller's was still going."""
+    prompts = records.load(svc, owner, _ids(body.get("job_ids"), "job_ids"))
     return _cancel(svc, caller, [p for p in prompts if p.job is not None and not p.job.terminal]) > 0

@@ -4,13 +4,17 @@ signed URL), with the content type and file name ComfyUI gives."""
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from comfy_saas.backends.objects import LocalStore
-from comfy_saas.errors import InvalidInput, NotFound
+from comfy_saas.errors import BackendError, InvalidInput, NotFound
 from comfy_saas.jobs import keys
 from comfy_saas.jobs.services import Services
 from comfy_saas.native import records, uploads
+
+STREAM_CHUNK_BYTES = 256 * 1024
+STREAM_READ_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,32 @@ def local_path(svc: Services, found: Found) -> str | None:
         path = svc.objects.path(found.key)
         return str(path) if path.is_file() else None
     return None
+
+
+async def open_stream(svc: Services, found: Found) -> tuple[int | None, AsyncIterator[bytes]]:
+    """(its size, its bytes in chunks) from object storage, through a presigned GET read as it arrives, so a
+    large output is never held whole; NotFound before anything is sent when storage has no such object."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=STREAM_READ_S))
+    try:
+        resp = await session.get(svc.objects.url(found.key))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        await session.close()
+        raise BackendError(f"object storage did not answer: {exc}") from None
+    if resp.status != 200:
+        resp.release()
+        await session.close()
+        raise NotFound("no such file")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            async for part in resp.content.iter_chunked(STREAM_CHUNK_BYTES):
+                yield part
+        finally:
+            resp.release()
+            await session.close()
+    return resp.content_length, chunks()
 
 
 def read(svc: Services, found: Found) -> bytes:

@@ -1,8 +1,9 @@
 """/history, /queue, GET /prompt and /api/jobs: the caller's recent prompts, read from their index (never a scan).
 
-A finished prompt's entry never changes, so this process keeps the newest ones it built (a bounded map); a
-listing is kept for LIST_TTL_S, so a tool polling /history ten times a second costs the store about two reads
-a second, each a bounded batch."""
+A finished prompt's entry never changes, so this process keeps the newest ones it built (a bounded map) and never
+reads that prompt again; each owner's reading (their index, their unfinished jobs) is kept for LIST_TTL_S and
+answers /history, /queue and GET /prompt alike, so a tool polling ten times a second costs the store about two
+bounded batches a second."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ DEFAULT_ITEMS = 64
 
 
 class HistoryCache:
-    """Finished prompts' entries by id, and recent listings by (owner, what, size) for LIST_TTL_S."""
+    """Finished prompts' entries by id, and each owner's latest reading of their prompts for LIST_TTL_S."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -62,11 +63,12 @@ class HistoryCache:
 
 
 def max_items(raw: str | None) -> int:
+    """?max_items=N, at most MAX_PAGE (the editor asks for 200: it gets the newest MAX_PAGE)."""
     if raw is None or raw == "":
         return DEFAULT_ITEMS
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
-        raise InvalidInput(f"max_items must be a whole number from 1 to {MAX_PAGE}", field="max_items")
-    return int(raw)
+    if not raw.isdigit() or len(raw) > 9 or int(raw) < 1:
+        raise InvalidInput("max_items must be a whole number, 1 or more", field="max_items")
+    return min(int(raw), MAX_PAGE)
 
 
 def _workflows(svc: Services, prompts: list[Prompt]) -> list[dict[str, Any]]:
@@ -94,13 +96,31 @@ def recent(svc: Services, owner: str, limit: int) -> list[Prompt]:
     return records.load(svc, owner, records.newest_ids(svc, owner, limit))
 
 
+def unsettled(svc: Services, cache: HistoryCache, owner: str, limit: int) -> tuple[list[str], list[Prompt]]:
+    """The owner's newest prompt ids, and those of them not known finished, read (the finished ones this process
+    built an entry for are not read again: an owner's index lists only prompts that owner claimed)."""
+    ids = records.newest_ids(svc, owner, limit)
+    return ids, records.load(svc, owner, [i for i in ids if cache.entry(i) is None])
+
+
+def snapshot(svc: Services, cache: HistoryCache, owner: str) -> tuple[list[str], list[Prompt]]:
+    """The owner's newest MAX_PAGE prompt ids and their unfinished prompts, as one reading kept for LIST_TTL_S, so
+    /history and /queue always agree (a prompt gone from the queue is in the history); the finished ones among
+    them have their entries built."""
+    key = (owner, "snapshot", MAX_PAGE)
+    if (found := cache.listing(key)) is None:
+        ids, prompts = unsettled(svc, cache, owner, MAX_PAGE)
+        entries(svc, cache, prompts)
+        found = (ids, [p for p in prompts if p.job is not None and not p.job.terminal])
+        cache.keep_listing(key, found)
+    return found
+
+
 def history(svc: Services, cache: HistoryCache, owner: str, limit: int) -> dict[str, Any]:
-    """GET /history: the caller's finished prompts, oldest first as ComfyUI orders them."""
-    key = (owner, "history", limit)
-    if (body := cache.listing(key)) is None:
-        body = dict(reversed(list(entries(svc, cache, recent(svc, owner, limit)).items())))
-        cache.keep_listing(key, body)
-    return body
+    """GET /history: the caller's finished prompts among their newest `limit`, oldest first as ComfyUI orders
+    them."""
+    ids, _ = snapshot(svc, cache, owner)
+    return {i: e for i in reversed(ids[:limit]) if (e := cache.entry(i)) is not None}
 
 
 def history_of(svc: Services, cache: HistoryCache, owner: str, prompt_id: str) -> dict[str, Any]:
@@ -116,12 +136,8 @@ def _mine(svc: Services, owner: str, prompt_id: str) -> bool:
 
 
 def active(svc: Services, cache: HistoryCache, owner: str) -> list[Prompt]:
-    """The caller's queued and running prompts among their newest (kept for LIST_TTL_S)."""
-    key = (owner, "active", MAX_PAGE)
-    if (found := cache.listing(key)) is None:
-        found = [p for p in recent(svc, owner, MAX_PAGE) if p.job is not None and not p.job.terminal]
-        cache.keep_listing(key, found)
-    return found
+    """The caller's queued and running prompts among their newest."""
+    return snapshot(svc, cache, owner)[1]
 
 
 def queue(svc: Services, cache: HistoryCache, owner: str) -> dict[str, Any]:

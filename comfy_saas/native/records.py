@@ -82,10 +82,3 @@ def newest_ids(svc: Services, owner: str, limit: int) -> list[str]:
     ids = [seen.get(n) for n in range(head, max(0, head - limit), -1)]
     return list(dict.fromkeys(i for i in ids if i))
 
-
-def head(svc: Services, owner: str) -> int:
-    return svc.store.index.head(keys.native_scope(owner))
-
-
-def slots(svc: Services, owner: str, numbers: list[int]) -> list[Any]:
-    return svc.store.index.slots(keys.native_scope(owner), numbers)

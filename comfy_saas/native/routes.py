@@ -5,14 +5,16 @@ them), the newer jobs API at /api/jobs, and the /k/<key>/ and /p/<pool>/ prefixe
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from comfy_saas.backends.parallel import run_all
 from comfy_saas.errors import BodyTooLarge, ComfySaasError, InvalidInput, NotFound
 from comfy_saas.inputs import loads
 from comfy_saas.jobs import operations
@@ -24,6 +26,7 @@ from comfy_saas.native.history import HistoryCache
 from comfy_saas.native.prefixes import PrefixMiddleware, prefixed
 from comfy_saas.native.ws import SocketOptions, serve_socket
 
+log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -64,9 +67,9 @@ def _route(native: Native, work: Callable[[Call], Awaitable[Response]],
     async def handler(request: Request) -> Response:
         try:
             return await work(_who(native, request))
-        except Exception as exc:
+        except Exception as exc:  # every error becomes an answer; unexpected ones are logged
             if not isinstance(exc, ComfySaasError):
-                raise
+                log.exception("native API: unhandled error")
             return _json(*refuse(exc))
     return handler
 
@@ -133,8 +136,10 @@ def _view(native: Native) -> Handler:
         path = files.local_path(call.svc, found)
         if path is not None:
             return FileResponse(path, media_type=found.content_type, headers=headers)
-        data = await run_in_threadpool(files.read, call.svc, found)
-        return Response(data, media_type=found.content_type, headers=headers)
+        size, chunks = await files.open_stream(call.svc, found)
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        return StreamingResponse(chunks, media_type=found.content_type, headers=headers)
     return _route(native, work)
 
 
@@ -177,10 +182,10 @@ def _nodes(call: Call) -> dict[str, Any] | None:
 
 
 def _object_info(native: Native) -> Handler:
-    async def work(call: Call) -> Response:
-        only = call.request.path_params.get("node_class")
-        return _json(200, catalogue.object_info(await run_in_threadpool(_nodes, call), only))
-    return _route(native, work)
+    def fn(call: Call) -> dict[str, Any]:
+        nodes, listed = run_all([lambda: _nodes(call), lambda: uploads.listing(call.svc, call.owner)])
+        return catalogue.object_info(nodes, call.request.path_params.get("node_class"), listed)
+    return _blocking(native, fn)
 
 
 def _models(native: Native) -> Handler:
@@ -205,6 +210,15 @@ def _api_job(native: Native) -> Handler:
             raise NotFound("Job not found")
         return found
     return _blocking(native, fn)
+
+
+def _cancel_many(native: Native) -> Handler:
+    async def work(call: Call) -> Response:
+        body = await _json_body(call)
+        cancelled = await run_in_threadpool(control.cancel_many, call.svc, call.caller, call.owner, body)
+        native.cache.forget(call.owner)
+        return _json(200, {"cancelled": cancelled})
+    return _route(native, work)
 
 
 def router(native: Native) -> APIRouter:
@@ -249,6 +263,7 @@ def jobs_router(native: Native) -> APIRouter:
     r = APIRouter(include_in_schema=False)
     r.add_api_route("/jobs", _blocking(native, lambda c: history.jobs(c.svc, c.owner, dict(c.request.query_params))),
                     methods=["GET"])
+    r.add_api_route("/jobs/cancel", _cancel_many(native), methods=["POST"])
     r.add_api_route("/jobs/{job_id}", _api_job(native), methods=["GET"])
     r.add_api_route("/jobs/{job_id}/cancel", _blocking(native, lambda c: {"cancelled": control.cancel(
         c.svc, c.caller, c.owner, c.request.path_params["job_id"])}), methods=["POST"])

@@ -15,6 +15,7 @@ from comfy_saas.errors import InvalidInput
 from comfy_saas.jobs import keys
 from comfy_saas.jobs.services import Services
 
+LISTED = 1000  # uploads an upload combo lists
 RENAMES_TRIED = 20  # "name (1).png" ... before the upload is refused
 _SUBFOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()\-]{0,63}(/[A-Za-z0-9][A-Za-z0-9 ._()\-]{0,63}){0,3}")
 _ANNOTATION = re.compile(r"\s*\[(input|output|temp)\]\Z")
@@ -58,6 +59,12 @@ def store_upload(svc: Services, owner: str, name: str, subfolder: str, data: byt
     raise InvalidInput(f"image: {RENAMES_TRIED} files named like {name!r} exist; choose another name", field="image")
 
 
+def listing(svc: Services, owner: str) -> list[str]:
+    """The owner's uploads as LoadImage names them (`subfolder/name`), at most LISTED of them."""
+    prefix = keys.native_upload(owner, "", "")
+    return sorted(k.removeprefix(prefix) for k in svc.objects.list_keys(prefix))[:LISTED]
+
+
 def read_upload(svc: Services, owner: str, name: str, subfolder: str) -> bytes | None:
     return svc.objects.read_if_exists(keys.native_upload(owner, check_subfolder(subfolder), check_name(name)))
 
@@ -85,7 +92,8 @@ def stage(svc: Services, owner: str, prompt: dict[str, Any]) -> tuple[dict[str, 
     media items; inputs naming no upload stay as they are (the worker may have the file). One round trip."""
     wanted: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for node_id, node in prompt.items():
-        for field, value in ((node or {}).get("inputs") or {}).items() if isinstance(node, dict) else ():
+        node_inputs = node.get("inputs") if isinstance(node, dict) else None
+        for field, value in node_inputs.items() if isinstance(node_inputs, dict) else ():
             ref = _reference(value) if field in FILE_INPUTS else None
             if ref is not None:
                 wanted.setdefault(ref, []).append((node_id, field))

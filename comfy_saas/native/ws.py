@@ -11,6 +11,7 @@ progress per node, executed per output node, the outcome, a status, and `executi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import struct
 import uuid
@@ -32,6 +33,7 @@ from comfy_saas.native.records import Prompt
 POLL_S = 0.5  # as often as a worker writes progress (runner/monitor.py PROGRESS_WRITE_S)
 WINDOW = 16  # the owner's newest prompts a socket looks at when it connects
 PROBE = 4  # slots past the head read on each poll for prompts submitted since
+HOLE_POLLS = 10  # how long an empty slot below the head is probed again
 TRACKED_MAX = 100
 REPLAY_S = 60.0  # a prompt of this client that finished this long before it connected still gets its end
 PREVIEW_FORMAT = {"jpeg": 1, "png": 2}
@@ -54,6 +56,7 @@ class Watch:
     step: tuple[str | None, int | None] = (None, None)
     event_seq: int = 0
     preview_seq: int = 0
+    catch_up: bool = False  # followed from mid-run: of the progress so far, only the latest is told
 
 
 @dataclass
@@ -123,6 +126,7 @@ class Fanout:
         self.svc, self.owner, self.client_id = svc, owner, client_id
         self.watches: dict[str, Watch] = {}
         self.head = 0
+        self.holes: dict[int, int] = {}  # empty slots below the head still probed: polls left
         self.queue_remaining = 0
 
     def _track(self, prompts: list[Prompt], replay_after: datetime | None = None) -> None:
@@ -131,7 +135,7 @@ class Fanout:
         for p in prompts:
             if p.id in self.watches or p.job is None or len(self.watches) >= TRACKED_MAX:
                 continue
-            watch = Watch(p, mine=p.client_id == self.client_id)
+            watch = Watch(p, mine=p.client_id == self.client_id, catch_up=replay_after is not None)
             recent = replay_after is None or (p.job.finished_at is not None and p.job.finished_at >= replay_after)
             if p.job.terminal and not (watch.mine and recent):
                 continue
@@ -152,7 +156,7 @@ class Fanout:
     def poll(self) -> Poll:
         """One batched round trip (two when new prompts were listed since the last)."""
         scope = keys.native_scope(self.owner)
-        numbers = list(range(self.head + 1, self.head + PROBE + 1))
+        numbers = sorted(self.holes) + list(range(self.head + 1, self.head + PROBE + 1))
         watches = list(self.watches.values())
         calls: list[Callable[[], Any]] = [lambda: self.svc.store.index.slots(scope, numbers)]
         calls += [lambda w=w: self.svc.store.get(w.prompt.id) for w in watches]
@@ -165,10 +169,25 @@ class Fanout:
         poll.events = {w.prompt.id: e for w, e in zip(running, rest[:len(running)], strict=True)}
         poll.previews = {w.prompt.id: f for w, f in zip(running, rest[len(running):], strict=True)}
         listed = [(n, pid) for n, pid in zip(numbers, got[0], strict=True) if pid]
+        self._note_holes(numbers, {n for n, _ in listed})
         if listed:
-            self.head = max(n for n, _ in listed)
             poll.new = records.load(self.svc, self.owner, [pid for _, pid in listed])
         return poll
+
+    def _note_holes(self, probed: list[int], filled: set[int]) -> None:
+        """Move the head to the highest filled slot; empty slots below it are probed again for a while (a
+        submission elsewhere may have claimed a slot before another one that was written first)."""
+        for n in filled:
+            self.holes.pop(n, None)
+        for n in list(self.holes):
+            self.holes[n] -= 1
+            if self.holes[n] <= 0:
+                del self.holes[n]
+        top = max(filled, default=self.head)
+        for n in probed:
+            if self.head < n < top and n not in filled:
+                self.holes[n] = HOLE_POLLS
+        self.head = max(self.head, top)
 
     def advance(self, poll: Poll) -> list[Message]:
         """Messages for what the poll saw, in ComfyUI's order."""
@@ -181,7 +200,7 @@ class Fanout:
                 del self.watches[pid]  # purged
                 continue
             assert job is not None
-            watch.prompt = Prompt(**{**watch.prompt.__dict__, "job": job})
+            watch.prompt = dataclasses.replace(watch.prompt, job=job)
             if watch.mine:
                 out += self._advance_one(watch, job, poll)
             if job.terminal:
@@ -197,7 +216,10 @@ class Fanout:
     def _advance_one(self, watch: Watch, job: Job, poll: Poll) -> list[Message]:
         out = start_messages(watch, job)
         if job.status is Status.RUNNING:
-            out += progress_messages(watch, poll.events.get(job.id) or [])
+            events = poll.events.get(job.id) or []
+            if watch.catch_up and events:
+                watch.catch_up, events = False, events[-1:]
+            out += progress_messages(watch, events)
             frame = poll.previews.get(job.id)
             if frame and int(frame.get("seq", 0)) > watch.preview_seq and frame.get("data_b64"):
                 watch.preview_seq = int(frame["seq"])
@@ -241,20 +263,22 @@ async def _listen(ws: WebSocket, options: SocketOptions, closed: asyncio.Event) 
     """Answer a first `feature_flags` frame as ComfyUI does; ignore everything else until the client leaves."""
     first = True
     try:
-        while True:
-            text = await ws.receive_text()
-            if first:
-                first = False
-                try:
-                    sent = json.loads(text)
-                except ValueError:
-                    continue
-                if isinstance(sent, dict) and sent.get("type") == "feature_flags":
-                    await _send(ws, message("feature_flags", dict(options.feature_flags)))
+        while (frame := await ws.receive())["type"] != "websocket.disconnect":
+            if first and frame.get("text") is not None and _asks_flags(frame["text"]):
+                await _send(ws, message("feature_flags", dict(options.feature_flags)))
+            first = False
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
         closed.set()
+
+
+def _asks_flags(text: str) -> bool:
+    try:
+        sent = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(sent, dict) and sent.get("type") == "feature_flags"
 
 
 async def serve_socket(ws: WebSocket, svc: Services, owner: str, client_id: str | None,
