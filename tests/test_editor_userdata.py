@@ -132,3 +132,27 @@ def test_the_editor_page_asks_a_browser_for_the_key(server) -> None:
     asset = server.call("GET", script[1:], {})
     assert asset.headers["content-type"].startswith("application/javascript")
     assert asset.headers["cache-control"] == "no-cache"
+
+
+def test_a_browser_without_headers_uses_the_key_prefix(server) -> None:
+    # The editor opened at /k/<key>/ sends every call below that prefix, file names as one %2F segment.
+    saved = server.call("POST", "/k/bob-key/api/userdata/workflows%2Fvia%20prefix.json?overwrite=true", {},
+                        data=b'{"via": "prefix"}')
+    assert saved.status_code == 200 and saved.json() == "workflows/via prefix.json"
+    assert server.call("GET", "/api/userdata/workflows%2Fvia%20prefix.json", BOB).json() == {"via": "prefix"}
+    moved = server.call("POST", "/k/bob-key/api/userdata/workflows%2Fvia%20prefix.json/move/"
+                        "workflows%2Fmoved.json", {})
+    assert moved.json() == "workflows/moved.json"
+    listed = server.call("GET", "/k/bob-key/api/userdata?dir=workflows", {}).json()
+    assert "moved.json" in listed and "via prefix.json" not in listed
+    assert server.call("GET", "/k/wrong-key/api/settings", {}).status_code == 401
+
+
+def test_the_model_library_lists_the_pool_s_folders(server) -> None:
+    folders = server.call("GET", "/api/experiment/models", ALICE).json()
+    names = [f["name"] for f in folders]
+    assert "checkpoints" in names and "configs" not in names
+    assert all(f["folders"] == [] for f in folders)
+    files = server.call("GET", "/api/experiment/models/checkpoints", ALICE)
+    assert files.status_code == 200 and all(set(f) == {"name", "pathIndex"} for f in files.json())
+    assert server.call("GET", "/api/experiment/models/nope", ALICE).status_code == 404

@@ -84,8 +84,10 @@ def _caller(svc: Services, request: Request) -> Caller:
     return native_caller(svc.settings, request.headers, request.query_params, prefixed(request.scope))
 
 
-def _pool(request: Request) -> str | None:
-    return prefixed(request.scope).get("pool")
+def _pool(svc: Services, request: Request, caller: Caller | None = None) -> str:
+    """The pool the editor works with: a /p/<pool>/ prefix, else the key's first pool, else the default."""
+    first = caller.pools[0] if caller is not None and caller.pools else None
+    return prefixed(request.scope).get("pool") or first or svc.settings.default_pool
 
 
 def _error(exc: Exception) -> Response:
@@ -234,8 +236,8 @@ def _mount_info_routes(app: FastAPI, services: Callable[[], Services], prefix: s
     @app.get(prefix + "/extensions", include_in_schema=False)
     async def extensions(request: Request) -> Response:
         svc = services()
-        return await _answer(lambda: (_caller(svc, request), editor_extensions.script_urls(
-            svc, svc.settings.default_pool, root))[1])
+        return await _answer(lambda: editor_extensions.script_urls(svc, _pool(svc, request, _caller(svc, request)),
+                                                                   root))
 
     @app.get(prefix + "/i18n", include_in_schema=False)
     async def i18n() -> Response:
@@ -253,7 +255,7 @@ def _mount_info_routes(app: FastAPI, services: Callable[[], Services], prefix: s
     @app.get(prefix + "/experiment/models/{folder}", include_in_schema=False)
     async def models_in(request: Request, folder: str) -> Response:
         svc = services()
-        return await _answer(lambda: (_caller(svc, request), editor_models.files(svc, _pool(request), folder))[1])
+        return await _answer(lambda: editor_models.files(svc, _pool(svc, request, _caller(svc, request)), folder))
 
 
 def _mount_frontend(app: FastAPI, services: Callable[[], Services], root: Path | None) -> None:
@@ -269,8 +271,9 @@ def _mount_frontend(app: FastAPI, services: Callable[[], Services], root: Path |
         return _error(NotFound(f"no template {name!r}"))
 
     @app.get("/extensions/{path:path}", include_in_schema=False)
-    async def extension_file(path: str) -> Response:
-        return await _extension_file(services(), root, path)
+    async def extension_file(request: Request, path: str) -> Response:
+        svc = services()
+        return await _extension_file(svc, root, _pool(svc, request), path)
 
     if root is None:
         return
@@ -299,12 +302,12 @@ async def _index(svc: Services, request: Request, root: Path | None) -> Response
     return FileResponse(root / "index.html", headers=_NO_CACHE)
 
 
-async def _extension_file(svc: Services, root: Path | None, path: str) -> Response:
+async def _extension_file(svc: Services, root: Path | None, pool: str, path: str) -> Response:
     own = None if root is None else (root / "extensions" / path).resolve()  # root is resolved
     if own is not None and own.is_relative_to(root / "extensions") and own.is_file():
         return _typed(own.name, FileResponse(own))
     try:
-        data = await run_in_threadpool(editor_extensions.read, svc, svc.settings.default_pool, path)
+        data = await run_in_threadpool(editor_extensions.read, svc, pool, path)
     except Exception as exc:
         return _error(exc)
     if data is None:

@@ -18,7 +18,7 @@ def folders() -> list[dict[str, Any]]:
     return [{"name": name, "folders": []} for name in catalogue.folders() if name not in _HIDDEN]
 
 
-def files(svc: Services, pool: str | None, folder: str) -> list[dict[str, Any]]:
+def files(svc: Services, pool: str, folder: str) -> list[dict[str, Any]]:
     """[{name, pathIndex}] of one folder's files as the pool's catalogue lists them; NotFound for no folder."""
     if folder not in catalogue.folders():
         raise NotFound(f"no models folder {folder!r}")
