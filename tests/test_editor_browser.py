@@ -42,29 +42,36 @@ def serve(tmp_path: Path):
         proc.wait(20)
 
 
-def test_the_editor_queues_a_graph_on_the_pool_and_shows_its_image(serve: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sign_in", ["key in the path", "key as the password"])
+def test_the_editor_queues_a_graph_on_the_pool_and_shows_its_image(serve: str, tmp_path: Path, sign_in: str) -> None:
     if frontend_root() is None:
         pytest.skip("the editor extra (comfyui-frontend-package) is not installed")
     from playwright.sync_api import sync_playwright
 
     shot = tmp_path / "editor.png"
+    # The editor opens with its default graph, whose nodes the stand-in's pool lacks; a setting stored for the
+    # user beforehand (the editor reads it from the server) keeps the "missing nodes" dialog away.
+    quiet = requests.post(f"{serve}/api/settings/Comfy.Workflow.ShowMissingNodesWarning", json=False, headers=ALICE,
+                          timeout=10)
+    assert quiet.status_code == 200
     with sync_playwright() as pw:
+        # The password is what a user types when the browser asks (the page answers 401 with a Basic challenge).
+        password = {"http_credentials": {"username": "me", "password": "alice-key"}} if "password" in sign_in else {}
         browser = pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=ARGS, headless=True,
-            viewport={"width": 1280, "height": 800})
+            viewport={"width": 1280, "height": 800}, **password)
         try:
             page = browser.new_page()
             page.set_default_timeout(15_000)
             failed: list[str] = []
             page.on("response", lambda r: r.status >= 500 and failed.append(f"{r.status} {r.url}"))
-            # The /k/<key>/ prefix is how a browser carries the key without a header: every call the editor
-            # makes (HTTP and the WebSocket) is relative to the page, so it keeps the prefix.
-            page.goto(f"{serve}/k/alice-key/")
+            # The /k/<key>/ prefix carries the key without a header: every call the editor makes (HTTP and the
+            # WebSocket) is relative to the page, so it keeps the prefix. Signed in with Basic, the browser sends
+            # the credentials on every call to the origin, the socket included.
+            page.goto(f"{serve}/k/alice-key/" if "path" in sign_in else f"{serve}/")
             # The editor is usable once the pool's nodes (its /object_info) are registered.
             page.wait_for_function("() => window.app && window.app.vueAppReady && window.LiteGraph"
                                    " && LiteGraph.registered_node_types.SaveImage", timeout=30_000)
-            # The editor opens with its default graph, whose nodes the double's pool lacks: it says so in a dialog.
-            page.keyboard.press("Escape")
             page.evaluate("async graph => { await window.app.loadApiJson(graph, 'first_job.json') }", GRAPH)
             page.get_by_role("button", name="Run", exact=True).click()
             src = page.wait_for_function(IMAGE_SHOWN, timeout=30_000).json_value()
@@ -74,7 +81,9 @@ def test_the_editor_queues_a_graph_on_the_pool_and_shows_its_image(serve: str, t
             page.evaluate("() => { window.app.extensionManager.command.execute('Comfy.SaveWorkflow') }")
             name = page.get_by_role("dialog").get_by_role("textbox")
             name.fill("from the browser")
-            name.press("Enter")
+            with page.expect_response(lambda r: "/userdata/workflows" in r.url and r.request.method == "POST") as save:
+                name.press("Enter")
+            assert save.value.status == 200
         finally:
             browser.close()
     print(f"screenshot: {shot}")
