@@ -156,3 +156,15 @@ def test_the_model_library_lists_the_pool_s_folders(server) -> None:
     files = server.call("GET", "/api/experiment/models/checkpoints", ALICE)
     assert files.status_code == 200 and all(set(f) == {"name", "pathIndex"} for f in files.json())
     assert server.call("GET", "/api/experiment/models/nope", ALICE).status_code == 404
+
+
+def test_settings_stored_at_once_are_all_kept(server) -> None:
+    # The editor stores several settings in parallel when it starts; each is a read-modify-write of one file.
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [f"Comfy.Parallel{i}" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: server.call("POST", f"/api/settings/{i}", BOB, json=i), ids))
+    assert all(a.status_code == 200 for a in answers)
+    stored = server.call("GET", "/api/settings", BOB).json()
+    assert {i: stored.get(i) for i in ids} == {i: i for i in ids}

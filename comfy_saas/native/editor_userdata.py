@@ -10,6 +10,7 @@ key has its own files, as it has its own prompts and uploads).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -165,9 +166,20 @@ def _stored_settings(svc: Services, caller: Caller) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+_settings_locks: dict[str, threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _settings_lock(caller: Caller) -> threading.Lock:
+    with _locks_lock:
+        return _settings_locks.setdefault(_scope(caller), threading.Lock())
+
+
 def store_settings(svc: Services, caller: Caller, values: Any) -> None:
-    """Merge these settings into the user's (a JSON object of id -> value)."""
+    """Merge these settings into the user's (a JSON object of id -> value). The editor stores several at once
+    on start: one user's merges take turns in this process, so none is lost to another's read-modify-write."""
     if not isinstance(values, dict):
         raise InvalidInput("settings: must be a JSON object of setting id -> value", field="settings")
-    merged = {**_stored_settings(svc, caller), **values}
-    write(svc, caller, SETTINGS_FILE, json.dumps(merged, indent=4).encode())
+    with _settings_lock(caller):
+        merged = {**_stored_settings(svc, caller), **values}
+        write(svc, caller, SETTINGS_FILE, json.dumps(merged, indent=4).encode())
