@@ -12,6 +12,8 @@ served at their own top-level names (`/assets/...`, `/scripts/...`), so `/v1`, `
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import mimetypes
 from collections.abc import Callable
 from pathlib import Path
@@ -23,15 +25,15 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.staticfiles import StaticFiles
 
-from comfy_saas.errors import BodyTooLarge, InvalidInput, NotFound, Unauthorized
+from comfy_saas.errors import BodyTooLarge, ComfySaasError, InvalidInput, NotFound, Unauthorized
 from comfy_saas.jobs.operations import Caller
 from comfy_saas.jobs.services import Services
-from comfy_saas.native import editor_extensions, editor_models
+from comfy_saas.native import answers, editor_extensions, editor_models
 from comfy_saas.native import editor_userdata as userdata
 from comfy_saas.native.auth import native_caller
 from comfy_saas.native.prefixes import prefixed
-from comfy_saas.web.errors_http import error_response
 
+log = logging.getLogger(__name__)
 INSTALL_HINT = "The ComfyUI editor is not installed on this server: pip install 'comfy-saas[editor]'."
 _NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"}
 
@@ -91,7 +93,10 @@ def _pool(svc: Services, request: Request, caller: Caller | None = None) -> str:
 
 
 def _error(exc: Exception) -> Response:
-    status, body, headers = error_response(exc)
+    """The native surface's one error shape; anything unexpected is logged before its bare 500."""
+    if not isinstance(exc, ComfySaasError):
+        log.exception("editor route failed", exc_info=exc)
+    status, body, headers = answers.refusal(exc)
     return JSONResponse(body, status, headers)
 
 
@@ -169,8 +174,6 @@ def _mount_user_routes(app: FastAPI, services: Callable[[], Services], prefix: s
 
 
 async def _store_settings(svc: Services, request: Request, setting_id: str | None) -> Response:
-    import json
-
     try:
         value = json.loads(await _body(request, svc.settings.limits.max_userdata_bytes) or b"null")
     except ValueError:
