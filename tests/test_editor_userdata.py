@@ -168,3 +168,37 @@ def test_settings_stored_at_once_are_all_kept(server) -> None:
     assert all(a.status_code == 200 for a in answers)
     stored = server.call("GET", "/api/settings", BOB).json()
     assert {i: stored.get(i) for i in ids} == {i: i for i in ids}
+
+
+def test_a_worker_copies_its_comfyui_s_custom_node_scripts(server) -> None:
+    # A stand-in for the worker's ComfyUI: its /extensions lists the frontend's own scripts and a pack's.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    files = {"/extensions": json.dumps(["/extensions/core/clipspace.js", "/extensions/nice%20nodes/main.js"]),
+             "/extensions/nice%20nodes/main.js": "console.log('nice');\n"}
+
+    class ComfyUI(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = files.get(self.path, "").encode()
+            self.send_response(200 if self.path in files else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    comfy = ThreadingHTTPServer(("127.0.0.1", 0), ComfyUI)
+    threading.Thread(target=comfy.serve_forever, daemon=True).start()
+    try:
+        svc = server.stack.services
+        url = f"http://127.0.0.1:{comfy.server_address[1]}"
+        assert editor_extensions.publish_from_comfyui(svc, "idle", url) == ["nice nodes/main.js"]
+    finally:
+        comfy.shutdown()
+        comfy.server_close()
+    # The "idle" pool's editor (a /p/ prefix picks it) loads the script while no worker of that pool runs.
+    assert "/extensions/nice%20nodes/main.js" in server.call("GET", "/p/idle/api/extensions", ALICE).json()
+    assert server.call("GET", "/p/idle/extensions/nice%20nodes/main.js", {}).text == "console.log('nice');\n"
+    assert server.call("GET", "/extensions/nice%20nodes/main.js", {}).status_code == 404  # the default pool's: none
