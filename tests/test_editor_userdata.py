@@ -202,3 +202,11 @@ def test_a_worker_copies_its_comfyui_s_custom_node_scripts(server) -> None:
     assert "/extensions/nice%20nodes/main.js" in server.call("GET", "/p/idle/api/extensions", ALICE).json()
     assert server.call("GET", "/p/idle/extensions/nice%20nodes/main.js", {}).text == "console.log('nice');\n"
     assert server.call("GET", "/extensions/nice%20nodes/main.js", {}).status_code == 404  # the default pool's: none
+
+
+def test_bad_settings_are_refused_whole(server) -> None:
+    assert server.call("POST", "/api/settings", ALICE, data=b"{not json").status_code == 422
+    refused = server.call("POST", "/api/settings", ALICE, json=["not", "an", "object"])
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "settings"
+    assert server.call("POST", "/api/settings/Comfy.X", {}, json=1).status_code == 401
+    assert "Comfy.X" not in server.call("GET", "/api/settings", ALICE).json()

@@ -175,13 +175,14 @@ def _mount_user_routes(app: FastAPI, services: Callable[[], Services], prefix: s
 
 async def _store_settings(svc: Services, request: Request, setting_id: str | None) -> Response:
     try:
+        caller = await run_in_threadpool(_caller, svc, request)  # before reading a stranger's body
         value = json.loads(await _body(request, svc.settings.limits.max_userdata_bytes) or b"null")
     except ValueError:
         return _error(InvalidInput("body: must be JSON", field="body"))
-    except BodyTooLarge as exc:
+    except Exception as exc:
         return _error(exc)
     values = value if setting_id is None else {setting_id: value}
-    return await _answer(lambda: (userdata.store_settings(svc, _caller(svc, request), values), Response())[1])
+    return await _answer(lambda: (userdata.store_settings(svc, caller, values), Response())[1])
 
 
 def _userdata_names(request: Request) -> tuple[str, str | None]:
