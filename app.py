@@ -16,6 +16,7 @@ import modal
 import storage
 import worker
 from comfy_saas.config import names
+from comfy_saas.config.deploy import image_requirements
 from comfy_saas.modal_runtime import write_lines_step
 from comfy_saas.web import routes
 
@@ -30,10 +31,12 @@ app.include(worker.worker_app)
 CLI = "/usr/local/bin/comfy-saas"
 CLI_SHIM = "#!/usr/bin/env python3\nimport sys\nsys.path.insert(0, '/root')\nfrom comfy_saas.cli import main\n" \
            "sys.exit(main())\n"
+# The API image serves the ComfyUI editor too (the surfaces function), so it carries the `editor` extra.
+API_REQUIREMENTS = image_requirements(HERE / "pyproject.toml", extras=("editor",))
 CLI_STEP = f"{write_lines_step(CLI_SHIM.splitlines(), CLI)} && chmod +x {CLI}"
 api_image = (
     modal.Image.debian_slim(python_version=worker.CONFIG.comfyui.python)
-    .pip_install(*worker.REQUIREMENTS)
+    .pip_install(*API_REQUIREMENTS)
     .run_commands(CLI_STEP)
     # The project last, mounted when a container starts: a code edit rebuilds no layer.
     .add_local_python_source("comfy_saas", "storage", "worker", "model_download")

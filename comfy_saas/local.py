@@ -258,5 +258,8 @@ def _banner_when_listening(server, options: StackOptions, settings: Settings) ->
     if server.started:
         base = f"http://{options.host}:{options.port}"
         print(f"comfy-saas: API listening on {base}  (docs: {base}/docs, health: {base}/health)", flush=True)
+        from comfy_saas.native.editor import banner
+
+        print(f"comfy-saas: {banner(base)}", flush=True)
         if not settings.api_keys:
             print("comfy-saas: no COMFY_API_KEYS set: the API accepts requests without a key", flush=True)

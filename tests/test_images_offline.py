@@ -78,3 +78,8 @@ def test_no_image_installs_modal_the_client_mount_brings_it(rendered: dict):
     for image, versions in rendered.items():
         steps = [cmd for layer in versions["2025.06"] for cmd in layer if "pip install" in cmd]
         assert steps and not [s for s in steps if "'modal" in s or " modal" in s], image
+
+
+def test_the_api_image_carries_the_editor_the_surfaces_function_serves(rendered: dict):
+    steps = [cmd for layer in rendered["api"]["2025.06"] for cmd in layer if "pip install" in cmd]
+    assert any("comfyui-frontend-package==" in s for s in steps)

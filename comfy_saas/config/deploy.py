@@ -234,11 +234,12 @@ class DeployConfig(BaseModel):
         return chosen or list(self.pool(pool).gpus)
 
 
-def image_requirements(pyproject: str | Path) -> list[str]:
-    """The project's runtime dependencies for an image, less modal: Modal mounts its own client into every
-    container, and a second copy from pip could differ from it."""
+def image_requirements(pyproject: str | Path, extras: tuple[str, ...] = ()) -> list[str]:
+    """The project's runtime dependencies (and those of `extras`) for an image, less modal: Modal mounts its own
+    client into every container, and a second copy from pip could differ from it."""
     with open(pyproject, "rb") as f:
-        deps = tomllib.load(f)["project"]["dependencies"]
+        project = tomllib.load(f)["project"]
+    deps = project["dependencies"] + [d for extra in extras for d in project["optional-dependencies"][extra]]
     return [d for d in deps if re.split(r"[\s<>=!~\[;]", d, maxsplit=1)[0].lower() != "modal"]
 
 

@@ -63,6 +63,8 @@ class Limits:
                                                        "dropped up to this size after the answer, so a client "
                                                        "still sending sees it (a larger declared body is not)")
     refused_drain_s: float = opt(30.0, "and for at most this long")
+    max_userdata_files: int = opt(1_000, "files one user keeps in the editor (saved workflows, settings, ...)")
+    max_userdata_bytes: int = opt(16 * 1024 * 1024, "size of one of the editor's user files")
 
 
 @dataclass(frozen=True)

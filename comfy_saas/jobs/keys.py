@@ -6,6 +6,7 @@ days by prefix without reading any record (records expire on their own on Modal)
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from datetime import datetime
 
@@ -247,3 +248,51 @@ def asset_name(account: str, name: str) -> str:
 def output_asset(created: datetime, asset_id: str) -> str:
     """Which job output an output asset id stands for; under the job's day, so retention deletes it too."""
     return f"{object_day(created)}v2-assets/{asset_id}.json"
+
+
+# --- the editor's per-user files (ComfyUI's userdata: saved workflows, settings) ----------------------
+
+
+def userdata_scope(owner: str) -> str:
+    """Whose editor files: the native surface's owner (a key's user, or a key bound to none)."""
+    return f"userdata/{owner}/"
+
+
+def userdata_file(scope: str, path: str) -> str:
+    """The folder of one file's versions. The path is one segment (base64url), so a file's folder never holds
+    another file's and deleting it by prefix cannot touch a file whose name starts the same."""
+    return f"{scope}{base64.urlsafe_b64encode(path.encode()).decode().rstrip('=')}/"
+
+
+def userdata_version(scope: str, path: str, modified_ms: int, created_ms: int, size: int) -> str:
+    """One written version of a file; its name carries what a listing shows, so a listing reads no file."""
+    return f"{userdata_file(scope, path)}{modified_ms}-{created_ms}-{size}/data"
+
+
+def userdata_version_folder(object_key: str) -> str:
+    """The folder of the version a key made by userdata_version names (what deleting that version removes)."""
+    return object_key.rsplit("/", 1)[0] + "/"
+
+
+def userdata_parse(scope: str, object_key: str) -> tuple[str, int, int, int] | None:
+    """(path, modified_ms, created_ms, size) of a key made by userdata_version; None for any other key."""
+    parts = object_key[len(scope):].split("/") if object_key.startswith(scope) else []
+    stamp = parts[1].split("-") if len(parts) == 3 and parts[2] == "data" else []
+    if len(stamp) != 3 or not all(s.isdigit() for s in stamp):
+        return None
+    try:
+        path = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)).decode()
+    except ValueError:
+        return None
+    return path, int(stamp[0]), int(stamp[1]), int(stamp[2])
+
+
+def extension_index(pool: str) -> str:
+    """The list of a pool's custom nodes' web files (ComfyUI's EXTENSION_WEB_DIRS), published with its
+    catalogue, so the editor serves them without a GPU running."""
+    return f"catalogues/{pool}/extensions.json"
+
+
+def extension_file(pool: str, path: str) -> str:
+    """One web file of a custom node pack, `path` as the editor asks for it: `<pack>/<file under its web dir>`."""
+    return f"catalogues/{pool}/extensions/{path}"

@@ -16,10 +16,12 @@ from comfy_saas.jobs.services import Services
 def mount_surfaces(app: FastAPI, services: Callable[[], Services]) -> None:
     """Register every surface's routes on `app` (the native API last: it serves the editor at `/`)."""
     from comfy_saas import v2
+    from comfy_saas.native.editor import mount_editor
     from comfy_saas.native.routes import mount as mount_native
 
     v2.mount(app, services)
     mount_native(app, services)
+    mount_editor(app, services)
 
 
 def surfaces_app(services: Callable[[], Services]) -> FastAPI:
