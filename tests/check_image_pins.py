@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-from tests.test_images_offline import ROOT, render
+from test_images_offline import ROOT, render
 
 FIXTURE = ROOT / "tests" / "fixtures" / "images" / "comfyui-requirements.txt"
 LATEST = "2025.06"

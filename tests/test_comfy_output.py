@@ -7,11 +7,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import free_port, wait_until
 
 from comfy_saas.errors import ComfyUnavailable
 from comfy_saas.modal_runtime import COMFY_LOG_PREFIX
 from comfy_saas.runner.comfy_process import DOUBLE_DIR, ComfyProcess
-from tests.conftest import free_port, wait_until
 
 
 def double_args(root: Path, *extra: str) -> list[str]:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from dockerfile_parse import DockerfileParser
-
-from tests.test_app_offline import ROOT, two_pool_checkout
+from test_app_offline import ROOT, two_pool_checkout
 
 # Runs in a clean interpreter with no Modal credentials; prints {image: {builder version: [layer commands]}}.
 RENDER = r"""

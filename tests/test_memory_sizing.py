@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import requests
+from conftest import free_port, peak_rss_kb, wait_until
 
 from comfy_saas.config.deploy import BODY_COPIES, MIB
-from tests.conftest import free_port, peak_rss_kb, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 

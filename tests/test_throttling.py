@@ -17,6 +17,7 @@ from typing import Any
 import modal
 import modal.exception
 import pytest
+from conftest import submit, wait_until
 
 from comfy_saas.backends.twins import LocalDict, LocalQueue
 from comfy_saas.config import Settings
@@ -26,7 +27,6 @@ from comfy_saas.jobs.services import Services
 from comfy_saas.modal_runtime import bounded, wakeups
 from comfy_saas.runner.comfy_process import ComfyProcess
 from comfy_saas.runner.worker import Worker
-from tests.conftest import submit, wait_until
 
 THROTTLE_S = 6.0  # what the server asks a throttled call to wait
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
