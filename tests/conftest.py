@@ -207,7 +207,10 @@ def children_of(pid: int) -> list[int]:
     """The direct child processes of pid (Linux /proc)."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended since the listing has no children left to report
+            continue
     return found
 
 
