@@ -34,7 +34,7 @@ from comfy_saas.errors import ComfySaasError, Conflict, Overloaded
 from comfy_saas.jobs import keys
 from comfy_saas.jobs.counters import Counters
 from comfy_saas.jobs.deliveries import new_delivery
-from comfy_saas.jobs.model import Job, JobError, Progress, Status, new_job_id
+from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, new_job_id
 from comfy_saas.jobs.request import JobRequest, new_job
 from comfy_saas.jobs.store import Decided, JobStore
 
@@ -162,13 +162,13 @@ class Lifecycle:
         elsewhere."""
         return self._move(job, Status.RUNNING, worker_id, defer_write=True, worker_id=worker_id)
 
-    def heartbeat(self, job: Job, progress: Progress | None = None,
-                  events: list[dict[str, Any]] | None = None) -> None:
-        """Report the running attempt `job` (as its owner holds it), in one round trip; AttemptMoved when it is
-        no longer this attempt's to run. Never writes the job record, so it cannot undo a requeue, a cancel or
-        an outcome."""
+    def heartbeat(self, job: Job, progress: Progress | None = None, events: list[dict[str, Any]] | None = None,
+                  outputs: list[Output] | None = None, preview: dict[str, Any] | None = None) -> None:
+        """Report the running attempt `job` (as its owner holds it: progress, outputs stored so far, newest
+        preview frame), in one round trip; AttemptMoved when it is no longer this attempt's to run. Never writes
+        the job record, so it cannot undo a requeue, a cancel or an outcome."""
         self.store.settle(job.id)
-        record = self.store.write_progress(job, progress, events or [])
+        record = self.store.write_progress(job, progress, events or [], outputs, preview)
         if record is None or record.status is not Status.RUNNING or record.claim_seq != job.claim_seq:
             status = record.status.value if record is not None else "gone"
             raise AttemptMoved(f"job {job.id} is {status} (claim {record.claim_seq if record else '-'}), "

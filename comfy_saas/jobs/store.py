@@ -31,7 +31,7 @@ from comfy_saas.jobs import keys
 from comfy_saas.jobs.counters import Counters
 from comfy_saas.jobs.idempotency import IdempotencyKeys
 from comfy_saas.jobs.index import DictLike, SlotIndex
-from comfy_saas.jobs.model import Job, Progress, Status, check_transition, utcnow
+from comfy_saas.jobs.model import Job, Output, Progress, Status, check_transition, utcnow
 from comfy_saas.jobs.quotas import ActiveSlots
 
 MAX_PAGE = 100
@@ -227,14 +227,21 @@ class JobStore:
 
     # --- a running attempt's heartbeat and progress --------------------------------------------
 
-    def write_progress(self, job: Job, progress: Progress | None, events: list[dict[str, Any]]) -> Job | None:
-        """The running attempt's heartbeat (and progress), keyed by its claim; returns the record as it
-        stands, so the owner sees if the job moved on. One round trip."""
-        live = {"claim": job.claim_seq, "heartbeat_at": self.clock().isoformat(),
-                "progress": progress.model_dump(mode="json") if progress is not None else None,
-                "events": events[-PROGRESS_EVENTS_KEPT:]}
-        _, record = run_all([lambda: self.d.put(keys.progress(job.id), live),
-                             lambda: self.d.get(keys.job(job.id))])
+    def write_progress(self, job: Job, progress: Progress | None, events: list[dict[str, Any]],
+                       outputs: list[Output] | None = None, preview: dict[str, Any] | None = None) -> Job | None:
+        """The running attempt's heartbeat (and progress, the outputs stored so far, and its newest preview
+        frame), keyed by its claim; returns the record as it stands, so the owner sees if the job moved on.
+        One round trip."""
+        live: dict[str, Any] = {"claim": job.claim_seq, "heartbeat_at": self.clock().isoformat(),
+                                "progress": progress.model_dump(mode="json") if progress is not None else None,
+                                "events": events[-PROGRESS_EVENTS_KEPT:]}
+        if outputs:
+            live["outputs"] = [o.model_dump(mode="json", exclude={"url"}) for o in outputs]
+        if preview is None:
+            write: Callable[[], Any] = lambda: self.d.put(keys.progress(job.id), live)  # noqa: E731
+        else:
+            write = lambda: self.d.update({keys.progress(job.id): live, keys.preview(job.id): preview})  # noqa: E731
+        _, record = run_all([write, lambda: self.d.get(keys.job(job.id))])
         return None if record is None else Job.model_validate(record)
 
     def progress_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
@@ -384,7 +391,8 @@ class JobStore:
         """Remove a job and everything kept for it from the Dict, its listing slots included; idempotent (one
         or two round trips)."""
         doomed = [keys.job(job.id), keys.payload(job.id), keys.cancel(job.id), keys.progress(job.id),
-                  keys.webhook(job.id), *(keys.claim(job.id, n) for n in range(1, job.claim_seq + 2)),
+                  keys.preview(job.id), keys.webhook(job.id),
+                  *(keys.claim(job.id, n) for n in range(1, job.claim_seq + 2)),
                   *(keys.index_slot(scope, n) for scope, n in job.index_slots.items())]
         if job.idempotency_key:
             doomed.append(keys.idempotency(job.user_id, job.idempotency_key))
@@ -430,6 +438,8 @@ def _merge(record: dict[str, Any] | None, live: dict[str, Any] | None) -> Job | 
         job.heartbeat_at = datetime.fromisoformat(live["heartbeat_at"])
         if live.get("progress") is not None:
             job.progress = Progress.model_validate(live["progress"])
+        if live.get("outputs"):  # stored while the prompt still runs; the record gets them all at the end
+            job.outputs = [Output.model_validate(o) for o in live["outputs"]]
     return job
 
 

@@ -22,14 +22,24 @@ _MULTIPART_BOUNDARY = "----comfy-saas-boundary"
 
 @dataclass
 class Event:
-    """One WebSocket message: a JSON event, or a binary frame (previews, progress text)."""
+    """One WebSocket message: a JSON event, or a binary frame (previews, progress text). A preview frame's
+    image travels beside its data, in `image`."""
 
     type: str
     data: dict[str, Any]
+    image: bytes | None = None
 
     @property
     def prompt_id(self) -> str | None:
         return self.data.get("prompt_id")
+
+    @property
+    def image_format(self) -> str | None:
+        """A preview's image format: jpeg or png (None for other events or formats ComfyUI never sends)."""
+        if self.type != "preview":
+            return None
+        named = self.data.get("format") or str(self.data.get("image_type", "")).removeprefix("image/")
+        return named if named in {"jpeg", "png"} else None
 
 
 def parse_binary(frame: bytes) -> Event:
@@ -38,7 +48,8 @@ def parse_binary(frame: bytes) -> Event:
         return Event("binary_unknown", {"length": len(frame)})
     kind, second = struct.unpack(">II", frame[:8])
     if kind == 1:
-        return Event("preview", {"format": {1: "jpeg", 2: "png"}.get(second, "unknown"), "bytes": len(frame) - 8})
+        return Event("preview", {"format": {1: "jpeg", 2: "png"}.get(second, "unknown"), "bytes": len(frame) - 8},
+                     image=frame[8:])
     if kind == 3:
         node = frame[8:8 + second].decode("utf-8", "replace")
         return Event("progress_text", {"node": node, "text": frame[8 + second:].decode("utf-8", "replace")})
@@ -47,7 +58,8 @@ def parse_binary(frame: bytes) -> Event:
             meta = json.loads(frame[8:8 + second])
         except ValueError:
             meta = {}
-        return Event("preview", {**meta, "bytes": len(frame) - 8 - second})
+        meta = meta if isinstance(meta, dict) else {}
+        return Event("preview", {**meta, "bytes": len(frame) - 8 - second}, image=frame[8 + second:])
     return Event("binary_unknown", {"event_type": kind, "length": len(frame)})
 
 
@@ -175,7 +187,11 @@ class ComfyClient:
 
     def download(self, ref: dict[str, Any], target: Path) -> int:
         """Stream a /view file to `target`; its size in bytes. OutputUnavailable when ComfyUI refuses the
-        name (400), the folder (403) or has no such file (404): the prompt reported an output it cannot serve."""
+        name (400), the folder (403) or has no such file (404): the prompt reported an output it cannot serve.
+        A file in this ComfyUI's folders on this machine is copied from disk (no HTTP round trip)."""
+        copied = self._copy_local(ref, target)
+        if copied is not None:
+            return copied
         query = urllib.parse.urlencode({"filename": ref["filename"], "subfolder": ref.get("subfolder", ""),
                                         "type": ref.get("type", "output")})
         resp = self._open("GET", f"/view?{query}", None, None, None)
@@ -192,6 +208,21 @@ class ComfyClient:
         except (OSError, http.client.HTTPException) as exc:
             self._drop_connection()
             raise ComfyUnavailable(f"could not download {ref['filename']!r} from ComfyUI: {exc}") from exc
+        return target.stat().st_size
+
+    def _copy_local(self, ref: dict[str, Any], target: Path) -> int | None:
+        """Copy a /view file straight from ComfyUI's folder when it is one on this machine and the file lies
+        inside it; None otherwise (then /view answers, with its own refusals)."""
+        base = self.folders.by_type(str(ref.get("type", "output"))) if self.folders is not None else None
+        if base is None or not isinstance(ref.get("filename"), str):
+            return None
+        try:
+            path = (base / str(ref.get("subfolder") or "") / ref["filename"]).resolve()
+            if path == base or not path.is_relative_to(base) or not path.is_file():
+                return None
+            shutil.copyfile(path, target)
+        except (OSError, ValueError):
+            return None
         return target.stat().st_size
 
     def events(self, client_id: str | None = None) -> EventStream:

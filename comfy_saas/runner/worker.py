@@ -44,6 +44,7 @@ from comfy_saas.runner.convert_outputs import convert_file
 from comfy_saas.runner.model_links import ModelLinks
 from comfy_saas.runner.models import JobModels, Stopped
 from comfy_saas.runner.monitor import PROGRESS_WRITE_S, AttemptMonitor
+from comfy_saas.runner.output_uploads import OutputUploads
 from comfy_saas.runner.outputs import OutputItem, collect
 from comfy_saas.runner.progress import ProgressTracker
 from comfy_saas.workflows import files, preflight
@@ -60,7 +61,7 @@ class Outcome:
     """How a prompt ended, as seen by the worker."""
 
     status: Status
-    history: dict[str, Any] | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)  # ComfyUI's UI outputs by node, as in a history entry
     error: JobError | None = None
     nodes: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +83,7 @@ class Run:
     renames: dict[str, str] = field(default_factory=dict)  # workflow names -> names ComfyUI knows them by
     events: list[dict[str, Any]] = field(default_factory=list)  # progress events so far (SSE replays them)
     leases: dict[str, Any] = field(default_factory=dict)  # model files this attempt uses, by sha256
+    uploads: OutputUploads | None = None  # outputs stored as ComfyUI announces them
     download_bytes: int | None = None
     _mark: float = 0.0
 
@@ -186,7 +188,7 @@ class Worker:
             if time.monotonic() > deadline:
                 raise ComfyUnavailable("the warmup workflow did not finish")
             self.events.next(timeout_s=0.1)  # keep the socket drained while waiting
-        self.remove_files(prompt_id, reported_files(entry))  # its saves are nobody's outputs
+        self.remove_files(prompt_id, reported_files(entry.get("outputs") or {}))  # its saves are nobody's outputs
         self.warmup_ms = round((time.monotonic() - started) * 1000, 1)
         self.start_kind = "warm"
         logs.event(log, "worker.warmed_up", worker_id=self.worker_id, phase="warmup")
@@ -318,6 +320,8 @@ class Worker:
                                                    "worker_id": self.worker_id})
             self.finish(run, Outcome(Status.FAILED, error=JobError(type="internal_error", message=str(exc))))
         finally:
+            if run.uploads is not None:
+                run.uploads.close()
             run.monitor.close()
             self.job_models.release(run)
             self.current_job = None
@@ -338,20 +342,22 @@ class Worker:
             return self.finish(run, Outcome(exc.status, error=exc.error))
         except PromptRejected as exc:
             return self.finish(run, Outcome(Status.FAILED, error=rejection_error(exc)))
+        run.uploads = OutputUploads(lambda item: self.upload_output(run, item), run.monitor.report_outputs)
         outcome = self.await_completion(run)
         run.nodes = outcome.nodes
         run.lap("execute")
-        if outcome.status is Status.COMPLETED:
-            run.files = reported_files(outcome.history)
-            items = collect(outcome.history.get("outputs", {}), include_temp=run.job.include_previews)
-            try:
-                uploaded = self.upload_outputs(run, items)
-            except OutputUnavailable as exc:  # ComfyUI will not serve what it reported: the job's failure
-                return self.finish(run, Outcome(Status.FAILED, error=JobError(type="output_unavailable",
-                                                                              message=exc.message)))
-            run.lap("upload")
-            return self.finish(run, outcome, outputs=uploaded)
-        return self.finish(run, outcome)
+        run.files = reported_files(outcome.outputs)
+        if outcome.status is not Status.COMPLETED:
+            return self.finish(run, outcome)
+        # Most were stored while later nodes ran; any the socket missed are taken from the history now.
+        run.uploads.add(collect(outcome.outputs, include_temp=run.job.include_previews))
+        try:
+            uploaded = run.uploads.finish()
+        except OutputUnavailable as exc:  # ComfyUI will not serve what it reported: the job's failure
+            return self.finish(run, Outcome(Status.FAILED, error=JobError(type="output_unavailable",
+                                                                          message=exc.message)))
+        run.lap("upload")
+        return self.finish(run, outcome, outputs=uploaded)
 
     def prepare_inputs(self, run: Run) -> dict[str, Any]:
         """Fetch media, upload them into this attempt's own input subfolder, apply overrides, and point every
@@ -393,17 +399,14 @@ class Worker:
                 outcome.nodes = watch.tracker.node_timings()
                 return outcome
 
-    def upload_outputs(self, run: Run, items: list[OutputItem]) -> list[Output]:
-        """Copy every output from ComfyUI to object storage under {job}/{node}/{stable name}."""
-        uploaded = []
-        for item in items:
-            try:
-                item, key, size = self._store_output(run, item)
-            except OutputUnavailable as exc:
-                raise OutputUnavailable(f"node {item.node_id}: {exc.message}") from None
-            uploaded.append(Output(node_id=item.node_id, kind=item.kind, filename=item.name, key=key,
-                                   content_type=item.content_type, size_bytes=size))
-        return uploaded
+    def upload_output(self, run: Run, item: OutputItem) -> Output:
+        """Copy one output from ComfyUI to object storage under {job}/{node}/{stable name}; its record."""
+        try:
+            item, key, size = self._store_output(run, item)
+        except OutputUnavailable as exc:
+            raise OutputUnavailable(f"node {item.node_id}: {exc.message}") from None
+        return Output(node_id=item.node_id, kind=item.kind, filename=item.name, key=key,
+                      content_type=item.content_type, size_bytes=size)
 
     def _store_output(self, run: Run, item: OutputItem) -> tuple[OutputItem, str, int]:
         """(the output as stored, its key, its size); a text output is stored as it was reported."""
@@ -490,6 +493,10 @@ class _Watch:
         self.stop_sent_at = 0.0
         self.dirty = False
         self.progress: Progress | None = None
+        self.outputs: dict[str, Any] = {}  # UI outputs by node, as `executed` announced them
+        self.complete_stream = True  # False once the socket dropped: events may be missing, /history decides
+        self.preview: tuple[int, str, bytes] | None = None  # the newest frame not yet handed to the monitor
+        self.preview_seq = 0
         self.events: list[dict[str, Any]] = list(run.events)  # what an SSE watcher replays; kept with the heartbeat
 
     def tick(self) -> Outcome | None:
@@ -501,6 +508,8 @@ class _Watch:
         if self.stopping is not None and now - self.stop_sent_at > _INTERRUPT_GRACE_S:
             return self.stopping  # ComfyUI never confirmed; the job's fate is ours to write
         event = self.w.events.next(timeout_s=0.2)
+        if event is not None and event.type in {"reconnected", "disconnected"}:
+            self.complete_stream = False
         outcome = self._on_event(event) if event is not None else None
         if outcome is None and (event is None or event.type in {"reconnected", "disconnected"}):
             outcome = self._poll_history(now, force=event is not None and event.type == "reconnected")
@@ -522,15 +531,26 @@ class _Watch:
     def _mine(self, event: Event) -> bool:
         if event.prompt_id is not None:
             return event.prompt_id == self.run.prompt_id
-        # On reconnect ComfyUI re-sends `executing` without a prompt id for the client's running prompt.
-        return event.type in {"executing", "progress_text"}
+        # On reconnect ComfyUI re-sends `executing` without a prompt id for the client's running prompt; older
+        # preview frames carry none either (this socket's client runs one prompt at a time).
+        return event.type in {"executing", "progress_text", "preview"}
 
     def _on_event(self, event: Event) -> Outcome | None:
         if not self._mine(event):
             return None
         self.dirty |= self.tracker.apply(event)
-        if event.type == "execution_success":
-            return Outcome(Status.COMPLETED, history=self._history_until_present())
+        if event.type == "executed":
+            self._on_executed(event.data)
+        elif event.type == "preview":
+            self._on_preview(event)
+        elif event.type == "execution_success":
+            if self.complete_stream:
+                return Outcome(Status.COMPLETED, outputs=self.outputs)
+            return outcome_from_history(self._history_until_present(), self.stopping)
+        elif event.type == "executing" and event.data.get("node") is None and event.prompt_id is not None:
+            # The prompt is over and its history written; its end message was missed somehow.
+            entry = self.w.comfy.history(self.run.prompt_id)
+            return outcome_from_history(entry, self.stopping) if entry is not None else None
         if event.type == "execution_error":
             return Outcome(Status.FAILED, error=execution_error(event.data))
         if event.type == "execution_interrupted":
@@ -538,6 +558,21 @@ class _Watch:
                 type="interrupted", message="ComfyUI interrupted the prompt", node_id=event.data.get("node_id"),
                 node_class=event.data.get("node_type")))
         return None
+
+    def _on_executed(self, data: dict[str, Any]) -> None:
+        """An output node finished: store what it shows now, while later nodes run."""
+        node, shown = data.get("node"), data.get("output")
+        if not isinstance(node, str) or not isinstance(shown, dict):
+            return
+        self.outputs[node] = shown
+        if self.run.uploads is not None:
+            self.run.uploads.add(collect({node: shown}, include_temp=self.run.job.include_previews))
+
+    def _on_preview(self, event: Event) -> None:
+        fmt = event.image_format
+        if event.image and fmt is not None:
+            self.preview_seq += 1
+            self.preview = (self.preview_seq, fmt, event.image)
 
     def _history_until_present(self) -> dict[str, Any]:
         # execution_success can arrive a moment before /history has the entry.
@@ -559,32 +594,45 @@ class _Watch:
         return outcome_from_history(entry, self.stopping)
 
     def _write_progress(self, now: float) -> None:
-        """Hand the newest progress to the monitor (which writes it), at most twice a second."""
-        if not self.dirty or now < self.next_progress:
+        """Hand the newest progress (and preview frame) to the monitor, which writes them in one round trip, at
+        most twice a second."""
+        if (not self.dirty and self.preview is None) or now < self.next_progress:
             return
-        self.dirty, self.next_progress = False, now + PROGRESS_WRITE_S
-        self.progress = self.tracker.snapshot()
-        seq = self.events[-1]["seq"] + 1 if self.events else 1
-        shown = self.progress.model_dump(mode="json")
-        self.events = [*self.events[-(PROGRESS_EVENTS_KEPT - 1):], {"seq": seq, "at": utcnow().isoformat(),
-                                                                    "progress": shown}]
-        self.run.monitor.report(self.progress, self.events)
+        self.next_progress = now + PROGRESS_WRITE_S
+        if self.dirty:
+            self.dirty = False
+            self.progress = self.tracker.snapshot()
+            seq = self.events[-1]["seq"] + 1 if self.events else 1
+            self.events = [*self.events[-(PROGRESS_EVENTS_KEPT - 1):],
+                           {"seq": seq, "at": utcnow().isoformat(), "progress": self.progress.model_dump(mode="json")}]
+            self._send_progress_webhook()
+        frame, self.preview = self.preview, None
+        preview = None if frame is None else {"seq": frame[0], "format": frame[1], "data_b64": _b64(frame[2])}
+        self.run.monitor.report(self.progress or self.tracker.snapshot(), self.events, preview)
+
+    def _send_progress_webhook(self) -> None:
         job = self.run.job
         if job.webhook_url and job.webhook_progress:
             shown = job.model_copy(update={"progress": self.progress})
             threading.Thread(target=webhooks.send_progress, args=(self.w.services, shown), daemon=True).start()
 
 
-def reported_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every file (output, preview, input) a history entry says the prompt wrote or showed."""
-    return [item.ref for item in collect(entry.get("outputs") or {}, include_temp=True) if item.ref]
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+def reported_files(outputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every file (output, preview, input) a prompt's UI outputs say it wrote or showed."""
+    return [item.ref for item in collect(outputs, include_temp=True) if item.ref]
 
 
 def outcome_from_history(entry: dict[str, Any], stopping: Outcome | None = None) -> Outcome:
     """What a history entry says about how the prompt ended."""
     status = entry.get("status") or {}
     if status.get("completed") and status.get("status_str") == "success":
-        return Outcome(Status.COMPLETED, history=entry)
+        return Outcome(Status.COMPLETED, outputs=entry.get("outputs") or {})
     for event, data in reversed(status.get("messages") or []):
         if event == "execution_error":
             return Outcome(Status.FAILED, error=execution_error(data))
