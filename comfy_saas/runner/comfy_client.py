@@ -210,18 +210,25 @@ class ComfyClient:
             raise ComfyUnavailable(f"could not download {ref['filename']!r} from ComfyUI: {exc}") from exc
         return target.stat().st_size
 
-    def _copy_local(self, ref: dict[str, Any], target: Path) -> int | None:
-        """Copy a /view file straight from ComfyUI's folder when it is one on this machine and the file lies
-        inside it; None otherwise (then /view answers, with its own refusals)."""
+    def local_file(self, ref: dict[str, Any]) -> Path | None:
+        """Where a /view file lies on this machine: in one of this ComfyUI's folders, when they are known here
+        and the file is inside it; None otherwise (then only /view can say)."""
         base = self.folders.by_type(str(ref.get("type", "output"))) if self.folders is not None else None
         if base is None or not isinstance(ref.get("filename"), str):
             return None
         try:
             path = (base / str(ref.get("subfolder") or "") / ref["filename"]).resolve()
-            if path == base or not path.is_relative_to(base) or not path.is_file():
-                return None
-            shutil.copyfile(path, target)
+            return path if path != base and path.is_relative_to(base) and path.is_file() else None
         except (OSError, ValueError):
+            return None
+
+    def _copy_local(self, ref: dict[str, Any], target: Path) -> int | None:
+        path = self.local_file(ref)
+        if path is None:
+            return None
+        try:
+            shutil.copyfile(path, target)
+        except OSError:
             return None
         return target.stat().st_size
 

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +41,7 @@ from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, Timin
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.store import PROGRESS_EVENTS_KEPT, Wakeup
 from comfy_saas.runner.comfy_client import ComfyClient, Event, EventStream
-from comfy_saas.runner.convert_outputs import convert_file
+from comfy_saas.runner.convert_outputs import convert_file, may_convert
 from comfy_saas.runner.model_links import ModelLinks
 from comfy_saas.runner.models import JobModels, Stopped
 from comfy_saas.runner.monitor import PROGRESS_WRITE_S, AttemptMonitor
@@ -84,6 +85,8 @@ class Run:
     events: list[dict[str, Any]] = field(default_factory=list)  # progress events so far (SSE replays them)
     leases: dict[str, Any] = field(default_factory=dict)  # model files this attempt uses, by sha256
     uploads: OutputUploads | None = None  # outputs stored as ComfyUI announces them
+    submitted: bool = False  # the prompt went to ComfyUI while the attempt was being claimed
+    early_error: Exception | None = None  # what that early preparation raised, for the started attempt to handle
     download_bytes: int | None = None
     _mark: float = 0.0
 
@@ -152,6 +155,9 @@ class Worker:
         # Job models are linked under models_dir, a folder tree this worker's ComfyUI reads (None: it has none).
         links = ModelLinks(models_dir, model_shadows or []) if models_dir else None
         self.job_models = JobModels(services, links, self.worker_id)
+        # One thread each, so they are warm and keep their kept-alive connections to ComfyUI between jobs.
+        self._uploader = ThreadPoolExecutor(1, thread_name_prefix=f"uploads-{self.worker_id}")
+        self._early = ThreadPoolExecutor(1, thread_name_prefix=f"early-{self.worker_id}")
 
     # --- the pool loop -----------------------------------------------------------------------
 
@@ -264,18 +270,44 @@ class Worker:
         if not self.comfy.healthy():
             self.store.enqueue(job, wakeup.payload)  # hand the wake-up back before anything is claimed
             return self.on_unhealthy()
+        # A job with everything in its wake-up goes to ComfyUI while its attempt is claimed (a round trip on
+        # Modal); if the claim is lost, the prompt is stopped before anything of it is kept.
+        early = self._early.submit(self.submit_early, job, wakeup.payload) if _early_ok(wakeup.payload) else None
         started, cancelled, payload, _ = run_all([
             lambda: self.lifecycle.start(job, self.worker_id), lambda: self.store.cancel_requested(job.id),
             lambda: wakeup.payload or self._payload(job.id),
             lambda: self.store.save_state(f"taken:{job.pool}", wakeup.sent_at)])
+        run = early.result() if early is not None else None
+        if started is None or cancelled or payload is None:
+            self._drop_early(run)
         if started is None:
             return True  # another worker, a cancel, or an undone submission won the attempt
         if cancelled or payload is None:
             error = CANCELLED_QUEUED if cancelled else JobError(type="internal_error", message="no payload stored")
             self.lifecycle.finish(started, Status.CANCELLED if cancelled else Status.FAILED, error=error)
             return True
-        self.run_job(started, payload)
+        self.run_job(started, payload, run)
         return True
+
+    def submit_early(self, job: Job, payload: dict[str, Any]) -> Run:
+        """Prepare and submit a queued job's prompt as its next attempt's; what goes wrong is kept in the Run for
+        the started attempt to handle (or forgotten with the prompt when the attempt is not ours)."""
+        limit = job.timeout_s or self.settings.job_timeout_s
+        run = Run(job, prompt_id=f"{job.id}-{job.claim_seq + 1}", deadline=time.monotonic() + limit,
+                  start_kind=self.start_kind, payload=payload, submitted=True)
+        try:
+            run.workflow = self.prepare_inputs(run)
+            self.submit(run)
+        except Exception as exc:  # handled as the job's own once the attempt is ours
+            run.early_error = exc
+        return run
+
+    def _drop_early(self, run: Run | None) -> None:
+        """The attempt is not ours (or will not run): stop its early prompt and delete what it put in ComfyUI."""
+        if run is None:
+            return
+        self._stop_prompt_quietly(run)
+        self.remove_files(run.prompt_id, [], run.job.id)
 
     def _payload(self, job_id: str) -> dict[str, Any] | None:
         try:
@@ -285,14 +317,16 @@ class Worker:
 
     # --- running one job ---------------------------------------------------------------------
 
-    def run_job(self, job: Job, payload: dict[str, Any]) -> None:
-        """Run one started attempt to an outcome; never raises for the job's own failures."""
+    def run_job(self, job: Job, payload: dict[str, Any], early: Run | None = None) -> None:
+        """Run one started attempt to an outcome (`early`: its prompt already submitted); never raises for the
+        job's own failures."""
         job_id = job.id
         logs.event(log, "job.started", job_id=job_id, attempt=job.attempts, worker_id=self.worker_id,
                    phase="prepare", pool=job.pool)
         limit = job.timeout_s or self.settings.job_timeout_s
-        run = Run(job, prompt_id=f"{job_id}-{job.claim_seq}", deadline=time.monotonic() + limit,
-                  start_kind=self.start_kind, payload=payload)
+        run = early or Run(job, prompt_id=f"{job_id}-{job.claim_seq}", deadline=time.monotonic() + limit,
+                           start_kind=self.start_kind, payload=payload)
+        run.job = job
         run.monitor = AttemptMonitor(self.lifecycle, job, self.settings.cancel_poll_s,
                                      self.settings.heartbeat_interval_s)
         if not self._warmup_reported:
@@ -329,10 +363,14 @@ class Worker:
 
     def _run_steps(self, run: Run) -> None:
         try:
-            self.job_models.prepare(run)
-            run.workflow = self.prepare_inputs(run)
+            if run.early_error is not None:
+                raise run.early_error
+            if not run.submitted:
+                self.job_models.prepare(run)
+                run.workflow = self.prepare_inputs(run)
             run.lap("prepare")
-            self.submit(run)
+            if not run.submitted:
+                self.submit(run)
         except MediaError as exc:
             return self.finish(run, Outcome(Status.FAILED, error=JobError(type="media_error", message=exc.message)))
         except ModelError as exc:
@@ -342,7 +380,8 @@ class Worker:
             return self.finish(run, Outcome(exc.status, error=exc.error))
         except PromptRejected as exc:
             return self.finish(run, Outcome(Status.FAILED, error=rejection_error(exc)))
-        run.uploads = OutputUploads(lambda item: self.upload_output(run, item), run.monitor.report_outputs)
+        run.uploads = OutputUploads(lambda item: self.upload_output(run, item), self._uploader,
+                                    run.monitor.report_outputs)
         outcome = self.await_completion(run)
         run.nodes = outcome.nodes
         run.lap("execute")
@@ -416,11 +455,19 @@ class Worker:
         return item, key, self.objects.put_bytes(key, item.text.encode(), item.content_type)
 
     def _copy_file(self, run: Run, item: OutputItem) -> tuple[OutputItem, str, int]:
+        local = None if may_convert(item, run.job.output) else self._local_file(item)
+        if local is not None:  # stored straight from ComfyUI's folder, as it wrote it
+            key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
+            return item, key, self.objects.put_file(key, local, item.content_type)
         with tempfile.NamedTemporaryFile(dir=self.scratch, prefix="out-", delete=True) as tmp:
             self.comfy.download(item.ref or {}, Path(tmp.name))
             item = convert_file(Path(tmp.name), item, run.job.output)  # the job's output format, if any
             key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
             return item, key, self.objects.put_file(key, tmp.name, item.content_type)
+
+    def _local_file(self, item: OutputItem) -> Path | None:
+        find = getattr(self.comfy, "local_file", None)  # a ComfyUI whose folders are on this machine
+        return find(item.ref or {}) if find is not None and item.ref else None
 
     def finish(self, run: Run, outcome: Outcome, outputs: list[Output] | None = None) -> None:
         """The terminal transition; losing it to another decider is fine."""
@@ -615,6 +662,12 @@ class _Watch:
         if job.webhook_url and job.webhook_progress:
             shown = job.model_copy(update={"progress": self.progress})
             threading.Thread(target=webhooks.send_progress, args=(self.w.services, shown), daemon=True).start()
+
+
+def _early_ok(payload: dict[str, Any] | None) -> bool:
+    """Whether a wake-up's job can go to ComfyUI before its attempt is claimed: it carries its payload and names
+    no model files (their download holds leases and takes long: it waits for the claim)."""
+    return payload is not None and not payload.get("models")
 
 
 def _b64(data: bytes) -> str:
