@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from comfy_saas.backends.parallel import run_all, submit
 from comfy_saas.config import Settings
 from comfy_saas.errors import InvalidInput, NotFound, NotOwner, QueueFull
-from comfy_saas.jobs import keys
+from comfy_saas.jobs import changes, keys
 from comfy_saas.jobs.counters import Counters
 from comfy_saas.jobs.idempotency import IdempotencyKeys
 from comfy_saas.jobs.index import DictLike, SlotIndex
@@ -199,8 +199,9 @@ class JobStore:
         self.settle(job.id)
         if wait:
             self.d.put(keys.job(job.id), job.to_record())
+            changes.announce(job.id)
             return
-        future = submit(lambda: self.d.put(keys.job(job.id), job.to_record()))
+        future = submit(lambda: (self.d.put(keys.job(job.id), job.to_record()), changes.announce(job.id)))
         with self._pending_lock:
             self._pending[job.id] = future
 
