@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,11 @@ class ComfyClient:
         return target.stat().st_size
 
     def events(self, client_id: str | None = None) -> EventStream:
-        return EventStream(self.base_url, client_id or uuid.uuid4().hex)
+        """This ComfyUI's WebSocket; every message on it counts as an answer for `healthy()`."""
+        return EventStream(self.base_url, client_id or uuid.uuid4().hex, on_message=self._answered)
+
+    def _answered(self) -> None:
+        self._last_answer = time.monotonic()
 
 
 def _multipart(fields: list[tuple[str, str]], file_field: str, filename: str, data: bytes) -> bytes:
@@ -248,11 +253,12 @@ class EventStream:
     """ComfyUI's /ws for one client id. `next()` returns an Event, or None on a quiet interval;
     a dropped socket is reopened (closing the old one first: ComfyUI keys sockets by client id)."""
 
-    def __init__(self, base_url: str, client_id: str) -> None:
+    def __init__(self, base_url: str, client_id: str, on_message: Callable[[], None] | None = None) -> None:
         self.url = base_url.replace("http://", "ws://").replace("https://", "wss://") + f"/ws?clientId={client_id}"
         self.client_id = client_id
         self._ws: Any = None
         self.reconnects = 0
+        self._on_message = on_message or (lambda: None)
 
     def open(self) -> None:
         import websocket  # heavy-ish; only workers need it
@@ -287,11 +293,12 @@ class EventStream:
         except (OSError, websocket.WebSocketException):
             self.close()
             return Event("disconnected", {})
-        if opcode == websocket.ABNF.OPCODE_BINARY:
-            return parse_binary(data)
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             self.close()
             return Event("disconnected", {})
+        self._on_message()  # ComfyUI is there: a health check may take this for an answer
+        if opcode == websocket.ABNF.OPCODE_BINARY:
+            return parse_binary(data)
         try:
             msg = json.loads(data)
             return Event(str(msg.get("type")), msg.get("data") or {})
