@@ -86,13 +86,15 @@ class Run:
     leases: dict[str, Any] = field(default_factory=dict)  # model files this attempt uses, by sha256
     uploads: OutputUploads | None = None  # outputs stored as ComfyUI announces them
     submitted: bool = False  # the prompt went to ComfyUI while the attempt was being claimed
+    submitted_at: float | None = None  # when (time.time()), so its run counts as executing from there
     early_error: Exception | None = None  # what that early preparation raised, for the started attempt to handle
     download_bytes: int | None = None
     _mark: float = 0.0
 
-    def lap(self, phase: str) -> None:
-        """Close `phase` now: it took the time since the previous mark (or since the job started)."""
-        now = time.time()
+    def lap(self, phase: str, at: float | None = None) -> None:
+        """Close `phase` now (or at `at`, a time.time() after the previous mark): it took the time since the
+        previous mark (or since the job started)."""
+        now = time.time() if at is None else max(at, self._mark or self.job.started_at.timestamp())
         self.phases[phase] = self.phases.get(phase, 0.0) + (now - (self._mark or self.job.started_at.timestamp()))
         self._mark = now
 
@@ -298,6 +300,7 @@ class Worker:
         try:
             run.workflow = self.prepare_inputs(run)
             self.submit(run)
+            run.submitted_at = time.time()
         except Exception as exc:  # handled as the job's own once the attempt is ours
             run.early_error = exc
         return run
@@ -368,7 +371,7 @@ class Worker:
             if not run.submitted:
                 self.job_models.prepare(run)
                 run.workflow = self.prepare_inputs(run)
-            run.lap("prepare")
+            run.lap("prepare", run.submitted_at)  # a prompt submitted early executes from its submission on
             if not run.submitted:
                 self.submit(run)
         except MediaError as exc:
