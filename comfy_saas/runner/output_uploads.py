@@ -18,13 +18,17 @@ from comfy_saas.runner.outputs import OutputItem
 
 class OutputUploads:
     """`store_one` copies one output and returns its record; `on_stored` hears the records stored so far after
-    each one, until the prompt has ended. Each output is stored once, however often it is announced."""
+    each one, until the prompt has ended. Each output is stored once, however often it is announced. One that
+    `quick` says is quick to copy (small, on this machine) is copied at once on the announcing thread when
+    nothing is queued before it: handing it to the upload thread and back costs more than the copy."""
 
     def __init__(self, store_one: Callable[[OutputItem], Output], executor: Executor,
-                 on_stored: Callable[[list[Output]], None] | None = None) -> None:
+                 on_stored: Callable[[list[Output]], None] | None = None,
+                 quick: Callable[[OutputItem], bool] = lambda item: False) -> None:
         self._store_one = store_one
         self._executor = executor
         self._on_stored = on_stored
+        self._quick = quick
         self._seen: set[tuple[str, str]] = set()
         self._futures: list[Future] = []
         self._stored: list[Output] = []
@@ -36,8 +40,12 @@ class OutputUploads:
     def add(self, items: list[OutputItem]) -> None:
         """Queue the outputs not queued before (by node and stable name)."""
         for item in items:
-            if (item.node_id, item.name) not in self._seen:
-                self._seen.add((item.node_id, item.name))
+            if (item.node_id, item.name) in self._seen:
+                continue
+            self._seen.add((item.node_id, item.name))
+            if all(f.done() for f in self._futures) and self._quick(item):
+                self._store(item)
+            else:
                 self._futures.append(self._executor.submit(self._store, item))
 
     def _store(self, item: OutputItem) -> None:

@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 _HISTORY_POLL_S = 2.0  # when the socket is quiet, ask /history this often
 _INTERRUPT_GRACE_S = 15.0  # how long to wait for ComfyUI to confirm an interrupt
+# An output this small on this machine is copied by the thread that reads ComfyUI's socket (a few ms at most
+# even to R2); larger ones go to the upload thread, so cancels and progress are not held up behind them.
+QUICK_COPY_BYTES = 2 * 1024 * 1024
 
 
 @dataclass
@@ -384,7 +387,7 @@ class Worker:
         except PromptRejected as exc:
             return self.finish(run, Outcome(Status.FAILED, error=rejection_error(exc)))
         run.uploads = OutputUploads(lambda item: self.upload_output(run, item), self._uploader,
-                                    run.monitor.report_outputs)
+                                    run.monitor.report_outputs, self._quick_to_copy)
         outcome = self.await_completion(run)
         run.nodes = outcome.nodes
         run.lap("execute")
@@ -467,6 +470,16 @@ class Worker:
             item = convert_file(Path(tmp.name), item, run.job.output)  # the job's output format, if any
             key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
             return item, key, self.objects.put_file(key, tmp.name, item.content_type)
+
+    def _quick_to_copy(self, item: OutputItem) -> bool:
+        """A text, or a file of at most QUICK_COPY_BYTES in ComfyUI's folder on this machine."""
+        if item.text is not None:
+            return True
+        local = self._local_file(item)
+        try:
+            return local is not None and local.stat().st_size <= QUICK_COPY_BYTES
+        except OSError:
+            return False
 
     def _local_file(self, item: OutputItem) -> Path | None:
         find = getattr(self.comfy, "local_file", None)  # a ComfyUI whose folders are on this machine
