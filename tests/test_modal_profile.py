@@ -178,7 +178,7 @@ def _take_wakeups(svc: Services) -> None:
     worker = Worker.__new__(Worker)
     worker.store, worker.lifecycle, worker.comfy, worker.worker_id = svc.store, svc.lifecycle, NoComfy(), "w"
     worker.settings = svc.settings
-    worker._early = ThreadPoolExecutor(1)
+    worker._starter = ThreadPoolExecutor(1)
     worker.submit_early = lambda job, payload: None  # no prompt goes anywhere: only whether the job would start
     while (wakeup := svc.store.next_wakeup("default", 0.01)) is not None:
         worker.run_job = lambda job, payload, early=None: None  # nothing to run here

@@ -160,9 +160,10 @@ class Worker:
         # Job models are linked under models_dir, a folder tree this worker's ComfyUI reads (None: it has none).
         links = ModelLinks(models_dir, model_shadows or []) if models_dir else None
         self.job_models = JobModels(services, links, self.worker_id)
-        # One thread each, so they are warm and keep their kept-alive connections to ComfyUI between jobs.
+        # One thread each, kept warm between jobs: the uploads (with their own connection to ComfyUI), and the
+        # store calls that start a job while this thread hands its prompt to ComfyUI.
         self._uploader = ThreadPoolExecutor(1, thread_name_prefix=f"uploads-{self.worker_id}")
-        self._early = ThreadPoolExecutor(1, thread_name_prefix=f"early-{self.worker_id}")
+        self._starter = ThreadPoolExecutor(1, thread_name_prefix=f"starts-{self.worker_id}")
 
     # --- the pool loop -----------------------------------------------------------------------
 
@@ -277,12 +278,16 @@ class Worker:
             return self.on_unhealthy()
         # A job with everything in its wake-up goes to ComfyUI while its attempt is claimed (a round trip on
         # Modal); if the claim is lost, the prompt is stopped before anything of it is kept.
-        early = self._early.submit(self.submit_early, job, wakeup.payload) if _early_ok(wakeup.payload) else None
-        started, cancelled, payload, _ = run_all([
+        starting = self._starter.submit(run_all, [
             lambda: self.lifecycle.start(job, self.worker_id), lambda: self.store.cancel_requested(job.id),
             lambda: wakeup.payload or self._payload(job.id),
             lambda: self.store.save_state(f"taken:{job.pool}", wakeup.sent_at)])
-        run = early.result() if early is not None else None
+        run = self.submit_early(job, wakeup.payload) if _early_ok(wakeup.payload) else None
+        try:
+            started, cancelled, payload, _ = starting.result()
+        except BaseException:
+            self._drop_early(run)  # the store is away: the job's fate is the sweeper's, its prompt goes
+            raise
         if started is None or cancelled or payload is None:
             self._drop_early(run)
         if started is None:
