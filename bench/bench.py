@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -246,11 +247,12 @@ class Served:
 
 
 def has_v2(base: str) -> bool:
-    """Whether our server mounts the Comfy API v2 (GET /api/v2/jobs/{id} answers something but 404 for a route
-    it lacks: a missing job is a JSON 404 too, so the route list decides)."""
+    """Whether our server mounts the Comfy API v2 (its job list answers; a server without it has no such route)."""
     try:
-        with urllib.request.urlopen(base + "/openapi.json", timeout=5) as resp:
-            return any(path.startswith("/api/v2/jobs") for path in json.loads(resp.read()).get("paths", {}))
+        with urllib.request.urlopen(base + "/api/v2/jobs?limit=1", timeout=5) as resp:
+            return resp.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code in (401, 403)
     except OSError:
         return False
 
