@@ -176,7 +176,12 @@ def _take_wakeups(svc: Services) -> None:
             return None
 
     worker = Worker.__new__(Worker)
+    class QuietSocket:
+        def alive(self) -> bool:
+            return False  # so the health check decides
+
     worker.store, worker.lifecycle, worker.comfy, worker.worker_id = svc.store, svc.lifecycle, NoComfy(), "w"
+    worker.events = QuietSocket()
     worker.settings = svc.settings
     worker._starter = ThreadPoolExecutor(1)
     worker.submit_early = lambda job, payload: None  # no prompt goes anywhere: only whether the job would start

@@ -306,6 +306,30 @@ class EventStream:
             raw = data[:200]
             return Event("unparsable", {"raw": raw.decode(errors="replace") if isinstance(raw, bytes) else raw})
 
+    def alive(self, timeout_s: float = 2.0) -> bool:
+        """Whether ComfyUI answers a ping on this open socket within timeout_s: a health check that costs no
+        request (ComfyUI's /system_stats asks the GPU). Messages that were waiting (status broadcasts between
+        prompts) are dropped; a socket that is not open, or breaks, says False."""
+        import websocket
+
+        if self._ws is None:
+            return False
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._ws.ping()
+            while (left := deadline - time.monotonic()) > 0:
+                self._ws.settimeout(left)
+                opcode, _ = self._ws.recv_data(control_frame=True)
+                if opcode == websocket.ABNF.OPCODE_PONG:
+                    self._on_message()
+                    return True
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    break
+        except (OSError, websocket.WebSocketException):
+            pass
+        self.close()  # silent or broken: the next use reopens it
+        return False
+
     def close(self) -> None:
         if self._ws is not None:
             # Closing a broken socket may fail in many ways; it is gone either way.

@@ -273,7 +273,7 @@ class Worker:
             self.store.enqueue(job, wakeup.payload)
             logs.event(log, "worker.deadline_near", job_id=job.id, worker_id=self.worker_id, pool=job.pool)
             return False
-        if not self.comfy.healthy():
+        if not (self.events.alive() or self.comfy.healthy()):
             self.store.enqueue(job, wakeup.payload)  # hand the wake-up back before anything is claimed
             return self.on_unhealthy()
         # A job with everything in its wake-up goes to ComfyUI while its attempt is claimed (a round trip on
