@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from conftest import wait_until
 from PIL import Image
 
+from comfy_saas.jobs import keys
 from comfy_saas.jobs.model import Job, Status
 from comfy_saas.jobs.request import JobRequest
 from comfy_saas.jobs.services import Services
@@ -109,3 +112,27 @@ def test_outputs_come_over_http_when_comfyuis_folders_are_not_on_this_machine(st
         job = finished(svc, submit(svc, EARLY_AND_LATE))
     assert job.status is Status.COMPLETED, job.error
     assert [image_at(s3, o.key).size for o in job.outputs] == [(16, 16), (16, 16)]
+
+
+def test_a_prompt_sent_while_the_claim_was_lost_is_stopped_and_nothing_of_it_kept(store, s3, double):
+    svc = services(store, s3)
+    slow = {**EARLY_AND_LATE, "3": {**EARLY_AND_LATE["3"], "inputs": {**EARLY_AND_LATE["3"]["inputs"], "steps": 100}}}
+    job_id = submit(svc, slow)
+    svc.lifecycle.cancel(job_id)  # wins the job's first move; its wake-up is still in the queue
+    with worker(svc, double.client) as w:
+        wait_until(lambda: store.queue_depth() == 0, 20, "the wake-up taken")
+        prompt_id = f"{job_id}-1"
+        wait_until(lambda: not _in_queue(double.client, prompt_id), 20, "the early prompt stopped")
+        assert w.current_job is None
+    stops = json.loads(urllib.request.urlopen(double.url + "/double/events", timeout=10).read())
+    assert any(e.get("prompt_id") == prompt_id or prompt_id in json.dumps(e.get("body")) for e in stops)
+    entry = double.client.history(prompt_id)
+    assert entry is None or entry["status"]["status_str"] != "success"
+    job = store.get(job_id)
+    assert job.status is Status.CANCELLED and job.outputs == [] and job.attempts == 0
+    assert s3.list_keys(keys.object_prefix(job_id, job.created_at)) == []
+
+
+def _in_queue(comfy: ComfyClient, prompt_id: str) -> bool:
+    q = comfy.queue()
+    return any(item[1] == prompt_id for item in q.get("queue_running", []) + q.get("queue_pending", []))
