@@ -5,13 +5,22 @@
     │   ├── MalformedBody       the body is not JSON at all                         (HTTP 400)
     │   ├── PreflightFailed     the workflow cannot run on this deployment; lists every problem
     │   ├── UnconvertibleWorkflow  a UI-format graph that cannot become an API workflow; lists the nodes
+    │   ├── WorkflowFormatUi    a UI-format graph where only the API format is taken (Comfy API v2)
+    │   ├── MissingAsset        an asset reference that does not resolve to one of the caller's assets
+    │   ├── IdempotencyKeyReuse an idempotency key sent again with another request
+    │   ├── RangeNotSatisfiable a byte range outside the content                     (HTTP 416)
     │   └── BodyTooLarge        the body is over the size limit                     (HTTP 413)
     ├── NotFound                no such job, or not visible to this caller          (HTTP 404)
+    │   └── BlobNotFound        no blob with that hash the caller may use
     ├── Unauthorized            missing or wrong API key                            (HTTP 401)
+    ├── Forbidden               a valid key that may not do this                    (HTTP 403)
     ├── Conflict                the job's state forbids the request                 (HTTP 409)
     │   ├── AlreadyFinished     the job is already completed, failed or cancelled; names its status
     │   ├── IllegalTransition   a status move the lifecycle does not allow
-    │   └── NotOwner            a write by a worker whose attempt was taken over
+    │   ├── NotOwner            a write by a worker whose attempt was taken over
+    │   ├── HashMismatch        uploaded bytes do not have the hash the client declared
+    │   ├── AssetInUse          an asset record something still depends on
+    │   └── IdempotencyInFlight the first request with this idempotency key is still being answered
     ├── Overloaded              try again later; carries retry_after_s              (HTTP 429)
     │   └── QueueFull           the work queue partition is at capacity
     ├── BackendError            Dict, Queue or object storage failed                (HTTP 503)
@@ -79,6 +88,39 @@ class UnconvertibleWorkflow(InvalidInput):
         return {**super().to_dict(), "details": self.problems}
 
 
+class WorkflowFormatUi(InvalidInput):
+    type = "workflow_format_ui"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="workflow")
+
+
+class MissingAsset(InvalidInput):
+    type = "missing_asset"
+
+    def __init__(self, message: str, details: dict | None = None) -> None:
+        super().__init__(message, field="workflow")
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "details": self.details}
+
+
+class IdempotencyKeyReuse(InvalidInput):
+    type = "idempotency_key_reuse"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="Idempotency-Key")
+
+
+class RangeNotSatisfiable(InvalidInput):
+    type = "range_not_satisfiable"
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message, field="Range")
+        self.size = size
+
+
 class MalformedBody(InvalidInput):
     type = "malformed_body"
 
@@ -91,8 +133,16 @@ class NotFound(ComfySaasError):
     type = "not_found"
 
 
+class BlobNotFound(NotFound):
+    type = "blob_not_found"
+
+
 class Unauthorized(ComfySaasError):
     type = "unauthorized"
+
+
+class Forbidden(ComfySaasError):
+    type = "forbidden"
 
 
 class Conflict(ComfySaasError):
@@ -116,6 +166,22 @@ class IllegalTransition(Conflict):
 
 class NotOwner(Conflict):
     type = "not_owner"
+
+
+class HashMismatch(Conflict):
+    type = "hash_mismatch"
+
+
+class AssetInUse(Conflict):
+    type = "asset_in_use"
+
+
+class IdempotencyInFlight(Conflict):
+    type = "idempotency_key_in_use"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Overloaded(ComfySaasError):

@@ -23,7 +23,7 @@ LAYERS = [
     ["jobs.catalogues"],
     ["jobs.operations", "jobs.sweeper", "jobs.cleanup", "jobs.templates", "jobs.model_cache", "jobs.wakeups"],
     ["jobs.ops"],
-    ["runner", "web"],
+    ["runner", "web", "v2"],
     ["local", "modal_runtime"],
     ["cli"],
 ]

@@ -57,6 +57,7 @@ class Limits:
                                           "worker timeout in COMFY_POOLS, may be lower)")
     max_models: int = opt(8, "model files (checkpoints, LoRAs, ...) one job may name by URL")
     max_body_bytes: int = opt(100 * 1024 * 1024, "size of a request body")
+    max_asset_bytes: int = opt(100 * 1024 * 1024, "size of one Comfy API v2 asset upload")
     max_json_depth: int = opt(64, "nesting of arrays and objects in a request body")
 
 

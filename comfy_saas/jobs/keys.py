@@ -178,3 +178,49 @@ def model_lease_head(sha256: str) -> str:
 def model_eviction(sha256: str) -> str:
     """Held while one evictor removes the file; users that see it wait and re-check."""
     return f"modelevict:{sha256}"
+
+
+# --- Comfy API v2 assets (records over blake3-addressed blobs, per account, in object storage) -------
+
+
+def asset_account(user_id: str | None) -> str:
+    """Whose assets: a user's, or the operator's (keys not bound to a user). Their folder in object storage:
+    assets are durable, so they live there rather than in the Dict."""
+    return "assets/operator/" if user_id is None else f"assets/users/{user_id}/"
+
+
+def asset_record(account: str, asset_id: str) -> str:
+    """One asset record (a folder of its own, so deleting it by prefix touches nothing else)."""
+    return f"{account}records/{asset_id}/record.json"
+
+
+def asset_blob_folder(account: str, hex_digest: str) -> str:
+    """A blob of the account: its bytes, what is known about them, and a marker per record over them."""
+    return f"{account}blobs/{hex_digest}/"
+
+
+def asset_blob(account: str, hex_digest: str) -> str:
+    return f"{asset_blob_folder(account, hex_digest)}data"
+
+
+def asset_blob_meta(account: str, hex_digest: str) -> str:
+    """Written after the bytes, so its presence means the blob is whole."""
+    return f"{asset_blob_folder(account, hex_digest)}meta.json"
+
+
+def asset_blob_refs(account: str, hex_digest: str) -> str:
+    return f"{asset_blob_folder(account, hex_digest)}refs/"
+
+
+def asset_blob_ref(account: str, hex_digest: str, asset_id: str) -> str:
+    return f"{asset_blob_refs(account, hex_digest)}{asset_id}/ref"
+
+
+def asset_name(account: str, name: str) -> str:
+    """The account's latest asset uploaded under a file name (how plain names in a workflow are found)."""
+    return f"{account}names/{hashlib.sha256(name.encode()).hexdigest()}/entry.json"
+
+
+def output_asset(created: datetime, asset_id: str) -> str:
+    """Which job output an output asset id stands for; under the job's day, so retention deletes it too."""
+    return f"{object_day(created)}v2-assets/{asset_id}.json"

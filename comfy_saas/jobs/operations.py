@@ -27,7 +27,7 @@ from comfy_saas.jobs import catalogues, keys, payloads
 from comfy_saas.jobs.model import Job, Status, new_job_id
 from comfy_saas.jobs.model_cache import ModelCache
 from comfy_saas.jobs.prepare import Prepared, prepare
-from comfy_saas.jobs.request import JobRequest, parse_submission
+from comfy_saas.jobs.request import JobRequest, MediaInput, parse_submission
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.store import MAX_PAGE
 from comfy_saas.jobs.views import job_view
@@ -120,12 +120,14 @@ def check_urls(svc: Services, request: JobRequest) -> None:
 
 
 def submit_job(svc: Services, caller: Caller, body: bytes | bytearray | str | dict[str, Any],
-               recorded: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+               recorded: dict[str, Any] | None = None, staged: list[MediaInput] | None = None
+               ) -> tuple[dict[str, Any], bool]:
     """Validate and enqueue; (job view, created). A user-bound key always submits as its user. `recorded` are
-    fields for the job record from the caller (the template it came from, seeds it drew)."""
+    fields for the job record from the caller (the template it came from, seeds it drew); `staged`, media a
+    surface resolved for this caller (MediaInput.stored)."""
     if isinstance(body, bytes | bytearray | str) and len(body) > svc.settings.limits.max_body_bytes:
         raise BodyTooLarge(f"the body is larger than {svc.settings.limits.max_body_bytes} bytes", field="body")
-    request = route_to_pool(svc, caller, parse_submission(body, svc.settings.limits))
+    request = route_to_pool(svc, caller, parse_submission(body, svc.settings.limits).with_staged(staged or []))
     check_webhook_secret(svc, request)
     if caller.user_id is not None:
         request = request.model_copy(update={"user_id": caller.user_id})

@@ -35,6 +35,8 @@ def pack(objects: ObjectStore, job_id: str, created: datetime, workflow: dict[st
 
 
 def _media_ref(objects: ObjectStore, job_id: str, created: datetime, i: int, media: MediaInput) -> dict[str, Any]:
+    if media.object_key is not None:  # already in object storage: the worker reads it there, nothing is copied
+        return {"name": media.name, "ref": media.object_key, "size": media._object_size}
     if media.base64 is None:
         return {"name": media.name, "url": media.url}
     data = media.decoded()

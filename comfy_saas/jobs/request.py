@@ -72,6 +72,21 @@ class MediaInput(BaseModel):
     name: str = Field(description="File name the workflow refers to, e.g. in LoadImage.image")
     url: str | None = None
     base64: str | None = Field(default=None, description="Base64 bytes, optionally as a data: URL")
+    # A stored object's key, set only by a surface that resolved it for this caller (MediaInput.stored): a
+    # private attribute, so no request body can name an object key and read another tenant's bytes.
+    _object_key: str | None = PrivateAttr(default=None)
+    _object_size: int = PrivateAttr(default=0)
+
+    @classmethod
+    def stored(cls, name: str, key: str, size: int) -> MediaInput:
+        """A media item staged from object storage (e.g. a Comfy API v2 asset the caller owns)."""
+        item = cls.model_construct(name=name, url=None, base64=None)
+        item._object_key, item._object_size = key, size
+        return item
+
+    @property
+    def object_key(self) -> str | None:
+        return self._object_key
 
     @field_validator("name")
     @classmethod
@@ -242,6 +257,16 @@ class JobRequest(BaseModel):
     output: OutputOptions | None = Field(default=None, description="convert still images to png, webp or jpeg")
     # What submit worked out for the job record (format, seeds drawn, template); never sent by clients.
     _recorded: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def with_staged(self, media: list[MediaInput]) -> JobRequest:
+        """A copy with media a surface resolved (MediaInput.stored) added to the client's own."""
+        names = [m.name for m in [*self.media, *media]]
+        if len(set(names)) != len(names):
+            raise InvalidInput("media: names must be unique (a staged asset has the name of a media item)",
+                               field="media")
+        copy = self.model_copy(update={"media": [*self.media, *media]})
+        copy._recorded = dict(self._recorded)
+        return copy
 
     def with_recorded(self, **fields: Any) -> JobRequest:
         """A copy carrying fields for the job record that submit worked out (see new_job)."""

@@ -14,17 +14,20 @@ from comfy_saas.errors import (
     CatalogueUnavailable,
     ComfySaasError,
     Conflict,
+    Forbidden,
     InvalidInput,
     MalformedBody,
     NotFound,
     Overloaded,
+    RangeNotSatisfiable,
     Unauthorized,
 )
 
 BACKEND_RETRY_AFTER_S = 5  # a store outage: the guard already retried for about a second
 
-_STATUS = [(MalformedBody, 400), (BodyTooLarge, 413), (InvalidInput, 422), (Unauthorized, 401), (NotFound, 404),
-           (Conflict, 409), (Overloaded, 429), (BackendError, 503), (ComfySaasError, 500)]
+_STATUS = [(MalformedBody, 400), (BodyTooLarge, 413), (RangeNotSatisfiable, 416), (InvalidInput, 422),
+           (Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (Conflict, 409), (Overloaded, 429),
+           (BackendError, 503), (ComfySaasError, 500)]
 
 
 def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -15,6 +15,9 @@ from comfy_saas.jobs.services import Services
 
 def mount_surfaces(app: FastAPI, services: Callable[[], Services]) -> None:
     """Register every surface's routes on `app` (the native API last: it serves the editor at `/`)."""
+    from comfy_saas import v2
+
+    v2.mount(app, services)
 
 
 def surfaces_app(services: Callable[[], Services]) -> FastAPI:

@@ -1,0 +1,167 @@
+"""The Comfy API v2 asset routes: parse, call one function of v2/assets.py, serialize.
+
+Content is served from where the blob is: a local folder streams it (Range: 206/416); S3/R2 answers with a
+302 to a fresh presigned URL, or streams it through this server with `?stream=true` (for clients that cannot
+follow a redirect), the Range header passed on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from comfy_saas.backends.objects import LocalStore
+from comfy_saas.errors import BackendError, BodyTooLarge, NotFound
+from comfy_saas.jobs.request import json_object
+from comfy_saas.jobs.services import Services
+from comfy_saas.v2 import assets
+from comfy_saas.v2.asset_uploads import UploadReader
+from comfy_saas.web.auth import authenticate
+
+log = logging.getLogger(__name__)
+MAX_JSON_BODY = 64 * 1024
+FIELDS_SLACK = 1024 * 1024  # what the text parts and the multipart framing may add to the file's size
+SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+RELAY_CHUNK = 1024 * 1024
+
+
+def error_answer(exc: BaseException) -> Response:
+    """The contract's error envelope for any exception (the v2 surface's mapping when it is there)."""
+    try:
+        from comfy_saas.v2.errors import error_response
+    except ImportError:  # until the v2 surface's own error module is merged
+        status, body, headers = _fallback(exc)
+    else:
+        status, body, headers = error_response(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _fallback(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    from comfy_saas.errors import ComfySaasError
+    from comfy_saas.web.errors_http import error_response
+
+    if not isinstance(exc, ComfySaasError):
+        log.error("v2 assets: unhandled error", exc_info=exc)
+    status, body, headers = error_response(exc)
+    err = body["error"]
+    return status, {"error": {"code": err["type"], "message": err["message"], "details": None}}, headers
+
+
+def add_asset_routes(router: APIRouter, services: Callable[[], Services]) -> None:
+    """Register the six asset operations on `router` (full paths, no prefix)."""
+
+    def caller(request: Request) -> Any:
+        return authenticate(services().settings, request.headers.get("authorization"))
+
+    @router.post("/api/v2/assets", status_code=201, tags=["assets"], summary="Upload an asset (multipart)")
+    async def post_asset(request: Request) -> Response:
+        try:
+            who, svc = caller(request), services()
+            body, new = await _receive(request, svc, who)
+            return JSONResponse(body, status_code=201 if new else 200)
+        except Exception as exc:
+            return error_answer(exc)
+
+    @router.post("/api/v2/assets/from-hash", status_code=201, tags=["assets"], summary="Mint over existing bytes")
+    async def post_from_hash(request: Request) -> Response:
+        try:
+            who, svc = caller(request), services()
+            raw = await request.body()
+            if len(raw) > MAX_JSON_BODY:
+                raise BodyTooLarge(f"the body is larger than {MAX_JSON_BODY} bytes", field="body")
+            body, minted = await run_in_threadpool(
+                assets.from_hash, svc, who, json_object(raw, svc.settings.limits))
+            return JSONResponse(body, status_code=201 if minted else 200)
+        except Exception as exc:
+            return error_answer(exc)
+
+    @router.head("/api/v2/assets/by-hash/{hash}", tags=["assets"], summary="Whether the caller has this blob")
+    def head_by_hash(hash: str, request: Request) -> Response:
+        try:
+            found = assets.blob_usable(services(), caller(request), hash)
+            return Response(status_code=200 if found else 404)
+        except Exception as exc:
+            return error_answer(exc)
+
+    @router.get("/api/v2/assets/{id}", tags=["assets"], summary="Asset metadata")
+    def get_asset(id: str, request: Request) -> Response:
+        try:
+            return JSONResponse(assets.get_asset(services(), caller(request), id))
+        except Exception as exc:
+            return error_answer(exc)
+
+    @router.get("/api/v2/assets/{id}/content", tags=["assets"], summary="Asset bytes (Range supported)")
+    def get_content(id: str, request: Request, stream: bool = False) -> Response:
+        try:
+            svc = services()
+            return _serve(svc, assets.content(svc, caller(request), id), request.headers.get("range"), stream)
+        except Exception as exc:
+            return error_answer(exc)
+
+    @router.delete("/api/v2/assets/{id}", status_code=204, tags=["assets"], summary="Delete an asset record")
+    def delete_asset(id: str, request: Request) -> Response:
+        try:
+            assets.delete_asset(services(), caller(request), id)
+            return Response(status_code=204)
+        except Exception as exc:
+            return error_answer(exc)
+
+
+async def _receive(request: Request, svc: Services, who: Any) -> tuple[dict[str, Any], bool]:
+    """Stream the multipart body through the reader (hashing, spooling, capping), then store it."""
+    cap = svc.settings.limits.max_asset_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap + FIELDS_SLACK:
+        raise BodyTooLarge(f"file: larger than the {cap} byte limit for one asset", field="file")
+    reader = UploadReader(request.headers.get("content-type"), cap)
+    try:
+        async for chunk in request.stream():
+            reader.feed(chunk)
+        received = reader.finish()
+        return await run_in_threadpool(assets.store_upload, svc, who, received)
+    finally:
+        reader.discard()
+
+
+def _serve(svc: Services, content: assets.Content, byte_range: str | None, stream: bool) -> Response:
+    headers = {**SAFE_HEADERS, "Cache-Control": "private, max-age=0"}
+    if isinstance(svc.objects, LocalStore):
+        path = svc.objects.path(content.key)
+        if not path.is_file():
+            raise NotFound("no such asset")
+        return FileResponse(path, media_type=content.content_type, headers=headers, filename=content.file_name,
+                            content_disposition_type="inline")
+    url = svc.objects.url(content.key)
+    if not stream:
+        return RedirectResponse(url, status_code=302, headers=headers)
+    return _relay(url, byte_range, content, headers)
+
+
+def _relay(url: str, byte_range: str | None, content: assets.Content, headers: dict[str, str]) -> Response:
+    """Stream the object from its presigned URL, passing the Range on and its answer back."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        upstream = urllib.request.urlopen(urllib.request.Request(url, headers={"Range": byte_range} if byte_range
+                                                                 else {}), timeout=30)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416:
+            return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{content.size}"})
+        raise BackendError(f"object storage answered {exc.code}") from None
+    except OSError as exc:
+        raise BackendError(f"object storage is unreachable: {exc}") from None
+    for name in ("Content-Length", "Content-Range", "Accept-Ranges"):
+        if upstream.headers.get(name):
+            headers[name] = upstream.headers[name]
+
+    def chunks() -> Any:
+        with upstream:
+            yield from iter(lambda: upstream.read(RELAY_CHUNK), b"")
+
+    return StreamingResponse(chunks(), status_code=upstream.status, media_type=content.content_type, headers=headers)

@@ -1,0 +1,167 @@
+"""The Comfy API v2 routes: parse the request, call one operation (v2/jobs.py, v2 assets), serialize; every
+error becomes the contract's envelope in v2/errors.py. Store calls block, so they run in the threadpool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from comfy_saas.errors import BodyTooLarge, ComfySaasError
+from comfy_saas.jobs import operations as api
+from comfy_saas.jobs.operations import Caller
+from comfy_saas.jobs.services import Services
+from comfy_saas.v2 import events
+from comfy_saas.v2 import jobs as v2jobs
+from comfy_saas.v2.asset_routes import add_asset_routes
+from comfy_saas.v2.errors import envelope, error_response
+from comfy_saas.web.auth import authenticate
+
+ServicesFn = Callable[[], Services]
+_EVERY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def mount(app: FastAPI, services: ServicesFn, events_stream_s: float | None = None) -> None:
+    """Add every v2 route to `app` (jobs, assets, health; anything else under /api/v2 is a v2 `not_found`).
+    An events stream ends after `events_stream_s` (default: deploy.toml's api.events_stream_s)."""
+    if events_stream_s is None:
+        from comfy_saas.config.deploy import Api
+
+        events_stream_s = float(Api().events_stream_s)
+    router = APIRouter(include_in_schema=False)  # the contract is its own document (Comfy API v2 openapi.yaml)
+    add_job_routes(router, services, events_stream_s)
+    add_asset_routes(router, services)
+    router.add_api_route("/api/v2/{rest:path}", _unknown, methods=_EVERY_METHOD, include_in_schema=False)
+    app.include_router(router)
+
+
+def caller(svc: Services, request: Request) -> Caller:
+    """Who asks: the same keys, users and pools as /v1 (`Authorization: Bearer`)."""
+    return authenticate(svc.settings, request.headers.get("authorization"))
+
+
+def root(request: Request) -> str:
+    """The prefix this app is mounted under, for host-relative links."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers or {})
+
+
+def error(exc: BaseException) -> JSONResponse:
+    """Any exception as the contract's error envelope."""
+    return json_response(*error_response(exc))
+
+
+async def answer(call: Callable[[], tuple[int, Any]], headers: dict[str, str] | None = None) -> Response:
+    """Run a blocking operation in the threadpool; (status, body) or the error envelope."""
+    try:
+        status, body = await run_in_threadpool(call)
+    except Exception as exc:
+        return error(exc)
+    return json_response(status, body, headers)
+
+
+async def read_body(svc: Services, request: Request) -> bytearray:
+    """The body, streamed under the size cap (a declared size over it is refused unread)."""
+    limit = svc.settings.limits.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if not declared.isascii() or (declared.isdigit() and int(declared) > limit):
+        raise BodyTooLarge(f"the body is larger than {limit} bytes", field="body")
+    body = bytearray()
+    async for chunk in request.stream():
+        if len(body) + len(chunk) > limit:
+            raise BodyTooLarge(f"the body is larger than {limit} bytes", field="body")
+        body += chunk
+    return body
+
+
+def add_job_routes(router: APIRouter, services: ServicesFn, events_stream_s: float) -> None:
+    """POST/GET /api/v2/jobs, GET /api/v2/jobs/{id}, .../workflow, .../cancel, .../events, GET /api/v2/health."""
+    h = JobHandlers(services, events_stream_s)
+    for method, path, handler in (("POST", "/api/v2/jobs", h.post_jobs), ("GET", "/api/v2/jobs", h.list_jobs),
+                                  ("GET", "/api/v2/jobs/{id}", h.get_job),
+                                  ("GET", "/api/v2/jobs/{id}/workflow", h.get_job_workflow),
+                                  ("POST", "/api/v2/jobs/{id}/cancel", h.cancel_job),
+                                  ("GET", "/api/v2/jobs/{id}/events", h.job_events),
+                                  ("GET", "/api/v2/health", h.health)):
+        router.add_api_route(path, handler, methods=[method], summary=(handler.__doc__ or "").split("\n")[0])
+
+
+class JobHandlers:
+    """The job routes' handlers over the services `services()` builds."""
+
+    def __init__(self, services: ServicesFn, events_stream_s: float) -> None:
+        self.services = services
+        self.events_stream_s = events_stream_s
+
+    async def post_jobs(self, request: Request) -> Response:
+        """Submit an API-format workflow; authenticated before a byte of the body is read."""
+        svc = self.services()
+        try:
+            who = caller(svc, request)
+            raw = await read_body(svc, request)
+        except ComfySaasError as exc:
+            status, body, headers = error_response(exc)
+            return json_response(status, body, {**headers, "Connection": "close"})
+        key = request.headers.get("idempotency-key")
+        try:
+            view, replayed = await run_in_threadpool(v2jobs.submit, svc, who, raw, key, root(request))
+        except Exception as exc:
+            return error(exc)
+        return json_response(201, view, {"Idempotency-Replayed": "true"} if replayed else None)
+
+    async def list_jobs(self, request: Request) -> Response:
+        """The caller's jobs, newest first, in cursor pages."""
+        svc, query = self.services(), dict(request.query_params)
+        return await answer(lambda: (200, v2jobs.list_jobs(svc, caller(svc, request), query, root(request))))
+
+    async def get_job(self, request: Request, id: str) -> Response:
+        """A job: status, progress, outputs (the polling workhorse)."""
+        svc = self.services()
+        return await answer(lambda: (200, v2jobs.get(svc, caller(svc, request), id, root(request))))
+
+    async def get_job_workflow(self, request: Request, id: str) -> Response:
+        """The API-format workflow a job ran."""
+        svc = self.services()
+        return await answer(lambda: (200, v2jobs.workflow(svc, caller(svc, request), id)))
+
+    async def cancel_job(self, request: Request, id: str) -> Response:
+        """Request cancellation (idempotent)."""
+        svc = self.services()
+        return await answer(lambda: (200, v2jobs.cancel(svc, caller(svc, request), id, root(request))))
+
+    async def job_events(self, request: Request, id: str) -> Response:
+        """Live events (SSE) until the job ends, or the stream's time limit."""
+        svc = self.services()
+        try:
+            job = await run_in_threadpool(lambda: api.visible_job(svc, caller(svc, request), id))
+        except Exception as exc:
+            return error(exc)
+        return StreamingResponse(events.stream(svc, job, self.events_stream_s), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def health(self, request: Request) -> Response:
+        """Whether the store and the queue answer (no key needed; no backend detail shown)."""
+        svc = self.services()
+
+        def call() -> tuple[int, dict[str, Any]]:
+            report = api.health(svc)
+            ok = report["status"] == "ok"
+            return (200 if ok else 503), {"status": "healthy" if ok else "degraded", **_public(report)}
+
+        return await answer(call)
+
+
+def _public(report: dict[str, Any]) -> dict[str, Any]:
+    """The health report without backend error texts (no authentication is asked for it)."""
+    return {k: (v if k == "queue_depth" or v == "ok" else "error") for k, v in report.items() if k != "status"}
+
+
+async def _unknown(request: Request, rest: str) -> Response:
+    return json_response(404, envelope("not_found", "no such Comfy API v2 route"))
