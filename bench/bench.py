@@ -33,6 +33,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,18 @@ class KeepAlive:
         self._conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        import http.client
+
         data = None if body is None else json.dumps(body).encode()
-        self._conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        resp = self._conn.getresponse()
+        for attempt in (1, 2):
+            try:
+                self._conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+                resp = self._conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self._conn.close()  # the server closed an idle connection (uvicorn after 5 s): a fresh one
+                if attempt == 2:
+                    raise
         raw = resp.read()
         return resp.status, json.loads(raw) if raw else None
 
@@ -257,24 +267,46 @@ def has_v2(base: str) -> bool:
         return False
 
 
-def side_by_side(exec_s: float, runs: int, tmp: Path, rpc_ms: float) -> dict[str, Any]:
-    """The same workflows, interleaved, on one ComfyUI double: straight to it, through comfy-api-proxy and through
-    our /v1 (and /api/v2 when mounted), every client polling its status route every POLL_S. Per leg: p50/p99
-    end to end, overhead over direct, submit; ours also as a ratio to the proxy's end to end."""
-    root = (tmp / "shared-comfy").resolve()
-    double = start_double(root, exec_s)
-    proxy, proxy_base = start_proxy(double.url)
-    stack = Served(tmp / "side", rpc_ms, double.url, root)
-    legs = [direct_leg(double.url), v2_leg("proxy", proxy_base), v1_leg(stack.base)]
+@dataclass(frozen=True)
+class RealComfy:
+    """A ComfyUI already running (e.g. `python main.py --cpu`), its folders under base_dir, and the size of the
+    image its workflow blurs (the real ComfyUI's stand-in for the double's delay)."""
+
+    url: str
+    base_dir: Path
+    blur_size: int = 1280
+
+
+def blurred(color: int, size: int) -> dict[str, Any]:
+    """A workflow a real ComfyUI runs without models: an image, blurred (most of the time), saved."""
+    return {"1": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1,
+                                                         "color": color}},
+            "3": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 31, "sigma": 5.0}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "bench"}}}
+
+
+def side_by_side(exec_s: float, runs: int, tmp: Path, rpc_ms: float, real: RealComfy | None = None
+                 ) -> dict[str, Any]:
+    """The same workflows, interleaved, on one ComfyUI (the double, or `real`): straight to it, through
+    comfy-api-proxy and through our /v1 (and /api/v2 when mounted), every client polling its status route
+    every POLL_S. Per leg: p50/p99 end to end, overhead over direct, submit; ours also as a ratio to the
+    proxy's end to end."""
+    root = real.base_dir if real else (tmp / "shared-comfy").resolve()
+    double = None if real else start_double(root, exec_s)
+    comfy_url = real.url if real else double.url
+    wf = (lambda color: blurred(color, real.blur_size)) if real else workflow
+    proxy, proxy_base = start_proxy(comfy_url)
+    stack = Served(tmp / "side", rpc_ms, comfy_url, root)
+    legs = [direct_leg(comfy_url), v2_leg("proxy", proxy_base), v1_leg(stack.base)]
     if has_v2(stack.base):
         legs.append(v2_leg("v2", stack.base))
     try:
         for leg_no, leg in enumerate(legs):  # one warm-up each (connections, first-job paths), not measured
-            leg.run(workflow(90_000 + leg_no))
+            leg.run(wf(90_000 + leg_no))
             leg.totals, leg.submits, leg.ids = [], [], []
         for i in range(runs):
             for leg_no, leg in enumerate(legs):
-                leg.run(workflow(10_000 * (leg_no + 1) + i))  # no two prompts alike: ComfyUI would cache them
+                leg.run(wf(10_000 * (leg_no + 1) + i))  # no two prompts alike: ComfyUI would cache them
         return side_by_side_result(legs, stack)
     finally:
         for leg in legs:
@@ -282,7 +314,8 @@ def side_by_side(exec_s: float, runs: int, tmp: Path, rpc_ms: float) -> dict[str
         stack.close()
         proxy.terminate()
         proxy.wait(10)
-        double.stop()
+        if double is not None:
+            double.stop()
 
 
 def side_by_side_result(legs: list[Leg], stack: Served) -> dict[str, Any]:
@@ -594,17 +627,19 @@ def node_catalogue(tmp: Path) -> dict[str, Any]:
 
 
 def run(quick: bool, rpc_ms: float, only_side: bool = False, runs: int | None = None,
-        exec_s: float | None = None) -> dict[str, Any]:
+        exec_s: float | None = None, real: RealComfy | None = None) -> dict[str, Any]:
     exec_s = exec_s if exec_s is not None else (0.5 if quick else 2.0)
     runs = runs or (8 if quick else 20)
     stored, active = (20_000, 2_000) if quick else (100_000, 10_000)
     with tempfile.TemporaryDirectory(prefix="bench-") as name:
         tmp = Path(name)
-        side = side_by_side(exec_s, runs, tmp, rpc_ms)
+        side = side_by_side(exec_s, runs, tmp, rpc_ms, real)
         v1 = side["v1"]
         result = {
             "quick": quick, "rpc_ms": rpc_ms, "twin_profile": "modal" if rpc_ms else "local",
-            "workflow_exec_s": exec_s, "runs": runs, "poll_ms": POLL_S * 1000, "side_by_side": side,
+            "workflow_exec_s": None if real else exec_s, "runs": runs,
+            "comfyui": f"real ComfyUI at {real.url}, blurring {real.blur_size}px" if real else "the double",
+            "poll_ms": POLL_S * 1000, "side_by_side": side,
             "baseline_p50_ms": side["direct"]["p50_ms"], "stack_p50_ms": v1["p50_ms"],
             "overhead_p50_ms": v1["overhead_p50_ms"], "overhead_p99_ms": v1["overhead_p99_ms"],
             "overhead_ratio": round(v1["p50_ms"] / side["direct"]["p50_ms"], 4),
@@ -654,8 +689,8 @@ def table(result: dict[str, Any]) -> str:
                   "sweep_10k_s", "sweep_runs", "sweep_run_max_s", "drain_jobs_per_s", "worker_rss_mb")
     lines = [f"rpc_ms={result['rpc_ms']} ({result['twin_profile']} profile)", f"{'metric':<22} {'measured':>28}  goal"]
     lines += [f"{k:<22} {json.dumps(result[k]):>28}  {goals.get(k, '')}" for k in keys_shown if k in result]
-    lines.append(f"side by side ({result['runs']} interleaved runs of a {result['workflow_exec_s']} s workflow, "
-                 f"polling every {result['poll_ms']:g} ms):")
+    lines.append(f"side by side on {result['comfyui']} ({result['runs']} interleaved runs, workflow "
+                 f"{result['workflow_exec_s']} s, polling every {result['poll_ms']:g} ms):")
     for leg, row in result["side_by_side"].items():
         lines.append(f"  {leg:<7} p50 {row['p50_ms']:>8} p99 {row['p99_ms']:>8}"
                      f"  overhead p50 {row['overhead_p50_ms']:>6} p99 {row['overhead_p99_ms']:>6}"
@@ -677,10 +712,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the side-by-side run (direct, comfy-api-proxy, us), a few minutes")
     parser.add_argument("--runs", type=int, help="interleaved side-by-side runs per leg")
     parser.add_argument("--exec-s", type=float, help="seconds the double takes per prompt")
+    parser.add_argument("--comfyui-url", help="side by side on this running ComfyUI instead of the double")
+    parser.add_argument("--comfyui-base-dir", type=Path, help="with --comfyui-url: its base directory here")
+    parser.add_argument("--blur-size", type=int, default=1280, help="with --comfyui-url: the blurred image's side")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     started = time.monotonic()
-    result = run(args.quick, args.rpc_ms, args.side_by_side, args.runs, args.exec_s)
+    real = RealComfy(args.comfyui_url, args.comfyui_base_dir.resolve(), args.blur_size) if args.comfyui_url else None
+    result = run(args.quick, args.rpc_ms, args.side_by_side, args.runs, args.exec_s, real)
     result["bench_seconds"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(result, indent=2))
     print(table(result))
