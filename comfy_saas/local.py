@@ -204,8 +204,10 @@ def serve(settings: Settings, options: StackOptions) -> None:
     print(f"comfy-saas: starting {stack._worker_count()} worker(s) per pool ({', '.join(stack.pools)}) on "
           f"{stack.comfy_source}", flush=True)
     app = create_app(stack.services)  # refuses malformed settings before anything is started
+    # Clients keep their connection between polls (an SDK's session does): uvicorn's 5 s default would make
+    # one that polls less often than that reconnect on every request; 75 s is aiohttp's (ComfyUI's) default.
     server = _signal_safe_server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
-                                                timeout_graceful_shutdown=3))
+                                                timeout_graceful_shutdown=3, timeout_keep_alive=75))
     try:
         stack.start()
         threading.Thread(target=_banner_when_listening, args=(server, options, settings), daemon=True).start()
