@@ -238,11 +238,8 @@ class JobStore:
                                 "events": events[-PROGRESS_EVENTS_KEPT:]}
         if outputs:
             live["outputs"] = [o.model_dump(mode="json", exclude={"url"}) for o in outputs]
-        if preview is None:
-            write: Callable[[], Any] = lambda: self.d.put(keys.progress(job.id), live)  # noqa: E731
-        else:
-            write = lambda: self.d.update({keys.progress(job.id): live, keys.preview(job.id): preview})  # noqa: E731
-        _, record = run_all([write, lambda: self.d.get(keys.job(job.id))])
+        entries = {keys.progress(job.id): live, **({keys.preview(job.id): preview} if preview is not None else {})}
+        _, record = run_all([lambda: self.d.update(entries), lambda: self.d.get(keys.job(job.id))])
         return None if record is None else Job.model_validate(record)
 
     def progress_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
