@@ -1,17 +1,22 @@
-"""Benchmark: the same workflows straight to the ComfyUI double (baseline) and through the whole stack, with the
-twins in their local profile (--rpc-ms 0) or in their Modal profile (--rpc-ms 25: every Dict/Queue call is a
-25 ms round trip, entries expire, Modal's size limits apply).
+"""Benchmark: the same workflows side by side on one ComfyUI double (straight to it, through comfy-api-proxy,
+through our /v1 and, when mounted, /api/v2), then the store's own measurements, with the twins in their local
+profile (--rpc-ms 0) or in their Modal profile (--rpc-ms 25: every Dict/Queue call is a 25 ms round trip,
+entries expire, Modal's size limits apply).
 
-    python bench/bench.py --rpc-ms 25 --out bench.json          # full run (about 10 minutes)
-    python bench/bench.py --quick --rpc-ms 25 --out bench.json  # smaller counts (about 3 minutes)
+    python bench/bench.py --rpc-ms 25 --out bench.json                 # full run (about 10 minutes)
+    python bench/bench.py --quick --rpc-ms 25 --out bench.json         # smaller counts (about 3 minutes)
+    python bench/bench.py --side-by-side --runs 15 --out side.json     # only the side-by-side (about 2 minutes)
 
-Writes JSON with rpc_ms, submit_p50_ms, overhead_p50_ms (through the stack minus direct), list_page_ms (one
-page of 20 among 100,000 stored jobs), metrics_ms (one /metrics render), sweep_10k_s (the sweeper's total time,
-over as many runs as it needs, to examine and act on 10,000 queued/running jobs among 100,000 stored; with
-sweep_runs and sweep_run_max_s), round_trips (operation -> sequential Dict/Queue calls, measured as the time
-an operation gains per millisecond of latency), and the older keys: overhead_p99_ms, overhead_ratio,
-submit_p99_ms, pickup_p50/p99_ms, cancel_p50/p99_ms, drain_jobs_per_s, worker_rss_mb. Speed goals live here,
-never in the tests; `goals_met` says which were met.
+The side-by-side interleaves the legs run by run, each client polling its status route every 5 ms over a
+kept-alive connection, and reports per leg p50/p99 end to end, the overhead over direct (p50/p99) and submit
+time, and for ours the ratio of its end to end to the proxy's (side_by_side.*.ratio_to_proxy; proxy_ratio for
+/v1) with the median of each job timing phase. Writes JSON with rpc_ms, overhead_p50_ms (/v1 minus direct),
+submit_p50_ms, list_page_ms (one page of 20 among 100,000 stored jobs), metrics_ms (one /metrics render),
+sweep_10k_s (the sweeper's total time, over as many runs as it needs, to examine and act on 10,000
+queued/running jobs among 100,000 stored; with sweep_runs and sweep_run_max_s), round_trips (operation ->
+sequential Dict/Queue calls, measured as the time an operation gains per millisecond of latency), and
+overhead_p99_ms, overhead_ratio, submit_p99_ms, pickup_p50/p99_ms, cancel_p50/p99_ms, drain_jobs_per_s,
+worker_rss_mb. Speed goals live here, never in the tests; `goals_met` says which were met.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -48,11 +55,12 @@ from comfy_saas.runner.comfy_client import ComfyClient  # noqa: E402
 from comfy_saas.runner.comfy_process import DOUBLE_DIR, ComfyProcess  # noqa: E402
 from comfy_saas.web import metrics  # noqa: E402
 
-# Goals by latency per call: today's at 0 ms, the Modal profile's at 25 ms (issue 11).
+# Goals by latency per call: the local twins' at 0 ms, the Modal profile's at 25 ms (issues 11 and 21).
+# proxy_ratio: our /v1 end to end over comfy-api-proxy's, on the same double in the same run.
 GOALS: dict[float, dict[str, float]] = {
-    0: {"overhead_p50_ms": 30, "overhead_p99_ms": 100, "overhead_ratio": 1.02, "submit_p99_ms": 20,
+    0: {"overhead_p50_ms": 10, "overhead_p99_ms": 100, "proxy_ratio": 1.0, "submit_p99_ms": 20,
         "pickup_p99_ms": 100, "cancel_p99_ms": 1500},
-    25: {"submit_p50_ms": 60, "overhead_p50_ms": 200, "list_page_ms": 100, "metrics_ms": 150, "sweep_runs": 3,
+    25: {"submit_p50_ms": 60, "overhead_p50_ms": 150, "list_page_ms": 100, "metrics_ms": 150, "sweep_runs": 3,
          "sweep_run_max_s": 55, "cancel_p99_ms": 1500},
 }
 CALLER = Caller("bench")
@@ -104,35 +112,236 @@ def settings_for(data_dir: Path, rpc_ms: float, comfyui_args: str = "", **change
                     twin=twin, **changes)
 
 
-# --- baseline: straight to the double -------------------------------------------------------------
+# --- side by side: straight to the double, through comfy-api-proxy, through us -------------------------
+
+POLL_S = 0.005  # every client polls its status route this often (issue 21's measurement)
+_ENDED = {"completed", "failed", "cancelled", "succeeded", "canceled"}
 
 
-def baseline(exec_s: float, runs: int, tmp: Path) -> list[float]:
-    """Wall time of a prompt sent directly to a double that takes exec_s per prompt."""
-    proc = ComfyProcess(DOUBLE_DIR, free_port(), ["--output-directory", str(tmp / "base-out"),
-                                                  "--input-directory", str(tmp / "base-in"),
-                                                  "--temp-directory", str(tmp / "base"),
+class KeepAlive:
+    """One client's kept-alive HTTP connection (as an SDK's session keeps one), JSON in and out."""
+
+    def __init__(self, base: str) -> None:
+        import http.client
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(base)
+        self._conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        import http.client
+
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in (1, 2):
+            try:
+                self._conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+                resp = self._conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self._conn.close()  # the server closed an idle connection (uvicorn after 5 s): a fresh one
+                if attempt == 2:
+                    raise
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class Leg:
+    """One way of running a workflow: submit it, then poll its status route every POLL_S until it ends."""
+
+    def __init__(self, name: str, base: str, submit_path: str, status_path: str,
+                 body: Callable[[dict[str, Any]], dict[str, Any]], job_id: Callable[[Any], str],
+                 ended: Callable[[Any, str], bool]) -> None:
+        self.name, self.client = name, KeepAlive(base)
+        self._submit_path, self._status_path, self._body, self._job_id, self._ended = (
+            submit_path, status_path, body, job_id, ended)
+        self.totals: list[float] = []
+        self.submits: list[float] = []
+        self.ids: list[str] = []
+
+    def run(self, wf: dict[str, Any]) -> None:
+        started = time.monotonic()
+        status, answer = self.client.call("POST", self._submit_path, self._body(wf))
+        if status not in (200, 201, 202):
+            raise RuntimeError(f"{self.name}: submit answered {status}: {answer}")
+        self.submits.append(time.monotonic() - started)
+        job_id = self._job_id(answer)
+        while True:
+            status, answer = self.client.call("GET", self._status_path.format(id=job_id))
+            if status == 200 and self._ended(answer, job_id):
+                break
+            time.sleep(POLL_S)
+        self.totals.append(time.monotonic() - started)
+        self.ids.append(job_id)
+
+
+def direct_leg(base: str) -> Leg:
+    """Straight to ComfyUI: POST /prompt, then GET /history/{id} until it has the prompt."""
+    return Leg("direct", base, "/prompt", "/history/{id}", lambda wf: {"prompt": wf, "client_id": "bench"},
+               lambda a: a["prompt_id"], lambda a, job_id: job_id in (a or {}))
+
+
+def v2_leg(name: str, base: str) -> Leg:
+    """The Comfy API v2: POST /api/v2/jobs, then GET /api/v2/jobs/{id} until it has ended."""
+    return Leg(name, base, "/api/v2/jobs", "/api/v2/jobs/{id}", lambda wf: {"workflow": wf},
+               lambda a: a["id"], lambda a, _: a.get("status") in _ENDED)
+
+
+def v1_leg(base: str) -> Leg:
+    """Our own API: POST /v1/jobs, then GET /v1/jobs/{id} until it has ended."""
+    return Leg("v1", base, "/v1/jobs", "/v1/jobs/{id}", lambda wf: {"workflow": wf}, lambda a: a["id"],
+               lambda a, _: a.get("status") in _ENDED)
+
+
+def start_double(root: Path, exec_s: float) -> ComfyProcess:
+    """The ComfyUI double every leg shares, with its folders laid out as a ComfyUI base directory."""
+    proc = ComfyProcess(DOUBLE_DIR, free_port(), ["--output-directory", str(root / "output"),
+                                                  "--input-directory", str(root / "input"),
+                                                  "--temp-directory", str(root),
                                                   "--double-exec-delay", str(exec_s)])
     proc.start()
-    client = ComfyClient(proc.url)
-    stream = client.events()
-    stream.open()
-    times = []
+    return proc
+
+
+def start_proxy(comfy_url: str) -> tuple[subprocess.Popen, str]:
+    """comfy-api-proxy (the reference v2 proxy, a pinned dev dependency) in front of `comfy_url`."""
+    port = free_port()
+    exe = Path(sys.executable).parent / "comfy-api-proxy"
+    proc = subprocess.Popen([str(exe), "run", "--comfyui", comfy_url, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(base + "/api/v2/health"), 30, 0.05)
+    return proc, base
+
+
+def _answers(url: str) -> bool:
     try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+class Served:
+    """`comfy-saas serve` in its own process (API, one worker, sweeper), as a user runs it and as the proxy runs,
+    in front of a ComfyUI already running at `comfy_url` whose folders are under `comfy_base_dir`."""
+
+    def __init__(self, data_dir: Path, rpc_ms: float, comfy_url: str, comfy_base_dir: Path) -> None:
+        port = free_port()
+        self.data_dir = data_dir
+        self.rpc_ms = rpc_ms
+        env = {"PATH": "/usr/bin:/bin", "COMFY_DATA_DIR": str(data_dir), "COMFY_URL_SIGNING_SECRET": "bench",
+               "COMFY_COMFYUI_BASE_DIR": str(comfy_base_dir), "COMFY_HEARTBEAT_INTERVAL_S": "5",
+               "COMFY_TWIN_PROFILE": "modal" if rpc_ms else "local", "COMFY_TWIN_RPC_MS": str(rpc_ms)}
+        exe = Path(sys.executable).parent / "comfy-saas"
+        self.proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--comfyui-url", comfy_url],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: self.proc.poll() is not None or _answers(self.base + "/health"), 60, 0.05)
+        if self.proc.poll() is not None:
+            raise RuntimeError("comfy-saas serve did not start")
+
+    def jobs(self, ids: list[str]) -> list[Any]:
+        """The jobs as stored (read straight from its data directory, without the profile's latency)."""
+        return local_services(settings_for(self.data_dir, 0)).store.get_many(ids)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def has_v2(base: str) -> bool:
+    """Whether our server mounts the Comfy API v2 (its job list answers; a server without it has no such route)."""
+    try:
+        with urllib.request.urlopen(base + "/api/v2/jobs?limit=1", timeout=5) as resp:
+            return resp.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code in (401, 403)
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class RealComfy:
+    """A ComfyUI already running (e.g. `python main.py --cpu`), its folders under base_dir, and the size of the
+    image its workflow blurs (the real ComfyUI's stand-in for the double's delay)."""
+
+    url: str
+    base_dir: Path
+    blur_size: int = 1280
+
+
+def blurred(color: int, size: int) -> dict[str, Any]:
+    """A workflow a real ComfyUI runs without models: an image, blurred (most of the time), saved."""
+    return {"1": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1,
+                                                         "color": color}},
+            "3": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 31, "sigma": 5.0}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "bench"}}}
+
+
+def side_by_side(exec_s: float, runs: int, tmp: Path, rpc_ms: float, real: RealComfy | None = None
+                 ) -> dict[str, Any]:
+    """The same workflows, interleaved, on one ComfyUI (the double, or `real`): straight to it, through
+    comfy-api-proxy and through our /v1 (and /api/v2 when mounted), every client polling its status route
+    every POLL_S. Per leg: p50/p99 end to end, overhead over direct, submit; ours also as a ratio to the
+    proxy's end to end."""
+    root = real.base_dir if real else (tmp / "shared-comfy").resolve()
+    double = None if real else start_double(root, exec_s)
+    comfy_url = real.url if real else double.url
+    wf = (lambda color: blurred(color, real.blur_size)) if real else workflow
+    proxy, proxy_base = start_proxy(comfy_url)
+    stack = Served(tmp / "side", rpc_ms, comfy_url, root)
+    legs = [direct_leg(comfy_url), v2_leg("proxy", proxy_base), v1_leg(stack.base)]
+    if has_v2(stack.base):
+        legs.append(v2_leg("v2", stack.base))
+    try:
+        for leg_no, leg in enumerate(legs):  # one warm-up each (connections, first-job paths), not measured
+            leg.run(wf(90_000 + leg_no))
+            leg.totals, leg.submits, leg.ids = [], [], []
         for i in range(runs):
-            started = time.monotonic()
-            pid = f"base-{i}"
-            client.queue_prompt(workflow(1000 + i), stream.client_id, pid)
-            while True:
-                event = stream.next(30)
-                if event is not None and event.type == "execution_success" and event.prompt_id == pid:
-                    break
-            client.history(pid)  # a caller needs the outputs too
-            times.append(time.monotonic() - started)
+            for leg_no, leg in enumerate(legs):
+                leg.run(wf(10_000 * (leg_no + 1) + i))  # no two prompts alike: ComfyUI would cache them
+        return side_by_side_result(legs, stack)
     finally:
-        stream.close()
-        proc.stop()
-    return times
+        for leg in legs:
+            leg.client.close()
+        stack.close()
+        proxy.terminate()
+        proxy.wait(10)
+        if double is not None:
+            double.stop()
+
+
+def side_by_side_result(legs: list[Leg], stack: Served) -> dict[str, Any]:
+    direct = statistics.median(legs[0].totals)
+    out: dict[str, Any] = {}
+    for leg in legs:
+        overhead = [t - direct for t in leg.totals]
+        out[leg.name] = {"p50_ms": ms(statistics.median(leg.totals)), "p99_ms": ms(pct(leg.totals, 99)),
+                         "overhead_p50_ms": ms(statistics.median(overhead)), "overhead_p99_ms": ms(pct(overhead, 99)),
+                         "submit_p50_ms": ms(statistics.median(leg.submits)), "submit_p99_ms": ms(pct(leg.submits, 99))}
+    proxy = statistics.median(legs[1].totals)
+    for leg in legs[2:]:
+        out[leg.name]["ratio_to_proxy"] = round(statistics.median(leg.totals) / proxy, 4)
+        out[leg.name].update(phases(stack, leg.ids))
+    return out
+
+
+def phases(stack: Served, ids: list[str]) -> dict[str, Any]:
+    """Pickup p50/p99 and the median of each timing phase over these jobs (the phases add up to the total)."""
+    timings = [j.timings for j in stack.jobs(ids) if j is not None and j.timings is not None]
+    if not timings:
+        return {}
+    names = ("queue_wait_ms", "prepare_ms", "execute_ms", "upload_ms", "finish_ms", "total_ms")
+    pickups = [t.queue_wait_ms for t in timings]
+    return {"pickup_p50_ms": round(statistics.median(pickups), 1), "pickup_p99_ms": round(pct(pickups, 99), 1),
+            "phases_p50_ms": {n: round(statistics.median(getattr(t, n) for t in timings), 1) for n in names}}
 
 
 # --- through the stack -----------------------------------------------------------------------------
@@ -170,21 +379,6 @@ class Stack:
     def close(self) -> None:
         self.server.should_exit = True
         self.stack.stop()
-
-
-def through_stack(exec_s: float, runs: int, tmp: Path, rpc_ms: float) -> tuple[list[float], list[float]]:
-    """(end-to-end seconds, pickup seconds) of jobs run one at a time on an idle worker."""
-    stack = Stack(tmp / "stack", rpc_ms, workers=1, exec_s=exec_s)
-    totals, pickups = [], []
-    try:
-        for i in range(runs):
-            started = time.monotonic()
-            job = stack.finished(stack.submit(workflow(2000 + i)))
-            totals.append(time.monotonic() - started)
-            pickups.append(job["timings"]["queue_wait_ms"] / 1000)
-    finally:
-        stack.close()
-    return totals, pickups
 
 
 def submit_latency(count: int, tmp: Path, rpc_ms: float) -> list[float]:
@@ -432,54 +626,80 @@ def node_catalogue(tmp: Path) -> dict[str, Any]:
 # --- the run ---------------------------------------------------------------------------------------
 
 
-def run(quick: bool, rpc_ms: float) -> dict[str, Any]:
-    exec_s, runs = (0.5, 8) if quick else (2.0, 20)
+def run(quick: bool, rpc_ms: float, only_side: bool = False, runs: int | None = None,
+        exec_s: float | None = None, real: RealComfy | None = None) -> dict[str, Any]:
+    exec_s = exec_s if exec_s is not None else (0.5 if quick else 2.0)
+    runs = runs or (8 if quick else 20)
     stored, active = (20_000, 2_000) if quick else (100_000, 10_000)
     with tempfile.TemporaryDirectory(prefix="bench-") as name:
         tmp = Path(name)
-        base = baseline(exec_s, runs, tmp)
-        total, pickup = through_stack(exec_s, runs, tmp, rpc_ms)
-        overhead = [t - statistics.median(base) for t in total]
-        submits = submit_latency(100 if quick else 1000, tmp, rpc_ms)
-        cancels = cancel_latency(4 if quick else 20, tmp, rpc_ms)
-        drain_jobs = 60 if quick else 1000
-        drain = {str(w): drain_rate(drain_jobs, w, tmp, rpc_ms) for w in (1, 2, 4)}
-        metrics_svc = local_services(settings_for(tmp / "submit", rpc_ms))  # a store 1,000 jobs have moved in
-        scrape = [_timed(lambda: metrics.render(metrics_svc)) for _ in range(10)]
+        side = side_by_side(exec_s, runs, tmp, rpc_ms, real)
+        v1 = side["v1"]
         result = {
             "quick": quick, "rpc_ms": rpc_ms, "twin_profile": "modal" if rpc_ms else "local",
-            "workflow_exec_s": exec_s, "runs": runs,
-            "baseline_p50_ms": ms(statistics.median(base)), "stack_p50_ms": ms(statistics.median(total)),
-            "overhead_p50_ms": ms(statistics.median(overhead)), "overhead_p99_ms": ms(pct(overhead, 99)),
-            "overhead_ratio": round(statistics.median(total) / statistics.median(base), 4),
-            "submit_p50_ms": ms(statistics.median(submits)), "submit_p99_ms": ms(pct(submits, 99)),
-            "pickup_p50_ms": ms(statistics.median(pickup)), "pickup_p99_ms": ms(pct(pickup, 99)),
-            "cancel_p50_ms": ms(statistics.median(cancels)), "cancel_p99_ms": ms(pct(cancels, 99)),
-            "drain_jobs": drain_jobs, "drain_jobs_per_s": drain,
-            "metrics_ms": ms(statistics.median(scrape)),
-            **store_at_scale(tmp, rpc_ms, stored, active),
-            "round_trips": round_trips(tmp, rpc_ms or 25.0, 3 if quick else 5),
-            "worker_rss_mb": worker_rss_mb(10 if quick else 50, tmp),
+            "workflow_exec_s": None if real else exec_s, "runs": runs,
+            "comfyui": f"real ComfyUI at {real.url}, blurring {real.blur_size}px" if real else "the double",
+            "poll_ms": POLL_S * 1000, "side_by_side": side,
+            "baseline_p50_ms": side["direct"]["p50_ms"], "stack_p50_ms": v1["p50_ms"],
+            "overhead_p50_ms": v1["overhead_p50_ms"], "overhead_p99_ms": v1["overhead_p99_ms"],
+            "overhead_ratio": round(v1["p50_ms"] / side["direct"]["p50_ms"], 4),
+            "proxy_overhead_p50_ms": side["proxy"]["overhead_p50_ms"], "proxy_ratio": v1["ratio_to_proxy"],
+            "pickup_p50_ms": v1.get("pickup_p50_ms"), "pickup_p99_ms": v1.get("pickup_p99_ms"),
+            "side_submit_p50_ms": v1["submit_p50_ms"],
         }
+        if only_side:  # submit as the full run measures it (to a pool nobody serves), fewer times
+            submits = submit_latency(100 if quick else 200, tmp, rpc_ms)
+            result.update(submit_p50_ms=ms(statistics.median(submits)), submit_p99_ms=ms(pct(submits, 99)))
+        else:
+            result.update(the_rest(quick, tmp, rpc_ms, stored, active))
         result["goals_met"] = goals_met(result)
         return result
+
+
+def the_rest(quick: bool, tmp: Path, rpc_ms: float, stored: int, active: int) -> dict[str, Any]:
+    """Everything but the side-by-side: submit and cancel latency, drains, the store at scale, round trips."""
+    submits = submit_latency(100 if quick else 1000, tmp, rpc_ms)
+    cancels = cancel_latency(4 if quick else 20, tmp, rpc_ms)
+    drain_jobs = 60 if quick else 1000
+    drain = {str(w): drain_rate(drain_jobs, w, tmp, rpc_ms) for w in (1, 2, 4)}
+    metrics_svc = local_services(settings_for(tmp / "submit", rpc_ms))  # a store 1,000 jobs have moved in
+    scrape = [_timed(lambda: metrics.render(metrics_svc)) for _ in range(10)]
+    return {
+        "submit_p50_ms": ms(statistics.median(submits)), "submit_p99_ms": ms(pct(submits, 99)),
+        "cancel_p50_ms": ms(statistics.median(cancels)), "cancel_p99_ms": ms(pct(cancels, 99)),
+        "drain_jobs": drain_jobs, "drain_jobs_per_s": drain,
+        "metrics_ms": ms(statistics.median(scrape)),
+        **store_at_scale(tmp, rpc_ms, stored, active),
+        "round_trips": round_trips(tmp, rpc_ms or 25.0, 3 if quick else 5),
+        "worker_rss_mb": worker_rss_mb(10 if quick else 50, tmp),
+    }
 
 
 def goals_met(result: dict[str, Any]) -> dict[str, bool]:
     """Each goal for this latency: met or not (ratios and times at most the goal)."""
     goals = GOALS.get(result["rpc_ms"], {})
-    return {k: result[k] <= goal for k, goal in goals.items()}
+    return {k: result[k] <= goal for k, goal in goals.items() if result.get(k) is not None}
 
 
 def table(result: dict[str, Any]) -> str:
     goals = GOALS.get(result["rpc_ms"], {})
     keys_shown = ("baseline_p50_ms", "stack_p50_ms", "overhead_p50_ms", "overhead_p99_ms", "overhead_ratio",
-                  "submit_p50_ms", "submit_p99_ms", "pickup_p50_ms", "pickup_p99_ms", "cancel_p50_ms",
-                  "cancel_p99_ms", "list_page_ms", "metrics_ms", "sweep_10k_s", "sweep_runs", "sweep_run_max_s",
-                  "drain_jobs_per_s", "worker_rss_mb")
-    lines = [f"rpc_ms={result['rpc_ms']} ({result['twin_profile']} profile)", f"{'metric':<18} {'measured':>28}  goal"]
-    lines += [f"{k:<18} {json.dumps(result[k]):>28}  {goals.get(k, '')}" for k in keys_shown]
-    lines.append("round trips: " + ", ".join(f"{k} {v}" for k, v in result["round_trips"].items()))
+                  "proxy_overhead_p50_ms", "proxy_ratio", "side_submit_p50_ms", "submit_p50_ms", "submit_p99_ms",
+                  "pickup_p50_ms", "pickup_p99_ms", "cancel_p50_ms", "cancel_p99_ms", "list_page_ms", "metrics_ms",
+                  "sweep_10k_s", "sweep_runs", "sweep_run_max_s", "drain_jobs_per_s", "worker_rss_mb")
+    lines = [f"rpc_ms={result['rpc_ms']} ({result['twin_profile']} profile)", f"{'metric':<22} {'measured':>28}  goal"]
+    lines += [f"{k:<22} {json.dumps(result[k]):>28}  {goals.get(k, '')}" for k in keys_shown if k in result]
+    lines.append(f"side by side on {result['comfyui']} ({result['runs']} interleaved runs, workflow "
+                 f"{result['workflow_exec_s']} s, polling every {result['poll_ms']:g} ms):")
+    for leg, row in result["side_by_side"].items():
+        lines.append(f"  {leg:<7} p50 {row['p50_ms']:>8} p99 {row['p99_ms']:>8}"
+                     f"  overhead p50 {row['overhead_p50_ms']:>6} p99 {row['overhead_p99_ms']:>6}"
+                     f"  submit p50 {row['submit_p50_ms']:>5}"
+                     + (f"  ratio to proxy {row['ratio_to_proxy']}" if "ratio_to_proxy" in row else ""))
+        if "phases_p50_ms" in row:
+            lines.append("          phases p50: " + ", ".join(f"{k} {v}" for k, v in row["phases_p50_ms"].items()))
+    if "round_trips" in result:
+        lines.append("round trips: " + ", ".join(f"{k} {v}" for k, v in result["round_trips"].items()))
     return "\n".join(lines)
 
 
@@ -488,10 +708,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs and smaller stores")
     parser.add_argument("--rpc-ms", type=float, default=0.0,
                         help="latency added to every Dict/Queue call (the twins' Modal profile); 0: local twins")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="only the side-by-side run (direct, comfy-api-proxy, us), a few minutes")
+    parser.add_argument("--runs", type=int, help="interleaved side-by-side runs per leg")
+    parser.add_argument("--exec-s", type=float, help="seconds the double takes per prompt")
+    parser.add_argument("--comfyui-url", help="side by side on this running ComfyUI instead of the double")
+    parser.add_argument("--comfyui-base-dir", type=Path, help="with --comfyui-url: its base directory here")
+    parser.add_argument("--blur-size", type=int, default=1280, help="with --comfyui-url: the blurred image's side")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     started = time.monotonic()
-    result = run(args.quick, args.rpc_ms)
+    real = RealComfy(args.comfyui_url, args.comfyui_base_dir.resolve(), args.blur_size) if args.comfyui_url else None
+    result = run(args.quick, args.rpc_ms, args.side_by_side, args.runs, args.exec_s, real)
     result["bench_seconds"] = round(time.monotonic() - started, 1)
     args.out.write_text(json.dumps(result, indent=2))
     print(table(result))

@@ -31,6 +31,7 @@ from comfy_saas.runner.worker import Worker
 log = logging.getLogger(__name__)
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 WORKER_POLL_S = 0.25  # how long a local worker waits on the queue before checking for a stop
+THREAD_SWITCH_S = 0.0005  # how long one thread may hold the interpreter while another waits for it
 
 
 @dataclass
@@ -194,13 +195,19 @@ def serve(settings: Settings, options: StackOptions) -> None:
     from comfy_saas.web.http import create_app
 
     settings = replace(settings, allow_anonymous=not settings.api_keys)
+    # The API and the workers are threads of this one process: at Python's default 5 ms switch interval a
+    # thread busy answering a request holds up a worker that ComfyUI's socket has just woken (and the other
+    # way round) for up to 5 ms, a wait that is not work on every step of a job.
+    sys.setswitchinterval(THREAD_SWITCH_S)
     stack = LocalStack(settings, options)
     print(f"comfy-saas: data in {settings.data_dir.resolve()}", flush=True)
     print(f"comfy-saas: starting {stack._worker_count()} worker(s) per pool ({', '.join(stack.pools)}) on "
           f"{stack.comfy_source}", flush=True)
     app = create_app(stack.services)  # refuses malformed settings before anything is started
+    # Clients keep their connection between polls (an SDK's session does): uvicorn's 5 s default would make
+    # one that polls less often than that reconnect on every request; 75 s is aiohttp's (ComfyUI's) default.
     server = _signal_safe_server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning",
-                                                timeout_graceful_shutdown=3))
+                                                timeout_graceful_shutdown=3, timeout_keep_alive=75))
     try:
         stack.start()
         threading.Thread(target=_banner_when_listening, args=(server, options, settings), daemon=True).start()

@@ -21,6 +21,9 @@ class _Events:
 
     ensure_open = close = open
 
+    def alive(self, timeout_s: float = 2.0) -> bool:
+        return True
+
     def next(self, timeout_s: float) -> Event | None:
         with self.comfy.lock:
             if self.comfy.finished:

@@ -136,3 +136,37 @@ def test_binary_preview_frames_have_the_recorded_header_layout(double):
     from comfy_saas.runner.comfy_client import parse_binary
 
     assert sorted(k for k in parse_binary(recorded).data if k != "bytes") == recorded_keys
+
+
+@pytest.mark.parametrize("scenario", ["s01_a_empty_save", "s02_b_chain", "s03_c_upload_load", "s07_g_cached"])
+def test_recorded_executed_messages_announce_what_the_history_lists(scenario: str):
+    """The worker stores outputs as `executed` announces them and ends a job on `execution_success` without
+    reading /history: in every recorded prompt the announced outputs are the history entry's, cached ones too,
+    and the end comes after the last of them."""
+    announced: dict[str, dict] = {}
+    listed: dict[str, dict] = {}
+    ended_after: set[str] = set()
+    for e in load(scenario):
+        if e["kind"] == "ws_text":
+            msg = json.loads(e["raw"])
+            data = msg.get("data") or {}
+            if msg.get("type") == "executed":
+                announced.setdefault(data["prompt_id"], {})[data["node"]] = data["output"]
+            elif msg.get("type") == "execution_success" and data.get("prompt_id") in announced:
+                ended_after.add(data["prompt_id"])
+        elif e["kind"] == "http" and "/history/" in str(e.get("path")) and e.get("response_body"):
+            for prompt_id, entry in json.loads(e["response_body"]).items():
+                listed[prompt_id] = entry["outputs"]
+    assert announced and set(announced) <= set(listed) and ended_after == set(announced)
+    assert all(announced[p] == listed[p] for p in announced)
+
+
+def test_preview_frames_keep_their_image():
+    recorded = (TRANSCRIPTS / "binary" / "s09_binary_frames_001.bin").read_bytes()
+    from comfy_saas.runner.comfy_client import parse_binary
+
+    event = parse_binary(recorded)
+    meta_len = int.from_bytes(recorded[4:8], "big")
+    assert event.image == recorded[8 + meta_len:] and event.image_format in {"jpeg", "png"}
+    legacy = parse_binary(b"\x00\x00\x00\x01\x00\x00\x00\x02" + b"\x89PNG...")
+    assert legacy.image == b"\x89PNG..." and legacy.image_format == "png"

@@ -13,7 +13,7 @@ LAYERS = [
     ["errors", "logs", "signing", "config", "comfyui_double", "client", "inputs"],
     ["backends"],
     ["workflows"],
-    ["jobs.model", "jobs.keys", "jobs.deliveries"],
+    ["jobs.model", "jobs.keys", "jobs.deliveries", "jobs.changes"],
     ["jobs.request", "jobs.index", "jobs.counters", "jobs.prepare", "jobs.model_leases", "jobs.held_keys"],
     ["jobs.idempotency", "jobs.quotas", "jobs.payloads"],
     ["jobs.store"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -175,10 +176,17 @@ def _take_wakeups(svc: Services) -> None:
             return None
 
     worker = Worker.__new__(Worker)
+    class QuietSocket:
+        def alive(self) -> bool:
+            return False  # so the health check decides
+
     worker.store, worker.lifecycle, worker.comfy, worker.worker_id = svc.store, svc.lifecycle, NoComfy(), "w"
+    worker.events = QuietSocket()
     worker.settings = svc.settings
+    worker._starter = ThreadPoolExecutor(1)
+    worker.submit_early = lambda job, payload: None  # no prompt goes anywhere: only whether the job would start
     while (wakeup := svc.store.next_wakeup("default", 0.01)) is not None:
-        worker.run_job = lambda job, payload: None  # nothing to run here: only whether it would start
+        worker.run_job = lambda job, payload, early=None: None  # nothing to run here
         worker.process(wakeup)
     svc.store.settle()
 

@@ -158,7 +158,7 @@ def test_cancel_a_running_job_interrupts_only_its_prompt(store, s3, settings, do
 
 def test_a_dropped_websocket_does_not_lose_the_job(store, s3, settings, double):
     with workers(store, s3, settings, [double]) as (w,):
-        job_id = submit(store, slow(steps=10, delay=0.1))
+        job_id = submit(store, slow(steps=40, delay=0.1))  # long enough to be running still when the drop comes
         wait_until(lambda: (j := store.get(job_id)).progress and j.progress.step, 20, "job running")
         urllib.request.urlopen(urllib.request.Request(double.url + "/double/drop_ws", method="POST"), timeout=5)
         job = finished(store, job_id)

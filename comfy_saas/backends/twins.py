@@ -25,7 +25,7 @@ from typing import Any
 
 _NO_DEFAULT = object()
 QUEUE_PARTITION_CAPACITY = 5_000  # Modal's per-partition item limit
-_POLL_S = 0.005  # how often a blocked get/put looks for another process's commit
+_POLL_S = 0.005  # how often a blocked get/put looks for another process's commit (this one's wake it at once)
 _MIB = 1024 * 1024
 
 
@@ -102,6 +102,9 @@ class Database:
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # Commits by this process's threads wake its waiters at once; another process's are seen by polling.
+        self._changed = threading.Condition()
+        self._generation = 0
         conn = self.conn()
         _add_missing_columns(conn)
         conn.executescript(_SCHEMA)
@@ -123,12 +126,29 @@ class Database:
         """Changes whenever another connection commits (cheap; used to wake blocked waiters)."""
         return self.conn().execute("PRAGMA data_version").fetchone()[0]
 
-    def wait_for_change(self, since: int, deadline: float | None) -> bool:
-        """Block until a commit by another connection after version `since`; False at the deadline."""
+    def generation(self) -> int:
+        """How many changes this process announced (read before looking, then passed to wait_for_change)."""
+        return self._generation
+
+    def announce(self) -> None:
+        """Wake this process's waiters: a thread of it committed something they may be waiting for."""
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def wait_for_change(self, since: int, deadline: float | None, generation: int | None = None) -> bool:
+        """Block until a commit by another connection after version `since` (or, with `generation`, an
+        announcement by this process after it); False at the deadline."""
         while self.data_version() == since:
-            if deadline is not None and time.monotonic() >= deadline:
+            left = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+            if left <= 0:
                 return False
-            time.sleep(_POLL_S)
+            if generation is None:
+                time.sleep(left)
+                continue
+            with self._changed:
+                if self._changed.wait_for(lambda: self._generation != generation, left):
+                    return True
         return True
 
 
@@ -356,10 +376,11 @@ class LocalQueue:
 
     def _put_blocking(self, part: str, rows: list[str], block: bool, deadline: float | None) -> None:
         while True:
-            seen = self._db.data_version()
+            seen, generation = self._db.data_version(), self._db.generation()
             if self._try_append(part, rows):
+                self._db.announce()
                 return
-            if not block or not self._db.wait_for_change(seen, deadline):
+            if not block or not self._db.wait_for_change(seen, deadline, generation):
                 raise queue.Full(f"queue partition {part or '(default)'!r} is full ({self.capacity} items)")
 
     def _try_append(self, part: str, rows: list[str]) -> bool:
@@ -412,11 +433,14 @@ class LocalQueue:
     def _take(self, n: int, block: bool, timeout: float | None, partition: str | None) -> list[Any]:
         part, deadline = _partition_key(partition), _deadline(timeout)
         while True:
-            seen = self._db.data_version()
+            seen, generation = self._db.data_version(), self._db.generation()
             items = self._pop(n, part)
-            if items or not block:
+            if items:
+                self._db.announce()  # room for a put blocked on a full partition
                 return items
-            if not self._db.wait_for_change(seen, deadline):
+            if not block:
+                return items
+            if not self._db.wait_for_change(seen, deadline, generation):
                 raise queue.Empty()
 
     def _pop(self, n: int, part: str) -> list[Any]:

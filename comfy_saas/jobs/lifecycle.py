@@ -34,7 +34,7 @@ from comfy_saas.errors import ComfySaasError, Conflict, Overloaded
 from comfy_saas.jobs import keys
 from comfy_saas.jobs.counters import Counters
 from comfy_saas.jobs.deliveries import new_delivery
-from comfy_saas.jobs.model import Job, JobError, Progress, Status, new_job_id
+from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, new_job_id
 from comfy_saas.jobs.request import JobRequest, new_job
 from comfy_saas.jobs.store import Decided, JobStore
 
@@ -93,7 +93,7 @@ class Lifecycle:
             who = "this user" if reserved.full[0] != keys.ALL else "the service"
             raise Overloaded(f"{who} already has {reserved.full[1]} active jobs; retry when some finish",
                              retry_after_s=10)
-        self._commit(job, request, reserved)
+        self._commit(job, request, payload, reserved)
         self._count(None, job)
         return job, True
 
@@ -127,14 +127,14 @@ class Lifecycle:
             caps.append((keys.scope(user_id), self.settings.max_active_jobs_per_user))
         return caps
 
-    def _commit(self, job: Job, request: JobRequest, reserved: _Reserved) -> None:
+    def _commit(self, job: Job, request: JobRequest, payload: dict[str, Any], reserved: _Reserved) -> None:
         """Round trip two: the record (with the index head hints) and the wake-up. Past this point a failure
         leaves at most a whole job: a record whose wake-up the sweeper re-sends, or a wake-up that writes the
         record when a worker starts it. A failure the store can hear of is undone."""
         heads = {keys.index_head(s): n for s, n in reserved.slots.items()}
         try:
             if self.store.carries_record(job):
-                run_all([lambda: self.store.put_record(job, heads), lambda: self.store.enqueue(job)])
+                run_all([lambda: self.store.put_record(job, heads), lambda: self.store.enqueue(job, payload)])
             else:  # the wake-up goes as an id alone: the worker must find the record
                 self.store.put_record(job, heads)
                 self.store.enqueue(job)
@@ -166,13 +166,13 @@ class Lifecycle:
         elsewhere."""
         return self._move(job, Status.RUNNING, worker_id, defer_write=True, worker_id=worker_id)
 
-    def heartbeat(self, job: Job, progress: Progress | None = None,
-                  events: list[dict[str, Any]] | None = None) -> None:
-        """Report the running attempt `job` (as its owner holds it), in one round trip; AttemptMoved when it is
-        no longer this attempt's to run. Never writes the job record, so it cannot undo a requeue, a cancel or
-        an outcome."""
+    def heartbeat(self, job: Job, progress: Progress | None = None, events: list[dict[str, Any]] | None = None,
+                  outputs: list[Output] | None = None, preview: dict[str, Any] | None = None) -> None:
+        """Report the running attempt `job` (as its owner holds it: progress, outputs stored so far, newest
+        preview frame), in one round trip; AttemptMoved when it is no longer this attempt's to run. Never writes
+        the job record, so it cannot undo a requeue, a cancel or an outcome."""
         self.store.settle(job.id)
-        record = self.store.write_progress(job, progress, events or [])
+        record = self.store.write_progress(job, progress, events or [], outputs, preview)
         if record is None or record.status is not Status.RUNNING or record.claim_seq != job.claim_seq:
             status = record.status.value if record is not None else "gone"
             raise AttemptMoved(f"job {job.id} is {status} (claim {record.claim_seq if record else '-'}), "

@@ -28,11 +28,11 @@ from typing import Any, Protocol
 from comfy_saas.backends.parallel import run_all, submit
 from comfy_saas.config import Settings
 from comfy_saas.errors import InvalidInput, NotFound, NotOwner, QueueFull
-from comfy_saas.jobs import keys
+from comfy_saas.jobs import changes, keys
 from comfy_saas.jobs.counters import Counters
 from comfy_saas.jobs.idempotency import IdempotencyKeys
 from comfy_saas.jobs.index import DictLike, SlotIndex
-from comfy_saas.jobs.model import Job, Progress, Status, check_transition, utcnow
+from comfy_saas.jobs.model import Job, Output, Progress, Status, check_transition, utcnow
 from comfy_saas.jobs.quotas import ActiveSlots
 
 MAX_PAGE = 100
@@ -204,8 +204,9 @@ class JobStore:
         self.settle(job.id)
         if wait:
             self.d.put(keys.job(job.id), job.to_record())
+            changes.announce(job.id)
             return
-        future = submit(lambda: self.d.put(keys.job(job.id), job.to_record()))
+        future = submit(lambda: (self.d.put(keys.job(job.id), job.to_record()), changes.announce(job.id)))
         with self._pending_lock:
             self._pending[job.id] = future
 
@@ -232,14 +233,18 @@ class JobStore:
 
     # --- a running attempt's heartbeat and progress --------------------------------------------
 
-    def write_progress(self, job: Job, progress: Progress | None, events: list[dict[str, Any]]) -> Job | None:
-        """The running attempt's heartbeat (and progress), keyed by its claim; returns the record as it
-        stands, so the owner sees if the job moved on. One round trip."""
-        live = {"claim": job.claim_seq, "heartbeat_at": self.clock().isoformat(),
-                "progress": progress.model_dump(mode="json") if progress is not None else None,
-                "events": events[-PROGRESS_EVENTS_KEPT:]}
-        _, record = run_all([lambda: self.d.put(keys.progress(job.id), live),
-                             lambda: self.d.get(keys.job(job.id))])
+    def write_progress(self, job: Job, progress: Progress | None, events: list[dict[str, Any]],
+                       outputs: list[Output] | None = None, preview: dict[str, Any] | None = None) -> Job | None:
+        """The running attempt's heartbeat (and progress, the outputs stored so far, and its newest preview
+        frame), keyed by its claim; returns the record as it stands, so the owner sees if the job moved on.
+        One round trip."""
+        live: dict[str, Any] = {"claim": job.claim_seq, "heartbeat_at": self.clock().isoformat(),
+                                "progress": progress.model_dump(mode="json") if progress is not None else None,
+                                "events": events[-PROGRESS_EVENTS_KEPT:]}
+        if outputs:
+            live["outputs"] = [o.model_dump(mode="json", exclude={"url"}) for o in outputs]
+        entries = {keys.progress(job.id): live, **({keys.preview(job.id): preview} if preview is not None else {})}
+        _, record = run_all([lambda: self.d.update(entries), lambda: self.d.get(keys.job(job.id))])
         return None if record is None else Job.model_validate(record)
 
     def progress_events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
@@ -317,14 +322,15 @@ class JobStore:
 
     # --- the work queue ------------------------------------------------------------------------
 
-    def enqueue(self, job: Job) -> None:
+    def enqueue(self, job: Job, payload: dict[str, Any] | None = None) -> None:
         """Wake a worker of the job's pool; never blocks (a full partition is QueueFull). One round trip.
 
-        The wake-up carries the job as it stands, so a worker can start it without reading it first, but never
-        its payload (the worker reads that with its claim): a partition holds 64 MiB as well as 5,000 items, and
-        only small items let 5,000 fit. A record too large to ride along goes as its id alone,
-        after its own write has landed (see carries_record)."""
-        item = self.wakeup_item(job)
+        The wake-up carries the job as it stands, so a worker can start it without reading it first, and its
+        payload when both are small (the worker then sends the prompt while it claims the attempt; else it reads
+        the payload with its claim): a partition holds 64 MiB as well as 5,000 items, and only small items let
+        5,000 fit. A record too large to ride along goes as its id alone, after its own write has landed (see
+        carries_record)."""
+        item = self.wakeup_item(job, payload)
         if "job" not in item:
             self.settle(job.id)
         try:
@@ -332,17 +338,21 @@ class JobStore:
         except queue.Full:
             raise QueueFull(f"the {job.pool!r} work queue is full; retry later", retry_after_s=10) from None
 
-    def wakeup_item(self, job: Job) -> dict[str, Any]:
-        """The queue item that wakes a worker for `job`: its id, when it was sent, and its record if it fits."""
+    def wakeup_item(self, job: Job, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The queue item that wakes a worker for `job`: its id, when it was sent, its record if it fits, and the
+        payload too if record and payload together fit the same budget."""
         item: dict[str, Any] = {"id": job.id, "at": self.clock().timestamp()}
-        if self.carries_record(job):
+        record = _json_size(job.to_record())
+        if record <= WAKEUP_RECORD_MAX_BYTES:
             item["job"] = job.to_record()
+            if payload is not None and record + _json_size(payload) <= WAKEUP_RECORD_MAX_BYTES:
+                item["payload"] = payload
         return item
 
     @staticmethod
     def carries_record(job: Job) -> bool:
         """Whether the job's wake-up carries its record (else the record must be stored before it is sent)."""
-        return len(json.dumps(job.to_record(), separators=(",", ":"))) <= WAKEUP_RECORD_MAX_BYTES
+        return _json_size(job.to_record()) <= WAKEUP_RECORD_MAX_BYTES
 
     def next_wakeup(self, pool: str, timeout_s: float) -> Wakeup | None:
         """The next wake-up from a pool's queue, or None after timeout_s."""
@@ -412,7 +422,7 @@ class JobStore:
         """Remove a job and everything kept for it from the Dict, its listing slots included; idempotent (one
         to four round trips)."""
         doomed = [keys.job(job.id), keys.payload(job.id), keys.cancel(job.id), keys.progress(job.id),
-                  keys.webhook(job.id), keys.native_prompt(job.id),
+                  keys.preview(job.id), keys.webhook(job.id), keys.native_prompt(job.id),
                   *(keys.claim(job.id, n) for n in range(1, job.claim_seq + 2)),
                   *(keys.index_slot(scope, n) for scope, n in job.index_slots.items())]
         doomed += self.quotas.handovers(job)
@@ -452,6 +462,10 @@ class JobStore:
         return Page(jobs=jobs, next_cursor=str(n) if n >= 1 else None)
 
 
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
 def _merge(record: dict[str, Any] | None, live: dict[str, Any] | None) -> Job | None:
     """A record with its running attempt's heartbeat and progress, when they belong to the same attempt."""
     if record is None:
@@ -461,6 +475,8 @@ def _merge(record: dict[str, Any] | None, live: dict[str, Any] | None) -> Job | 
         job.heartbeat_at = datetime.fromisoformat(live["heartbeat_at"])
         if live.get("progress") is not None:
             job.progress = Progress.model_validate(live["progress"])
+        if live.get("outputs"):  # stored while the prompt still runs; the record gets them all at the end
+            job.outputs = [Output.model_validate(o) for o in live["outputs"]]
     return job
 
 

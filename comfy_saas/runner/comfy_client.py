@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,24 @@ _MULTIPART_BOUNDARY = "----comfy-saas-boundary"
 
 @dataclass
 class Event:
-    """One WebSocket message: a JSON event, or a binary frame (previews, progress text)."""
+    """One WebSocket message: a JSON event, or a binary frame (previews, progress text). A preview frame's
+    image travels beside its data, in `image`."""
 
     type: str
     data: dict[str, Any]
+    image: bytes | None = None
 
     @property
     def prompt_id(self) -> str | None:
         return self.data.get("prompt_id")
+
+    @property
+    def image_format(self) -> str | None:
+        """A preview's image format: jpeg or png (None for other events or formats ComfyUI never sends)."""
+        if self.type != "preview":
+            return None
+        named = self.data.get("format") or str(self.data.get("image_type", "")).removeprefix("image/")
+        return named if named in {"jpeg", "png"} else None
 
 
 def parse_binary(frame: bytes) -> Event:
@@ -38,7 +49,8 @@ def parse_binary(frame: bytes) -> Event:
         return Event("binary_unknown", {"length": len(frame)})
     kind, second = struct.unpack(">II", frame[:8])
     if kind == 1:
-        return Event("preview", {"format": {1: "jpeg", 2: "png"}.get(second, "unknown"), "bytes": len(frame) - 8})
+        return Event("preview", {"format": {1: "jpeg", 2: "png"}.get(second, "unknown"), "bytes": len(frame) - 8},
+                     image=frame[8:])
     if kind == 3:
         node = frame[8:8 + second].decode("utf-8", "replace")
         return Event("progress_text", {"node": node, "text": frame[8 + second:].decode("utf-8", "replace")})
@@ -47,7 +59,8 @@ def parse_binary(frame: bytes) -> Event:
             meta = json.loads(frame[8:8 + second])
         except ValueError:
             meta = {}
-        return Event("preview", {**meta, "bytes": len(frame) - 8 - second})
+        meta = meta if isinstance(meta, dict) else {}
+        return Event("preview", {**meta, "bytes": len(frame) - 8 - second}, image=frame[8 + second:])
     return Event("binary_unknown", {"event_type": kind, "length": len(frame)})
 
 
@@ -175,7 +188,11 @@ class ComfyClient:
 
     def download(self, ref: dict[str, Any], target: Path) -> int:
         """Stream a /view file to `target`; its size in bytes. OutputUnavailable when ComfyUI refuses the
-        name (400), the folder (403) or has no such file (404): the prompt reported an output it cannot serve."""
+        name (400), the folder (403) or has no such file (404): the prompt reported an output it cannot serve.
+        A file in this ComfyUI's folders on this machine is copied from disk (no HTTP round trip)."""
+        copied = self._copy_local(ref, target)
+        if copied is not None:
+            return copied
         query = urllib.parse.urlencode({"filename": ref["filename"], "subfolder": ref.get("subfolder", ""),
                                         "type": ref.get("type", "output")})
         resp = self._open("GET", f"/view?{query}", None, None, None)
@@ -194,8 +211,34 @@ class ComfyClient:
             raise ComfyUnavailable(f"could not download {ref['filename']!r} from ComfyUI: {exc}") from exc
         return target.stat().st_size
 
+    def local_file(self, ref: dict[str, Any]) -> Path | None:
+        """Where a /view file lies on this machine: in one of this ComfyUI's folders, when they are known here
+        and the file is inside it; None otherwise (then only /view can say)."""
+        base = self.folders.by_type(str(ref.get("type", "output"))) if self.folders is not None else None
+        if base is None or not isinstance(ref.get("filename"), str):
+            return None
+        try:
+            path = (base / str(ref.get("subfolder") or "") / ref["filename"]).resolve()
+            return path if path != base and path.is_relative_to(base) and path.is_file() else None
+        except (OSError, ValueError):
+            return None
+
+    def _copy_local(self, ref: dict[str, Any], target: Path) -> int | None:
+        path = self.local_file(ref)
+        if path is None:
+            return None
+        try:
+            shutil.copyfile(path, target)
+        except OSError:
+            return None
+        return target.stat().st_size
+
     def events(self, client_id: str | None = None) -> EventStream:
-        return EventStream(self.base_url, client_id or uuid.uuid4().hex)
+        """This ComfyUI's WebSocket; every message on it counts as an answer for `healthy()`."""
+        return EventStream(self.base_url, client_id or uuid.uuid4().hex, on_message=self._answered)
+
+    def _answered(self) -> None:
+        self._last_answer = time.monotonic()
 
 
 def _multipart(fields: list[tuple[str, str]], file_field: str, filename: str, data: bytes) -> bytes:
@@ -210,11 +253,12 @@ class EventStream:
     """ComfyUI's /ws for one client id. `next()` returns an Event, or None on a quiet interval;
     a dropped socket is reopened (closing the old one first: ComfyUI keys sockets by client id)."""
 
-    def __init__(self, base_url: str, client_id: str) -> None:
+    def __init__(self, base_url: str, client_id: str, on_message: Callable[[], None] | None = None) -> None:
         self.url = base_url.replace("http://", "ws://").replace("https://", "wss://") + f"/ws?clientId={client_id}"
         self.client_id = client_id
         self._ws: Any = None
         self.reconnects = 0
+        self._on_message = on_message or (lambda: None)
 
     def open(self) -> None:
         import websocket  # heavy-ish; only workers need it
@@ -249,17 +293,42 @@ class EventStream:
         except (OSError, websocket.WebSocketException):
             self.close()
             return Event("disconnected", {})
-        if opcode == websocket.ABNF.OPCODE_BINARY:
-            return parse_binary(data)
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             self.close()
             return Event("disconnected", {})
+        self._on_message()  # ComfyUI is there: a health check may take this for an answer
+        if opcode == websocket.ABNF.OPCODE_BINARY:
+            return parse_binary(data)
         try:
             msg = json.loads(data)
             return Event(str(msg.get("type")), msg.get("data") or {})
         except (ValueError, AttributeError):
             raw = data[:200]
             return Event("unparsable", {"raw": raw.decode(errors="replace") if isinstance(raw, bytes) else raw})
+
+    def alive(self, timeout_s: float = 2.0) -> bool:
+        """Whether ComfyUI answers a ping on this open socket within timeout_s: a health check that costs no
+        request (ComfyUI's /system_stats asks the GPU). Messages that were waiting (status broadcasts between
+        prompts) are dropped; a socket that is not open, or breaks, says False."""
+        import websocket
+
+        if self._ws is None:
+            return False
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._ws.ping()
+            while (left := deadline - time.monotonic()) > 0:
+                self._ws.settimeout(left)
+                opcode, _ = self._ws.recv_data(control_frame=True)
+                if opcode == websocket.ABNF.OPCODE_PONG:
+                    self._on_message()
+                    return True
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    break
+        except (OSError, websocket.WebSocketException):
+            pass
+        self.close()  # silent or broken: the next use reopens it
+        return False
 
     def close(self) -> None:
         if self._ws is not None:

@@ -21,9 +21,14 @@ _CONTENT_TYPE = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 _EXTENSION = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
 
 
+def may_convert(item: OutputItem, options: OutputOptions | None) -> bool:
+    """Whether the options may re-encode this output (else it is stored exactly as ComfyUI wrote it)."""
+    return options is not None and options.format != "original" and item.kind == "image" and item.text is None
+
+
 def convert_file(path: Path, item: OutputItem, options: OutputOptions | None) -> OutputItem:
     """Re-encode the image at `path` in place as the options ask; the item with its new name and type."""
-    if options is None or options.format == "original" or item.kind != "image" or item.text is not None:
+    if not may_convert(item, options):
         return item
     from PIL import Image  # heavy: only where outputs are converted
 

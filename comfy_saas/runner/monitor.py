@@ -13,7 +13,7 @@ from typing import Any
 from comfy_saas import logs
 from comfy_saas.errors import ComfySaasError
 from comfy_saas.jobs.lifecycle import AttemptMoved, Lifecycle
-from comfy_saas.jobs.model import Job, Progress
+from comfy_saas.jobs.model import Job, Output, Progress
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,10 @@ class AttemptMonitor:
         self._lock = threading.Lock()
         self._progress: Progress | None = None
         self._events: list[dict[str, Any]] = []
+        self._outputs: list[Output] = []
+        self._preview: dict[str, Any] | None = None  # a frame not written yet
         self._dirty = False
+        self._outputs_dirty = False
         self.moved: AttemptMoved | None = None
         self._thread = threading.Thread(target=self._loop, name=f"monitor-{job.id[:8]}", daemon=True)
         self._thread.start()
@@ -43,11 +46,19 @@ class AttemptMonitor:
     def cancel_requested(self) -> bool:
         return self._cancel.is_set()
 
-    def report(self, progress: Progress, events: list[dict[str, Any]]) -> None:
-        """The newest progress; written within PROGRESS_WRITE_S (the first one waits that long too, so a job
-        that finishes sooner costs no progress write at all)."""
+    def report(self, progress: Progress, events: list[dict[str, Any]], preview: dict[str, Any] | None = None
+               ) -> None:
+        """The newest progress (and preview frame); written within PROGRESS_WRITE_S (the first one waits that long
+        too, so a job that finishes sooner costs no progress write at all)."""
         with self._lock:
             self._progress, self._events, self._dirty = progress, list(events), True
+            if preview is not None:
+                self._preview = preview
+
+    def report_outputs(self, outputs: list[Output]) -> None:
+        """The outputs stored so far: written at the next tick, with the progress as it stands."""
+        with self._lock:
+            self._outputs, self._outputs_dirty = list(outputs), True
 
     def close(self) -> None:
         self._stop.set()
@@ -61,7 +72,7 @@ class AttemptMonitor:
             if now >= next_cancel:
                 next_cancel = now + self._cancel_poll_s
                 self._poll_cancel()
-            if (self._dirty and now >= next_progress) or now >= next_beat:
+            if (self._dirty and now >= next_progress) or self._outputs_dirty or now >= next_beat:
                 next_progress, next_beat = now + PROGRESS_WRITE_S, now + self._heartbeat_s
                 self._beat()
 
@@ -74,9 +85,11 @@ class AttemptMonitor:
 
     def _beat(self) -> None:
         with self._lock:
-            progress, events, self._dirty = self._progress, self._events, False
+            progress, events, outputs, preview = self._progress, self._events, self._outputs, self._preview
+            self._dirty = self._outputs_dirty = False
+            self._preview = None
         try:
-            self._lifecycle.heartbeat(self._job, progress, events)
+            self._lifecycle.heartbeat(self._job, progress, events, outputs=outputs, preview=preview)
         except AttemptMoved as moved:
             self.moved = moved
         except ComfySaasError as exc:

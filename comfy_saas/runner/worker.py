@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,10 +41,11 @@ from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, Timin
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.store import PROGRESS_EVENTS_KEPT, Wakeup
 from comfy_saas.runner.comfy_client import ComfyClient, Event, EventStream
-from comfy_saas.runner.convert_outputs import convert_file
+from comfy_saas.runner.convert_outputs import convert_file, may_convert
 from comfy_saas.runner.model_links import ModelLinks
 from comfy_saas.runner.models import JobModels, Stopped
 from comfy_saas.runner.monitor import PROGRESS_WRITE_S, AttemptMonitor
+from comfy_saas.runner.output_uploads import OutputUploads
 from comfy_saas.runner.outputs import OutputItem, collect
 from comfy_saas.runner.progress import ProgressTracker
 from comfy_saas.workflows import files, preflight
@@ -53,6 +55,9 @@ log = logging.getLogger(__name__)
 
 _HISTORY_POLL_S = 2.0  # when the socket is quiet, ask /history this often
 _INTERRUPT_GRACE_S = 15.0  # how long to wait for ComfyUI to confirm an interrupt
+# An output this small on this machine is copied by the thread that reads ComfyUI's socket (a few ms at most
+# even to R2); larger ones go to the upload thread, so cancels and progress are not held up behind them.
+QUICK_COPY_BYTES = 2 * 1024 * 1024
 
 
 @dataclass
@@ -60,7 +65,7 @@ class Outcome:
     """How a prompt ended, as seen by the worker."""
 
     status: Status
-    history: dict[str, Any] | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)  # ComfyUI's UI outputs by node, as in a history entry
     error: JobError | None = None
     nodes: dict[str, Any] = field(default_factory=dict)
 
@@ -82,12 +87,17 @@ class Run:
     renames: dict[str, str] = field(default_factory=dict)  # workflow names -> names ComfyUI knows them by
     events: list[dict[str, Any]] = field(default_factory=list)  # progress events so far (SSE replays them)
     leases: dict[str, Any] = field(default_factory=dict)  # model files this attempt uses, by sha256
+    uploads: OutputUploads | None = None  # outputs stored as ComfyUI announces them
+    submitted: bool = False  # the prompt went to ComfyUI while the attempt was being claimed
+    submitted_at: float | None = None  # when (time.time()), so its run counts as executing from there
+    early_error: Exception | None = None  # what that early preparation raised, for the started attempt to handle
     download_bytes: int | None = None
     _mark: float = 0.0
 
-    def lap(self, phase: str) -> None:
-        """Close `phase` now: it took the time since the previous mark (or since the job started)."""
-        now = time.time()
+    def lap(self, phase: str, at: float | None = None) -> None:
+        """Close `phase` now (or at `at`, a time.time() after the previous mark): it took the time since the
+        previous mark (or since the job started)."""
+        now = time.time() if at is None else max(at, self._mark or self.job.started_at.timestamp())
         self.phases[phase] = self.phases.get(phase, 0.0) + (now - (self._mark or self.job.started_at.timestamp()))
         self._mark = now
 
@@ -150,6 +160,10 @@ class Worker:
         # Job models are linked under models_dir, a folder tree this worker's ComfyUI reads (None: it has none).
         links = ModelLinks(models_dir, model_shadows or []) if models_dir else None
         self.job_models = JobModels(services, links, self.worker_id)
+        # One thread each, kept warm between jobs: the uploads (with their own connection to ComfyUI), and the
+        # store calls that start a job while this thread hands its prompt to ComfyUI.
+        self._uploader = ThreadPoolExecutor(1, thread_name_prefix=f"uploads-{self.worker_id}")
+        self._starter = ThreadPoolExecutor(1, thread_name_prefix=f"starts-{self.worker_id}")
 
     # --- the pool loop -----------------------------------------------------------------------
 
@@ -186,7 +200,7 @@ class Worker:
             if time.monotonic() > deadline:
                 raise ComfyUnavailable("the warmup workflow did not finish")
             self.events.next(timeout_s=0.1)  # keep the socket drained while waiting
-        self.remove_files(prompt_id, reported_files(entry))  # its saves are nobody's outputs
+        self.remove_files(prompt_id, reported_files(entry.get("outputs") or {}))  # its saves are nobody's outputs
         self.warmup_ms = round((time.monotonic() - started) * 1000, 1)
         self.start_kind = "warm"
         logs.event(log, "worker.warmed_up", worker_id=self.worker_id, phase="warmup")
@@ -256,24 +270,55 @@ class Worker:
             return True
         if not self.has_time_for(job, deadline):
             # Modal would kill the job at the input's timeout: a fresh drain (a new input) takes it instead.
-            self.store.enqueue(job)
+            self.store.enqueue(job, wakeup.payload)
             logs.event(log, "worker.deadline_near", job_id=job.id, worker_id=self.worker_id, pool=job.pool)
             return False
-        if not self.comfy.healthy():
-            self.store.enqueue(job)  # hand the wake-up back before anything is claimed
+        if not (self.events.alive() or self.comfy.healthy()):
+            self.store.enqueue(job, wakeup.payload)  # hand the wake-up back before anything is claimed
             return self.on_unhealthy()
-        started, cancelled, payload, _ = run_all([
+        # A job with everything in its wake-up goes to ComfyUI while its attempt is claimed (a round trip on
+        # Modal); if the claim is lost, the prompt is stopped before anything of it is kept.
+        starting = self._starter.submit(run_all, [
             lambda: self.lifecycle.start(job, self.worker_id), lambda: self.store.cancel_requested(job.id),
             lambda: wakeup.payload or self._payload(job.id),
             lambda: self.store.save_state(f"taken:{job.pool}", wakeup.sent_at)])
+        run = self.submit_early(job, wakeup.payload) if _early_ok(wakeup.payload) else None
+        try:
+            started, cancelled, payload, _ = starting.result()
+        except BaseException:
+            self._drop_early(run)  # the store is away: the job's fate is the sweeper's, its prompt goes
+            raise
+        if started is None or cancelled or payload is None:
+            self._drop_early(run)
         if started is None:
             return True  # another worker, a cancel, or an undone submission won the attempt
         if cancelled or payload is None:
             error = CANCELLED_QUEUED if cancelled else JobError(type="internal_error", message="no payload stored")
             self.lifecycle.finish(started, Status.CANCELLED if cancelled else Status.FAILED, error=error)
             return True
-        self.run_job(started, payload)
+        self.run_job(started, payload, run)
         return True
+
+    def submit_early(self, job: Job, payload: dict[str, Any]) -> Run:
+        """Prepare and submit a queued job's prompt as its next attempt's; what goes wrong is kept in the Run for
+        the started attempt to handle (or forgotten with the prompt when the attempt is not ours)."""
+        limit = job.timeout_s or self.settings.job_timeout_s
+        run = Run(job, prompt_id=f"{job.id}-{job.claim_seq + 1}", deadline=time.monotonic() + limit,
+                  start_kind=self.start_kind, payload=payload, submitted=True)
+        try:
+            run.workflow = self.prepare_inputs(run)
+            self.submit(run)
+            run.submitted_at = time.time()
+        except Exception as exc:  # handled as the job's own once the attempt is ours
+            run.early_error = exc
+        return run
+
+    def _drop_early(self, run: Run | None) -> None:
+        """The attempt is not ours (or will not run): stop its early prompt and delete what it put in ComfyUI."""
+        if run is None:
+            return
+        self._stop_prompt_quietly(run)
+        self.remove_files(run.prompt_id, [], run.job.id)
 
     def _payload(self, job_id: str) -> dict[str, Any] | None:
         try:
@@ -283,14 +328,16 @@ class Worker:
 
     # --- running one job ---------------------------------------------------------------------
 
-    def run_job(self, job: Job, payload: dict[str, Any]) -> None:
-        """Run one started attempt to an outcome; never raises for the job's own failures."""
+    def run_job(self, job: Job, payload: dict[str, Any], early: Run | None = None) -> None:
+        """Run one started attempt to an outcome (`early`: its prompt already submitted); never raises for the
+        job's own failures."""
         job_id = job.id
         logs.event(log, "job.started", job_id=job_id, attempt=job.attempts, worker_id=self.worker_id,
                    phase="prepare", pool=job.pool)
         limit = job.timeout_s or self.settings.job_timeout_s
-        run = Run(job, prompt_id=f"{job_id}-{job.claim_seq}", deadline=time.monotonic() + limit,
-                  start_kind=self.start_kind, payload=payload)
+        run = early or Run(job, prompt_id=f"{job_id}-{job.claim_seq}", deadline=time.monotonic() + limit,
+                           start_kind=self.start_kind, payload=payload)
+        run.job = job
         run.monitor = AttemptMonitor(self.lifecycle, job, self.settings.cancel_poll_s,
                                      self.settings.heartbeat_interval_s)
         if not self._warmup_reported:
@@ -318,6 +365,8 @@ class Worker:
                                                    "worker_id": self.worker_id})
             self.finish(run, Outcome(Status.FAILED, error=JobError(type="internal_error", message=str(exc))))
         finally:
+            if run.uploads is not None:
+                run.uploads.close()
             run.monitor.close()
             self.job_models.release(run)
             self.current_job = None
@@ -325,10 +374,14 @@ class Worker:
 
     def _run_steps(self, run: Run) -> None:
         try:
-            self.job_models.prepare(run)
-            run.workflow = self.prepare_inputs(run)
-            run.lap("prepare")
-            self.submit(run)
+            if run.early_error is not None:
+                raise run.early_error
+            if not run.submitted:
+                self.job_models.prepare(run)
+                run.workflow = self.prepare_inputs(run)
+            run.lap("prepare", run.submitted_at)  # a prompt submitted early executes from its submission on
+            if not run.submitted:
+                self.submit(run)
         except MediaError as exc:
             return self.finish(run, Outcome(Status.FAILED, error=JobError(type="media_error", message=exc.message)))
         except ModelError as exc:
@@ -338,20 +391,23 @@ class Worker:
             return self.finish(run, Outcome(exc.status, error=exc.error))
         except PromptRejected as exc:
             return self.finish(run, Outcome(Status.FAILED, error=rejection_error(exc)))
+        run.uploads = OutputUploads(lambda item: self.upload_output(run, item), self._uploader,
+                                    run.monitor.report_outputs, self._quick_to_copy)
         outcome = self.await_completion(run)
         run.nodes = outcome.nodes
         run.lap("execute")
-        if outcome.status is Status.COMPLETED:
-            run.files = reported_files(outcome.history)
-            items = collect(outcome.history.get("outputs", {}), include_temp=run.job.include_previews)
-            try:
-                uploaded = self.upload_outputs(run, items)
-            except OutputUnavailable as exc:  # ComfyUI will not serve what it reported: the job's failure
-                return self.finish(run, Outcome(Status.FAILED, error=JobError(type="output_unavailable",
-                                                                              message=exc.message)))
-            run.lap("upload")
-            return self.finish(run, outcome, outputs=uploaded)
-        return self.finish(run, outcome)
+        run.files = reported_files(outcome.outputs)
+        if outcome.status is not Status.COMPLETED:
+            return self.finish(run, outcome)
+        # Most were stored while later nodes ran; any the socket missed are taken from the history now.
+        run.uploads.add(collect(outcome.outputs, include_temp=run.job.include_previews))
+        try:
+            uploaded = run.uploads.finish()
+        except OutputUnavailable as exc:  # ComfyUI will not serve what it reported: the job's failure
+            return self.finish(run, Outcome(Status.FAILED, error=JobError(type="output_unavailable",
+                                                                          message=exc.message)))
+        run.lap("upload")
+        return self.finish(run, outcome, outputs=uploaded)
 
     def prepare_inputs(self, run: Run) -> dict[str, Any]:
         """Fetch media, upload them into this attempt's own input subfolder, apply overrides, and point every
@@ -393,17 +449,14 @@ class Worker:
                 outcome.nodes = watch.tracker.node_timings()
                 return outcome
 
-    def upload_outputs(self, run: Run, items: list[OutputItem]) -> list[Output]:
-        """Copy every output from ComfyUI to object storage under {job}/{node}/{stable name}."""
-        uploaded = []
-        for item in items:
-            try:
-                item, key, size = self._store_output(run, item)
-            except OutputUnavailable as exc:
-                raise OutputUnavailable(f"node {item.node_id}: {exc.message}") from None
-            uploaded.append(Output(node_id=item.node_id, kind=item.kind, filename=item.name, key=key,
-                                   content_type=item.content_type, size_bytes=size))
-        return uploaded
+    def upload_output(self, run: Run, item: OutputItem) -> Output:
+        """Copy one output from ComfyUI to object storage under {job}/{node}/{stable name}; its record."""
+        try:
+            item, key, size = self._store_output(run, item)
+        except OutputUnavailable as exc:
+            raise OutputUnavailable(f"node {item.node_id}: {exc.message}") from None
+        return Output(node_id=item.node_id, kind=item.kind, filename=item.name, key=key,
+                      content_type=item.content_type, size_bytes=size)
 
     def _store_output(self, run: Run, item: OutputItem) -> tuple[OutputItem, str, int]:
         """(the output as stored, its key, its size); a text output is stored as it was reported."""
@@ -413,11 +466,29 @@ class Worker:
         return item, key, self.objects.put_bytes(key, item.text.encode(), item.content_type)
 
     def _copy_file(self, run: Run, item: OutputItem) -> tuple[OutputItem, str, int]:
+        local = None if may_convert(item, run.job.output) else self._local_file(item)
+        if local is not None:  # stored straight from ComfyUI's folder, as it wrote it
+            key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
+            return item, key, self.objects.put_file(key, local, item.content_type)
         with tempfile.NamedTemporaryFile(dir=self.scratch, prefix="out-", delete=True) as tmp:
             self.comfy.download(item.ref or {}, Path(tmp.name))
             item = convert_file(Path(tmp.name), item, run.job.output)  # the job's output format, if any
             key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
             return item, key, self.objects.put_file(key, tmp.name, item.content_type)
+
+    def _quick_to_copy(self, item: OutputItem) -> bool:
+        """A text, or a file of at most QUICK_COPY_BYTES in ComfyUI's folder on this machine."""
+        if item.text is not None:
+            return True
+        local = self._local_file(item)
+        try:
+            return local is not None and local.stat().st_size <= QUICK_COPY_BYTES
+        except OSError:
+            return False
+
+    def _local_file(self, item: OutputItem) -> Path | None:
+        find = getattr(self.comfy, "local_file", None)  # a ComfyUI whose folders are on this machine
+        return find(item.ref or {}) if find is not None and item.ref else None
 
     def finish(self, run: Run, outcome: Outcome, outputs: list[Output] | None = None) -> None:
         """The terminal transition; losing it to another decider is fine."""
@@ -490,6 +561,10 @@ class _Watch:
         self.stop_sent_at = 0.0
         self.dirty = False
         self.progress: Progress | None = None
+        self.outputs: dict[str, Any] = {}  # UI outputs by node, as `executed` announced them
+        self.complete_stream = True  # False once the socket dropped: events may be missing, /history decides
+        self.preview: tuple[int, str, bytes] | None = None  # the newest frame not yet handed to the monitor
+        self.preview_seq = 0
         self.events: list[dict[str, Any]] = list(run.events)  # what an SSE watcher replays; kept with the heartbeat
 
     def tick(self) -> Outcome | None:
@@ -501,6 +576,8 @@ class _Watch:
         if self.stopping is not None and now - self.stop_sent_at > _INTERRUPT_GRACE_S:
             return self.stopping  # ComfyUI never confirmed; the job's fate is ours to write
         event = self.w.events.next(timeout_s=0.2)
+        if event is not None and event.type in {"reconnected", "disconnected"}:
+            self.complete_stream = False
         outcome = self._on_event(event) if event is not None else None
         if outcome is None and (event is None or event.type in {"reconnected", "disconnected"}):
             outcome = self._poll_history(now, force=event is not None and event.type == "reconnected")
@@ -522,15 +599,26 @@ class _Watch:
     def _mine(self, event: Event) -> bool:
         if event.prompt_id is not None:
             return event.prompt_id == self.run.prompt_id
-        # On reconnect ComfyUI re-sends `executing` without a prompt id for the client's running prompt.
-        return event.type in {"executing", "progress_text"}
+        # On reconnect ComfyUI re-sends `executing` without a prompt id for the client's running prompt; older
+        # preview frames carry none either (this socket's client runs one prompt at a time).
+        return event.type in {"executing", "progress_text", "preview"}
 
     def _on_event(self, event: Event) -> Outcome | None:
         if not self._mine(event):
             return None
         self.dirty |= self.tracker.apply(event)
-        if event.type == "execution_success":
-            return Outcome(Status.COMPLETED, history=self._history_until_present())
+        if event.type == "executed":
+            self._on_executed(event.data)
+        elif event.type == "preview":
+            self._on_preview(event)
+        elif event.type == "execution_success":
+            if self.complete_stream:
+                return Outcome(Status.COMPLETED, outputs=self.outputs)
+            return outcome_from_history(self._history_until_present(), self.stopping)
+        elif event.type == "executing" and event.data.get("node") is None and event.prompt_id is not None:
+            # The prompt is over and its history written; its end message was missed somehow.
+            entry = self.w.comfy.history(self.run.prompt_id)
+            return outcome_from_history(entry, self.stopping) if entry is not None else None
         if event.type == "execution_error":
             return Outcome(Status.FAILED, error=execution_error(event.data))
         if event.type == "execution_interrupted":
@@ -538,6 +626,21 @@ class _Watch:
                 type="interrupted", message="ComfyUI interrupted the prompt", node_id=event.data.get("node_id"),
                 node_class=event.data.get("node_type")))
         return None
+
+    def _on_executed(self, data: dict[str, Any]) -> None:
+        """An output node finished: store what it shows now, while later nodes run."""
+        node, shown = data.get("node"), data.get("output")
+        if not isinstance(node, str) or not isinstance(shown, dict):
+            return
+        self.outputs[node] = shown
+        if self.run.uploads is not None:
+            self.run.uploads.add(collect({node: shown}, include_temp=self.run.job.include_previews))
+
+    def _on_preview(self, event: Event) -> None:
+        fmt = event.image_format
+        if event.image and fmt is not None:
+            self.preview_seq += 1
+            self.preview = (self.preview_seq, fmt, event.image)
 
     def _history_until_present(self) -> dict[str, Any]:
         # execution_success can arrive a moment before /history has the entry.
@@ -559,32 +662,51 @@ class _Watch:
         return outcome_from_history(entry, self.stopping)
 
     def _write_progress(self, now: float) -> None:
-        """Hand the newest progress to the monitor (which writes it), at most twice a second."""
-        if not self.dirty or now < self.next_progress:
+        """Hand the newest progress (and preview frame) to the monitor, which writes them in one round trip, at
+        most twice a second."""
+        if (not self.dirty and self.preview is None) or now < self.next_progress:
             return
-        self.dirty, self.next_progress = False, now + PROGRESS_WRITE_S
-        self.progress = self.tracker.snapshot()
-        seq = self.events[-1]["seq"] + 1 if self.events else 1
-        shown = self.progress.model_dump(mode="json")
-        self.events = [*self.events[-(PROGRESS_EVENTS_KEPT - 1):], {"seq": seq, "at": utcnow().isoformat(),
-                                                                    "progress": shown}]
-        self.run.monitor.report(self.progress, self.events)
+        self.next_progress = now + PROGRESS_WRITE_S
+        if self.dirty:
+            self.dirty = False
+            self.progress = self.tracker.snapshot()
+            seq = self.events[-1]["seq"] + 1 if self.events else 1
+            self.events = [*self.events[-(PROGRESS_EVENTS_KEPT - 1):],
+                           {"seq": seq, "at": utcnow().isoformat(), "progress": self.progress.model_dump(mode="json")}]
+            self._send_progress_webhook()
+        frame, self.preview = self.preview, None
+        preview = None if frame is None else {"seq": frame[0], "format": frame[1], "data_b64": _b64(frame[2])}
+        self.run.monitor.report(self.progress or self.tracker.snapshot(), self.events, preview)
+
+    def _send_progress_webhook(self) -> None:
         job = self.run.job
         if job.webhook_url and job.webhook_progress:
             shown = job.model_copy(update={"progress": self.progress})
             threading.Thread(target=webhooks.send_progress, args=(self.w.services, shown), daemon=True).start()
 
 
-def reported_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every file (output, preview, input) a history entry says the prompt wrote or showed."""
-    return [item.ref for item in collect(entry.get("outputs") or {}, include_temp=True) if item.ref]
+def _early_ok(payload: dict[str, Any] | None) -> bool:
+    """Whether a wake-up's job can go to ComfyUI before its attempt is claimed: it carries its payload and names
+    no model files (their download holds leases and takes long: it waits for the claim)."""
+    return payload is not None and not payload.get("models")
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode("ascii")
+
+
+def reported_files(outputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every file (output, preview, input) a prompt's UI outputs say it wrote or showed."""
+    return [item.ref for item in collect(outputs, include_temp=True) if item.ref]
 
 
 def outcome_from_history(entry: dict[str, Any], stopping: Outcome | None = None) -> Outcome:
     """What a history entry says about how the prompt ended."""
     status = entry.get("status") or {}
     if status.get("completed") and status.get("status_str") == "success":
-        return Outcome(Status.COMPLETED, history=entry)
+        return Outcome(Status.COMPLETED, outputs=entry.get("outputs") or {})
     for event, data in reversed(status.get("messages") or []):
         if event == "execution_error":
             return Outcome(Status.FAILED, error=execution_error(data))

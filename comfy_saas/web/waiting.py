@@ -2,7 +2,8 @@
 
 Waiting is async: between store reads the request sleeps on the event loop, so a waiter holds no thread.
 Each poll is one Dict read of the job record, every 0.25 s at first and backing off to once a second, so
-a 30 s wait costs about 35 reads; a finished record is shown as it is, with no further read.
+a 30 s wait costs about 35 reads; a finished record is shown as it is, with no further read. A record
+written by this process (the local stack's workers) ends the sleep at once (jobs/changes.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from comfy_saas.errors import InvalidInput
-from comfy_saas.jobs import keys
+from comfy_saas.jobs import changes, keys
 from comfy_saas.jobs.model import TERMINAL_STATUSES, Job
 from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.views import job_view
@@ -45,14 +46,15 @@ async def until_finished(svc: Services, job_id: str, wait_s: float) -> tuple[dic
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     delay = FIRST_POLL_S
-    while True:
-        record = await run_in_threadpool(svc.store.d.get, keys.job(job_id))
-        if record is not None and record.get("status") in TERMINAL_STATUSES:
-            return await run_in_threadpool(job_view, svc, Job.model_validate(record)), True
-        remaining = deadline - loop.time()
-        if record is None or remaining <= 0:
-            break
-        await asyncio.sleep(min(delay, remaining))
-        delay = min(delay * BACKOFF, MAX_POLL_S)
+    with changes.watch(job_id) as news:  # a record written by this process wakes the wait at once
+        while True:
+            record = await run_in_threadpool(svc.store.d.get, keys.job(job_id))
+            if record is not None and record.get("status") in TERMINAL_STATUSES:
+                return await run_in_threadpool(job_view, svc, Job.model_validate(record)), True
+            remaining = deadline - loop.time()
+            if record is None or remaining <= 0:
+                break
+            if not await news.wait(min(delay, remaining)):
+                delay = min(delay * BACKOFF, MAX_POLL_S)
     job = await run_in_threadpool(svc.store.get, job_id)  # with the running attempt's progress
     return (None if job is None else await run_in_threadpool(job_view, svc, job)), False
