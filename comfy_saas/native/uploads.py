@@ -11,7 +11,7 @@ from typing import Any
 
 from comfy_saas import inputs
 from comfy_saas.backends.parallel import run_all
-from comfy_saas.errors import InvalidInput
+from comfy_saas.errors import BodyTooLarge, InvalidInput
 from comfy_saas.jobs import keys
 from comfy_saas.jobs.services import Services
 
@@ -46,7 +46,7 @@ def store_upload(svc: Services, owner: str, name: str, subfolder: str, data: byt
     """Keep an upload; as ComfyUI: the same bytes under a taken name keep it, other bytes get `name (n).ext`."""
     limit = svc.settings.limits.max_media_bytes
     if len(data) > limit:
-        raise InvalidInput(f"image: the file is larger than {limit} bytes", field="image")
+        raise BodyTooLarge(f"image: the file is larger than {limit} bytes", field="image")
     name, subfolder = check_name(name), check_subfolder(subfolder)
     for n in range(RENAMES_TRIED + 1):
         candidate = name if n == 0 else _renamed(name, n)
@@ -112,11 +112,25 @@ def stage(svc: Services, owner: str, prompt: dict[str, Any]) -> tuple[dict[str, 
 
 def with_mask(original: bytes, mask: bytes) -> bytes:
     """ComfyUI's /upload/mask: the original image with the mask's alpha as its alpha channel, as PNG."""
+    base, painted = _image(original, "original_ref"), _image(mask, "image")
+    try:
+        with base, painted:
+            image = base.convert("RGBA")
+            image.putalpha(painted.convert("RGBA").getchannel("A").resize(image.size))
+            out = io.BytesIO()
+            image.save(out, format="PNG", compress_level=4)
+            return out.getvalue()
+    except (OSError, ValueError):  # a truncated or corrupt image fails only when decoded
+        raise InvalidInput("image: the mask or the original image could not be decoded", field="image") from None
+
+
+def _image(data: bytes, field: str) -> Any:
+    """The bytes opened as an image (size checked against the decompression-bomb limit); 400 naming the field."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(original)) as base, Image.open(io.BytesIO(mask)) as painted:
-        image = base.convert("RGBA")
-        image.putalpha(painted.convert("RGBA").getchannel("A").resize(image.size))
-        out = io.BytesIO()
-        image.save(out, format="PNG", compress_level=4)
-        return out.getvalue()
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.size  # noqa: B018 - opening reads the header; a bomb raises here
+        return image
+    except (OSError, ValueError, Image.DecompressionBombError, Image.UnidentifiedImageError):
+        raise InvalidInput(f"{field}: not an image this server can read", field=field) from None

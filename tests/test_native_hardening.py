@@ -1,0 +1,132 @@
+"""The native API under hostile or careless clients: what /view serves, malformed uploads, caps, socket limits,
+retries and the shapes ComfyUI's tools rely on (extra_data, failed outputs, paging)."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from conftest import ALICE, running_server, wait_until
+from PIL import Image
+
+from comfy_saas.config.settings import Limits
+
+MEDIA_CAP = 256 * 1024
+EMPTY = {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 8, "batch_size": 1, "color": 0}}
+GRAPH = {"1": EMPTY, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "h"}}}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with running_server(tmp_path_factory.mktemp("hardening"), limits=Limits(max_media_bytes=MEDIA_CAP)) as srv:
+        wait_until(lambda: srv.call("GET", "/object_info", ALICE).status_code == 200, 30, "the node catalogue")
+        yield srv
+
+
+def _png(color: tuple[int, int, int] = (10, 20, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def upload(server, name: str, data: bytes, headers: dict = ALICE, path: str = "/upload/image",
+           **fields: str) -> requests.Response:
+    return server.call("POST", path, headers, files={"image": (name, data)}, data=fields)
+
+
+def finished(server, prompt_id: str) -> dict:
+    return server.done(prompt_id)
+
+
+# --- 1: uploads never run as pages on the API origin ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["p.html", "s.svg", "x.xhtml"])
+def test_view_of_an_uploaded_document_is_a_sandboxed_download(server, name: str) -> None:
+    body = b"<html><script>alert(document.cookie)</script></html>"
+    if name.endswith(".svg"):
+        body = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+    stored = upload(server, name, body)
+    assert stored.status_code == 200, stored.text
+    got = server.call("GET", f"/view?filename={stored.json()['name']}&type=input", ALICE)
+    assert got.status_code == 200 and got.content == body
+    assert got.headers["content-type"] == "application/octet-stream"
+    assert got.headers["content-disposition"].startswith("attachment")
+    assert got.headers["content-security-policy"] == "sandbox"
+    assert got.headers["x-content-type-options"] == "nosniff"
+
+
+def test_view_of_an_image_stays_inline(server) -> None:
+    stored = upload(server, "ok.png", _png())
+    got = server.call("GET", f"/view?filename={stored.json()['name']}&type=input", ALICE)
+    assert got.headers["content-type"] == "image/png" and got.headers["content-disposition"].startswith("inline")
+    assert got.headers["content-security-policy"] == "sandbox"
+
+
+# --- 2: malformed uploads get a 4xx naming the field -------------------------------------------------------------
+
+def test_multipart_without_boundary_is_a_422(server) -> None:
+    got = server.call("POST", "/upload/image", {**ALICE, "Content-Type": "multipart/form-data"}, data=b"abc")
+    assert got.status_code == 422 and got.json()["error"]["field"] == "image"
+
+
+@pytest.mark.parametrize(("ref", "mask", "field"), [
+    (None, b"not an image", "image"),
+    ('{"filename": 5}', None, "original_ref"),
+    ('["a"]', None, "original_ref"),
+    ('{"filename": "ok.png", "subfolder": 3}', None, "original_ref"),
+])
+def test_bad_masks_and_refs_are_422s(server, ref: str | None, mask: bytes | None, field: str) -> None:
+    original = upload(server, "base.png", _png()).json()
+    ref = ref or json.dumps({"filename": original["name"], "subfolder": "", "type": "input"})
+    got = upload(server, "m.png", mask or _png(), path="/upload/mask", original_ref=ref)
+    assert got.status_code == 422, got.text
+    assert got.json()["error"]["field"] == field
+
+
+def test_an_original_that_is_not_an_image_is_a_422(server) -> None:
+    original = upload(server, "notimage.png", b"plain text").json()
+    ref = json.dumps({"filename": original["name"], "subfolder": "", "type": "input"})
+    got = upload(server, "m.png", _png(), path="/upload/mask", original_ref=ref)
+    assert got.status_code == 422 and got.json()["error"]["field"] == "original_ref"
+
+
+# --- 3: the upload cap is a 413 naming the advertised size, enforced as the body streams ----------------------
+
+def test_an_upload_over_the_cap_is_a_413_naming_max_upload_size(server) -> None:
+    advertised = server.call("GET", "/features", ALICE).json()["max_upload_size"]
+    assert advertised == MEDIA_CAP
+    got = upload(server, "big.png", b"\0" * (MEDIA_CAP + 1))
+    assert got.status_code == 413 and str(MEDIA_CAP) in got.json()["error"]["message"]
+    assert upload(server, "fits.png", b"\0" * MEDIA_CAP).status_code == 200
+
+
+def _chunked_upload(server, total: int) -> bytes:
+    """A chunked multipart upload (no Content-Length) of `total` file bytes; the server's answer."""
+    url = urlsplit(server.base)
+    head = (b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"c.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n")
+    with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
+        conn.sendall(b"POST /upload/image HTTP/1.1\r\nHost: x\r\nAuthorization: " + ALICE["Authorization"].encode()
+                     + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = 64 * 1024
+        try:
+            conn.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+            for _ in range(total // chunk):
+                conn.sendall(b"%x\r\n%s\r\n" % (chunk, b"\0" * chunk))
+            conn.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server answered and closed before the whole body was sent
+        return conn.recv(4096)
+
+
+def test_a_chunked_upload_is_cut_off_at_the_cap(server) -> None:
+    answer = _chunked_upload(server, 8 * MEDIA_CAP)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    names = server.call("GET", "/object_info/LoadImage", ALICE).json()
+    assert "c.png" not in json.dumps(names)
