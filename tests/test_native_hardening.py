@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from conftest import ALICE, running_server, wait_until
+from conftest import ALICE, BOB, running_server, wait_until
 from PIL import Image
 
 from comfy_saas.config.settings import Limits
@@ -130,3 +130,38 @@ def test_a_chunked_upload_is_cut_off_at_the_cap(server) -> None:
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     names = server.call("GET", "/object_info/LoadImage", ALICE).json()
     assert "c.png" not in json.dumps(names)
+
+
+# --- 6: a prompt without client_id is told to its submitter's sockets, and only theirs --------------------------
+
+def _socket(server, client_id: str, key: str) -> Any:
+    import websocket
+
+    ws = websocket.create_connection(f"{server.base.replace('http://', 'ws://')}/ws?clientId={client_id}&token={key}",
+                                     timeout=10)
+    assert json.loads(ws.recv())["type"] == "status"
+    return ws
+
+
+def _until_done(ws: Any, prompt_id: str) -> list[dict]:
+    seen: list[dict] = []
+    while True:
+        raw = ws.recv()
+        seen.append(json.loads(raw) if isinstance(raw, str) else {"type": "binary", "data": {}})
+        last = seen[-1]
+        if last["type"] == "executing" and last["data"]["node"] is None and last["data"]["prompt_id"] == prompt_id:
+            return seen
+
+
+def test_a_prompt_without_client_id_reaches_only_its_owners_sockets(server) -> None:
+    alices, bobs = _socket(server, "a1", "alice-key"), _socket(server, "b1", "bob-key")
+    try:
+        mine = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH}).json()["prompt_id"]
+        heard = _until_done(alices, mine)
+        theirs = server.call("POST", "/prompt", BOB, json={"prompt": GRAPH}).json()["prompt_id"]
+        bob_heard = _until_done(bobs, theirs)
+    finally:
+        alices.close()
+        bobs.close()
+    assert [m["type"] for m in heard if m["data"].get("prompt_id") == mine][-2:] == ["execution_success", "executing"]
+    assert mine not in json.dumps(bob_heard)

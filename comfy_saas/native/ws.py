@@ -1,7 +1,8 @@
 """GET /ws: ComfyUI's per-client event stream, made from our jobs as the store has them.
 
 Each socket follows its owner's prompts (their index, probed a few slots past the head on every poll) and
-speaks only of those submitted with its client_id. A poll is one batched round trip (the probe, the tracked
+speaks only of those submitted with its client_id or with none (ComfyUI broadcasts those; here only to the same
+owner's sockets). A poll is one batched round trip (the probe, the tracked
 jobs, their progress events and preview frames), every POLL_S: workers write progress at most that often.
 A prompt that finished shortly before the socket connected (tools that submit first, then connect) gets its
 closing events replayed. Events come in ComfyUI's order: execution_start, execution_cached, then executing /
@@ -135,8 +136,10 @@ class Fanout:
         for p in prompts:
             if p.id in self.watches or p.job is None or len(self.watches) >= TRACKED_MAX:
                 continue
-            watch = Watch(p, mine=p.client_id == self.client_id, catch_up=replay_after is not None)
-            recent = replay_after is None or (p.job.finished_at is not None and p.job.finished_at >= replay_after)
+            # As ComfyUI broadcasts a prompt sent without client_id, but only to its submitter's own sockets.
+            watch = Watch(p, mine=p.client_id in (None, self.client_id), catch_up=replay_after is not None)
+            recent = replay_after is None or (p.client_id == self.client_id and p.job.finished_at is not None
+                                              and p.job.finished_at >= replay_after)
             if p.job.terminal and not (watch.mine and recent):
                 continue
             self.watches[p.id] = watch
