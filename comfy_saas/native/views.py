@@ -92,7 +92,7 @@ def history_entry(prompt: Prompt, workflow: dict[str, Any], output_nodes: list[s
     assert job is not None and job.terminal
     ok = job.status is Status.COMPLETED
     return {"prompt": queue_item(prompt, workflow, output_nodes),
-            "outputs": outputs_by_node(job) if ok else {},
+            "outputs": outputs_by_node(job),  # a failed prompt keeps what its nodes wrote, as ComfyUI's does
             "status": {"status_str": "success" if ok else "error", "completed": ok,
                        "messages": status_messages(job)},
             "meta": {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}
