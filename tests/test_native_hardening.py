@@ -165,3 +165,41 @@ def test_a_prompt_without_client_id_reaches_only_its_owners_sockets(server) -> N
         bobs.close()
     assert [m["type"] for m in heard if m["data"].get("prompt_id") == mine][-2:] == ["execution_success", "executing"]
     assert mine not in json.dumps(bob_heard)
+
+
+# --- 18: a failed prompt's history keeps the outputs its nodes wrote ------------------------------------------
+
+def test_a_failed_prompt_keeps_its_written_outputs_in_history(server) -> None:
+    """Here a worker's attempt is played by the test: it wrote node 2's image, then the prompt failed."""
+    from comfy_saas.jobs.model import Output, Status
+
+    prompt_id = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "extra_data": {"pool": "idle"}}
+                            ).json()["prompt_id"]
+    store = server.stack.services.store
+    running = store.transition(store.get(prompt_id), Status.RUNNING, "test")
+    out = Output(node_id="2", kind="image", filename="h_00001_.png", key=f"jobs/{prompt_id}/h.png",
+                 content_type="image/png", size_bytes=3)
+    store.transition(running, Status.FAILED, "test", outputs=[out])
+    entry = server.call("GET", f"/history/{prompt_id}", ALICE).json()[prompt_id]
+    assert entry["status"]["status_str"] == "error"
+    assert entry["outputs"]["2"]["images"] == [{"filename": "h_00001_.png", "subfolder": f"{prompt_id}/2",
+                                                "type": "output"}]
+
+
+# --- 23, 24: how the key is presented, and which paths take prefixes ------------------------------------------
+
+def test_a_useless_authorization_header_does_not_hide_the_token(server) -> None:
+    import base64
+
+    for header in ("Basic !!!", "Digest abc", "Basic " + base64.b64encode(b"user:").decode()):
+        got = server.call("GET", "/prompt?token=alice-key", {"Authorization": header})
+        assert got.status_code == 200, header
+    alone = "Basic " + base64.b64encode(b"alice-key").decode()  # the key as the whole credential
+    assert server.call("GET", "/prompt", {"Authorization": alone}).status_code == 200
+
+
+def test_prefixes_apply_only_to_native_paths(server) -> None:
+    assert server.call("GET", "/k/alice-key/prompt", {}).status_code == 200
+    assert server.call("GET", "/k/alice-key/p/default/api/queue", {}).status_code == 200
+    for path in ("/k/alice-key/docs", "/k/alice-key/v1/jobs", "/p/x/v1/jobs", "/k/alice-key/api/v2/jobs"):
+        assert server.call("GET", path, {}).status_code == 404, path
