@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -203,3 +204,20 @@ def test_prefixes_apply_only_to_native_paths(server) -> None:
     assert server.call("GET", "/k/alice-key/p/default/api/queue", {}).status_code == 200
     for path in ("/k/alice-key/docs", "/k/alice-key/v1/jobs", "/p/x/v1/jobs", "/k/alice-key/api/v2/jobs"):
         assert server.call("GET", path, {}).status_code == 404, path
+
+
+# --- 13: a retry racing the first submission of a prompt_id neither double-submits nor drops its record --------
+
+def test_a_retry_while_the_first_submission_is_under_way_is_a_409_and_keeps_the_claim(server) -> None:
+    from comfy_saas.jobs import keys
+    from comfy_saas.native import records
+
+    svc = server.stack.services
+    prompt_id = str(uuid.uuid4())
+    assert records.claim(svc, prompt_id, "user/alice", None, 1)  # the first request, between claim and submit
+    retry = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "prompt_id": prompt_id})
+    assert retry.status_code == 409 and retry.json()["error"]["type"] == "conflict"
+    assert not svc.store.exists(prompt_id)
+    assert svc.store.d.get(keys.native_prompt(prompt_id))["owner"] == "user/alice"
+    other = server.call("POST", "/prompt", BOB, json={"prompt": GRAPH, "prompt_id": prompt_id})
+    assert other.status_code == 400 and other.json()["error"]["type"] == "invalid_prompt_id"

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any
 
-from comfy_saas.errors import InvalidInput
+from comfy_saas.errors import Conflict, InvalidInput
 from comfy_saas.jobs import operations
 from comfy_saas.jobs.operations import Caller
 from comfy_saas.jobs.request import json_object
@@ -79,9 +79,7 @@ def submit_prompt(svc: Services, caller: Caller, owner: str, raw: bytes | bytear
     workflow, media = uploads.stage(svc, owner, check_prompt(svc, body["prompt"], pool))
     created_ms = int(time.time() * 1000)
     if not records.claim(svc, prompt_id, owner, client_id, created_ms):
-        repeated = _repeat(svc, owner, prompt_id)
-        if repeated is not None:
-            return repeated
+        return _repeat(svc, owner, prompt_id)  # only the claim's winner submits (and may release it)
     request = {"workflow": workflow, "media": media, "include_previews": True, **({"pool": pool} if pool else {})}
     try:
         operations.submit_job(svc, caller, request, job_id=prompt_id)
@@ -92,13 +90,13 @@ def submit_prompt(svc: Services, caller: Caller, owner: str, raw: bytes | bytear
     return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
 
 
-def _repeat(svc: Services, owner: str, prompt_id: str) -> dict[str, Any] | None:
-    """A prompt_id already claimed: the same owner's repeat answers as the first time (None: its submission
-    never finished, so this one goes on); anyone else's is refused."""
+def _repeat(svc: Services, owner: str, prompt_id: str) -> dict[str, Any]:
+    """A prompt_id already claimed: the same owner's repeat answers as the first time, or 409 while the first
+    submission is still under way (a second submit of the same job would race it); anyone else's is refused."""
     rec = records.record(svc, prompt_id) or {}
     if rec.get("owner") != owner:
         raise PromptRefused("prompt_id is already in use; omit it to let the server choose one",
                             "invalid_prompt_id", "prompt_id")
-    if not svc.store.exists(prompt_id):
-        return None
+    if not svc.store.exists(prompt_id) or not rec.get("number"):
+        raise Conflict("prompt_id: a submission with this prompt_id is still under way; retry in a moment")
     return {"prompt_id": prompt_id, "number": int(rec.get("number") or 0), "node_errors": {}}
