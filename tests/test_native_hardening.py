@@ -221,3 +221,29 @@ def test_a_retry_while_the_first_submission_is_under_way_is_a_409_and_keeps_the_
     assert svc.store.d.get(keys.native_prompt(prompt_id))["owner"] == "user/alice"
     other = server.call("POST", "/prompt", BOB, json={"prompt": GRAPH, "prompt_id": prompt_id})
     assert other.status_code == 400 and other.json()["error"]["type"] == "invalid_prompt_id"
+
+
+# --- 7: extra_data comes back in history, the queue and /api/jobs ----------------------------------------------
+
+def test_extra_data_is_kept_for_history_queue_and_jobs(server) -> None:
+    pnginfo = {"workflow": {"nodes": [{"id": 1, "type": "EmptyImage"}], "links": [], "version": 0.4}}
+    sent = {"extra_pnginfo": pnginfo, "client_id": "cx"}
+    done_id = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "extra_data": sent}).json()["prompt_id"]
+    assert finished(server, done_id)["status"] == "completed"
+    extra = server.call("GET", f"/history/{done_id}", ALICE).json()[done_id]["prompt"][3]
+    assert extra["extra_pnginfo"] == pnginfo and extra["client_id"] == "cx" and extra["create_time"] > 0
+    detail = server.call("GET", f"/api/jobs/{done_id}", ALICE).json()
+    assert detail["workflow"]["extra_data"]["extra_pnginfo"] == pnginfo
+    waiting = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "extra_data": {
+        "pool": "idle", "extra_pnginfo": pnginfo}}).json()["prompt_id"]
+    pending = server.call("GET", "/queue", ALICE).json()["queue_pending"]
+    assert next(i for i in pending if i[1] == waiting)[3]["extra_pnginfo"] == pnginfo
+    server.call("POST", "/queue", ALICE, json={"delete": [waiting]})
+
+
+def test_extra_data_over_the_cap_is_refused_naming_the_field(server) -> None:
+    huge = {"extra_pnginfo": {"workflow": "x" * (4 * 1024 * 1024 + 1)}}
+    got = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "extra_data": huge})
+    assert got.status_code == 400 and got.json()["error"]["details"] == "extra_data"
+    bad = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "extra_data": [1]})
+    assert bad.status_code == 400 and bad.json()["error"]["details"] == "extra_data"

@@ -97,6 +97,11 @@ def native_prompt(prompt_id: str) -> str:
     return f"nativeprompt:{prompt_id}"
 
 
+def native_extra(prompt_id: str) -> str:
+    """The extra_data a native prompt was sent with (extra_pnginfo: the editor's workflow), as /history gives it."""
+    return f"nativeextra:{prompt_id}"
+
+
 def native_scope(owner: str) -> str:
     """The index scope listing one owner's native prompts, newest first (their /history and /queue)."""
     return f"native:{owner}"

@@ -71,8 +71,13 @@ def max_items(raw: str | None) -> int:
     return min(int(raw), MAX_PAGE)
 
 
-def _workflows(svc: Services, prompts: list[Prompt]) -> list[dict[str, Any]]:
-    return run_all([lambda p=p: operations.job_workflow(svc, p.id) for p in prompts])
+def _workflows(svc: Services, prompts: list[Prompt]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each prompt's workflow and kept extra_data, in one batch."""
+    having = [p for p in prompts if p.has_extra]
+    got = run_all([*(lambda p=p: operations.job_workflow(svc, p.id) for p in prompts),
+                   *(lambda p=p: records.extras(svc, [p])[0] for p in having)])
+    kept = dict(zip([p.id for p in having], got[len(prompts):], strict=True))
+    return [(wf, kept.get(p.id, {})) for p, wf in zip(prompts, got[:len(prompts)], strict=True)]
 
 
 def entries(svc: Services, cache: HistoryCache, prompts: list[Prompt]) -> dict[str, dict[str, Any]]:
@@ -81,8 +86,8 @@ def entries(svc: Services, cache: HistoryCache, prompts: list[Prompt]) -> dict[s
     todo = [p for p in done if cache.entry(p.id) is None]
     if todo:
         nodes = _nodes(svc, todo)
-        for p, wf in zip(todo, _workflows(svc, todo), strict=True):
-            cache.keep(p.id, views.history_entry(p, wf, catalogue.output_nodes(wf, nodes)))
+        for p, (wf, kept) in zip(todo, _workflows(svc, todo), strict=True):
+            cache.keep(p.id, views.history_entry(p, wf, catalogue.output_nodes(wf, nodes), kept))
     return {p.id: e for p in done if (e := cache.entry(p.id)) is not None}
 
 
@@ -144,8 +149,8 @@ def queue(svc: Services, cache: HistoryCache, owner: str) -> dict[str, Any]:
     """GET /queue: ComfyUI's running and pending tuples, oldest first."""
     prompts = list(reversed(active(svc, cache, owner)))
     nodes = _nodes(svc, prompts)
-    items = [views.queue_item(p, wf, catalogue.output_nodes(wf, nodes))
-             for p, wf in zip(prompts, _workflows(svc, prompts), strict=True)]
+    items = [views.queue_item(p, wf, catalogue.output_nodes(wf, nodes), kept)
+             for p, (wf, kept) in zip(prompts, _workflows(svc, prompts), strict=True)]
     running = [i for i, p in zip(items, prompts, strict=True) if p.job and p.job.status is Status.RUNNING]
     return {"queue_running": running, "queue_pending": [i for i in items if i not in running]}
 
@@ -177,9 +182,9 @@ def job(svc: Services, owner: str, prompt_id: str) -> dict[str, Any] | None:
     prompt = records.one(svc, owner, prompt_id) if len(prompt_id) <= 64 else None
     if prompt is None or prompt.job is None:
         return None
-    wf = operations.job_workflow(svc, prompt.id)
-    detail = {"outputs": views.outputs_by_node(prompt.job), "workflow": {"prompt": wf,
-                                                                         "extra_data": views.extra_data(prompt)}}
+    [(wf, kept)] = _workflows(svc, [prompt])
+    detail = {"outputs": views.outputs_by_node(prompt.job),
+              "workflow": {"prompt": wf, "extra_data": views.extra_data(prompt, kept)}}
     if prompt.job.terminal:
         ok = prompt.job.status is Status.COMPLETED
         detail["execution_status"] = {"status_str": "success" if ok else "error", "completed": ok,
