@@ -247,3 +247,59 @@ def test_extra_data_over_the_cap_is_refused_naming_the_field(server) -> None:
     assert got.status_code == 400 and got.json()["error"]["details"] == "extra_data"
     bad = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "extra_data": [1]})
     assert bad.status_code == 400 and bad.json()["error"]["details"] == "extra_data"
+
+
+# --- 12: sockets per key are capped, and a socket lives at most so long -------------------------------------------
+
+def _close_code(ws: Any) -> tuple[int, str]:
+    """Read until the server's close frame; its code and reason."""
+    import struct
+
+    from websocket import ABNF
+
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == ABNF.OPCODE_CLOSE:
+            return struct.unpack(">H", data[:2])[0], data[2:].decode()
+
+
+def _raw_socket(srv: Any, key: str) -> Any:
+    import websocket
+
+    return websocket.create_connection(f"{srv.base.replace('http://', 'ws://')}/ws?token={key}", timeout=10)
+
+
+def test_sockets_over_the_per_key_cap_are_closed_with_1013(tmp_path) -> None:
+    with running_server(tmp_path, native_max_sockets_per_key=2) as srv:
+        held = [_raw_socket(srv, "alice-key") for _ in range(2)]
+        try:
+            for ws in held:
+                assert json.loads(ws.recv())["type"] == "status"
+            over = _raw_socket(srv, "alice-key")
+            code, reason = _close_code(over)
+            assert code == 1013 and "at most 2" in reason
+            bobs = _raw_socket(srv, "bob-key")  # another key has its own allowance
+            assert json.loads(bobs.recv())["type"] == "status"
+            bobs.close()
+            held.pop().close()
+
+            def admitted() -> bool:
+                ws = _raw_socket(srv, "alice-key")
+                try:
+                    return json.loads(ws.recv()).get("type") == "status"
+                except Exception:  # closed with 1013: the server has not seen the close yet
+                    return False
+                finally:
+                    ws.close()
+            wait_until(admitted, 10, "a freed socket slot")
+        finally:
+            for ws in held:
+                ws.close()
+
+
+def test_a_socket_is_closed_after_its_lifetime(tmp_path) -> None:
+    with running_server(tmp_path, native_socket_max_s=0.2) as srv:
+        ws = _raw_socket(srv, "alice-key")
+        assert json.loads(ws.recv())["type"] == "status"
+        assert _close_code(ws)[0] == 1001
+        ws.close()

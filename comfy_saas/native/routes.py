@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ class Native:
     services: Callable[[], Services]
     cache: HistoryCache = field(default_factory=HistoryCache)
     socket: SocketOptions = field(default_factory=SocketOptions)
+    open_sockets: Counter[str] = field(default_factory=Counter)  # per key id, in this process
 
 
 @dataclass(frozen=True)
@@ -314,8 +316,19 @@ def _socket(native: Native) -> Callable[[WebSocket], Awaitable[None]]:
             await ws.close(code=1008)  # before accepting: the handshake is refused (403)
             return
         await ws.accept()
+        key, cap = call.caller.key_id, call.svc.settings.native_max_sockets_per_key
+        if native.open_sockets[key] >= cap:
+            await ws.close(code=1013, reason=f"too many sockets for this API key (at most {cap}); close one")
+            return
+        native.open_sockets[key] += 1
         client_id = ws.query_params.get("clientId") or None
-        await serve_socket(ws, call.svc, call.owner, client_id[:256] if client_id else None, native.socket)
+        try:
+            await serve_socket(ws, call.svc, call.owner, client_id[:256] if client_id else None, native.socket,
+                               call.svc.settings.native_socket_max_s)
+        finally:
+            native.open_sockets[key] -= 1
+            if native.open_sockets[key] <= 0:
+                del native.open_sockets[key]
     return socket
 
 

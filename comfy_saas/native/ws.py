@@ -285,8 +285,9 @@ def _asks_flags(text: str) -> bool:
 
 
 async def serve_socket(ws: WebSocket, svc: Services, owner: str, client_id: str | None,
-                       options: SocketOptions) -> None:
-    """Run one accepted socket until the client closes it."""
+                       options: SocketOptions, max_s: float = 3600.0) -> None:
+    """Run one accepted socket until the client closes it, or for at most `max_s` (then closed with 1001)."""
+    ends = asyncio.get_running_loop().time() + max_s
     sid = client_id or uuid.uuid4().hex
     fanout = Fanout(svc, owner, sid)
     await run_in_threadpool(fanout.connect)
@@ -300,6 +301,9 @@ async def serve_socket(ws: WebSocket, svc: Services, owner: str, client_id: str 
         for item in fanout.replay():
             await _send(ws, item)
         while not closed.is_set():
+            if asyncio.get_running_loop().time() >= ends:
+                await ws.close(code=1001, reason="socket lifetime reached; reconnect")
+                break
             try:
                 await asyncio.wait_for(closed.wait(), POLL_S)
                 break
