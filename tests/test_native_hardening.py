@@ -303,3 +303,27 @@ def test_a_socket_is_closed_after_its_lifetime(tmp_path) -> None:
         assert json.loads(ws.recv())["type"] == "status"
         assert _close_code(ws)[0] == 1001
         ws.close()
+
+
+# --- 20, 25: uploads are staged by reference, under names that never collide ------------------------------------
+
+def test_uploads_are_staged_by_reference_under_distinct_names(server) -> None:
+    from comfy_saas.jobs import keys, operations
+
+    nested = upload(server, "b.png", _png((1, 1, 1)), subfolder="a").json()
+    flat = upload(server, "a_b.png", _png((2, 2, 2))).json()
+    assert (nested["name"], flat["name"]) == ("b.png", "a_b.png")
+    prompt = {"1": {"class_type": "LoadImage", "inputs": {"image": "a/b.png"}},
+              "2": {"class_type": "LoadImage", "inputs": {"image": "a_b.png [input]"}},
+              "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "n"}},
+              "4": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "f"}}}
+    prompt_id = server.call("POST", "/prompt", ALICE, json={"prompt": prompt}).json()["prompt_id"]
+    assert finished(server, prompt_id)["status"] == "completed"
+    svc = server.stack.services
+    media = {m["name"]: m for m in svc.store.payload(prompt_id)["media"]}
+    graph = operations.job_workflow(svc, prompt_id)
+    one, two = graph["1"]["inputs"]["image"], graph["2"]["inputs"]["image"]
+    assert one != two and set(media) == {one, two}
+    assert media[one]["ref"] == keys.native_upload("user/alice", "a", "b.png")  # the upload itself, not a copy
+    assert media[two]["ref"] == keys.native_upload("user/alice", "", "a_b.png")
+    assert "base64" not in json.dumps(media)

@@ -99,9 +99,9 @@ def submit_prompt(svc: Services, caller: Caller, owner: str, raw: bytes | bytear
     created_ms = int(time.time() * 1000)
     if not records.claim(svc, prompt_id, owner, client_id, created_ms):
         return _repeat(svc, owner, prompt_id)  # only the claim's winner submits (and may release it)
-    request = {"workflow": workflow, "media": media, "include_previews": True, **({"pool": pool} if pool else {})}
+    request = {"workflow": workflow, "include_previews": True, **({"pool": pool} if pool else {})}
     try:
-        operations.submit_job(svc, caller, request, job_id=prompt_id)
+        operations.submit_job(svc, caller, request, staged=media, job_id=prompt_id)
     except BaseException:
         records.release(svc, prompt_id)
         raise

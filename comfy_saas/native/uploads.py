@@ -1,10 +1,9 @@
 """Files a tool uploads (/upload/image, /upload/mask) go to object storage for the caller; a later prompt that
-names one gets it staged to the worker as the job's media (base64 through JobRequest.media, which packs it back
-into object storage under the job: a reference to the upload would avoid the re-encoding)."""
+names one gets it staged to the worker by reference (MediaInput.stored, as v2's assets are): nothing is read or
+copied at submit."""
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 from typing import Any
@@ -13,6 +12,7 @@ from comfy_saas import inputs
 from comfy_saas.backends.parallel import run_all
 from comfy_saas.errors import BodyTooLarge, InvalidInput
 from comfy_saas.jobs import keys
+from comfy_saas.jobs.request import MediaInput
 from comfy_saas.jobs.services import Services
 
 LISTED = 1000  # uploads an upload combo lists
@@ -83,13 +83,36 @@ def _reference(value: Any) -> tuple[str, str] | None:
         return None
 
 
-def _staged_name(subfolder: str, name: str) -> str:
-    return f"{subfolder.replace('/', '_')}_{name}" if subfolder else name
+def _staged_names(refs: list[tuple[str, str]]) -> list[str]:
+    """One plain, distinct file name per (subfolder, name): `sub_dir_name.png`, renamed `... (n).png` when two
+    references would flatten to the same name (a/b.png and a_b.png)."""
+    taken: set[str] = set()
+    names = []
+    for subfolder, name in refs:
+        flat = f"{subfolder.replace('/', '_')}_{name}" if subfolder else name
+        candidate, n = flat, 0
+        while candidate in taken:
+            n += 1
+            candidate = _renamed(flat, n)
+        taken.add(candidate)
+        names.append(candidate)
+    return names
 
 
-def stage(svc: Services, owner: str, prompt: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _present(svc: Services, key: str) -> bool:
+    """Whether the upload exists, its bytes unread (the worker reads them at run time): a listing of keys
+    starting with it (a prefix in object storage; a folder in the local store, so there the file is looked at)."""
+    from comfy_saas.backends.objects import LocalStore
+
+    if isinstance(svc.objects, LocalStore):
+        return svc.objects.path(key).is_file()
+    return key in svc.objects.list_keys(key)
+
+
+def stage(svc: Services, owner: str, prompt: dict[str, Any]) -> tuple[dict[str, Any], list[MediaInput]]:
     """The prompt with its references to this owner's uploads renamed to plain names, and those uploads as
-    media items; inputs naming no upload stay as they are (the worker may have the file). One round trip."""
+    media staged by reference (MediaInput.stored: nothing is copied); inputs naming no upload stay as they are
+    (the worker may have the file). One batch of listings."""
     wanted: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for node_id, node in prompt.items():
         node_inputs = node.get("inputs") if isinstance(node, dict) else None
@@ -98,13 +121,12 @@ def stage(svc: Services, owner: str, prompt: dict[str, Any]) -> tuple[dict[str, 
             if ref is not None:
                 wanted.setdefault(ref, []).append((node_id, field))
     refs = list(wanted)[: svc.settings.limits.max_media_items]
-    found = run_all([lambda r=r: svc.objects.read_if_exists(keys.native_upload(owner, *r)) for r in refs])
+    where = [keys.native_upload(owner, *r) for r in refs]
+    found = run_all([lambda k=k: _present(svc, k) for k in where])
+    present = [(r, k) for r, k, ok in zip(refs, where, found, strict=True) if ok]
     media, staged = [], {k: dict(v) if isinstance(v, dict) else v for k, v in prompt.items()}
-    for ref, data in zip(refs, found, strict=True):
-        if data is None:
-            continue
-        name = _staged_name(*ref)
-        media.append({"name": name, "base64": base64.b64encode(data).decode()})
+    for (ref, key), name in zip(present, _staged_names([r for r, _ in present]), strict=True):
+        media.append(MediaInput.stored(name, key, 0))  # the size is not known without reading it; unused
         for node_id, field in wanted[ref]:
             staged[node_id] = {**staged[node_id], "inputs": {**staged[node_id]["inputs"], field: name}}
     return staged, media
