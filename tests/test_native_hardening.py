@@ -327,3 +327,54 @@ def test_uploads_are_staged_by_reference_under_distinct_names(server) -> None:
     assert media[one]["ref"] == keys.native_upload("user/alice", "a", "b.png")  # the upload itself, not a copy
     assert media[two]["ref"] == keys.native_upload("user/alice", "", "a_b.png")
     assert "base64" not in json.dumps(media)
+
+
+# --- 11, 17: what polling /queue and /api/jobs costs the store, and /api/jobs paging -----------------------------
+
+@pytest.fixture
+def counted_gets(server, monkeypatch) -> dict[str, int]:
+    """Dict reads made by the server while the test runs, by key family (the part before the first ':')."""
+    d = server.stack.services.store.d
+    counts: dict[str, int] = {}
+    real_get = d.get
+
+    def get(key: str, *args: Any, **kw: Any) -> Any:
+        family = key.split(":", 1)[0]
+        counts[family] = counts.get(family, 0) + 1
+        return real_get(key, *args, **kw)
+    monkeypatch.setattr(d, "get", get)
+    return counts
+
+
+def test_polling_the_queue_reads_each_workflow_once(server, counted_gets) -> None:
+    idle = [server.call("POST", "/prompt", BOB, json={"prompt": GRAPH, "extra_data": {"pool": "idle"}}
+                        ).json()["prompt_id"] for _ in range(3)]
+    try:
+        assert len(server.call("GET", "/queue", BOB).json()["queue_pending"]) == 3
+        counted_gets.clear()
+        for _ in range(5):
+            pending = server.call("GET", "/queue", BOB).json()["queue_pending"]
+            assert [i[1] for i in pending] == idle
+        assert counted_gets.get("payload", 0) == 0, counted_gets
+    finally:
+        server.call("POST", "/queue", BOB, json={"delete": idle})
+
+
+def test_a_finished_job_is_read_once_by_api_jobs(server, counted_gets) -> None:
+    prompt_id = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH}).json()["prompt_id"]
+    assert finished(server, prompt_id)["status"] == "completed"
+    first = server.call("GET", f"/api/jobs/{prompt_id}", ALICE).json()
+    assert server.call("GET", f"/api/jobs/{prompt_id}", BOB).status_code == 404
+    counted_gets.clear()
+    assert server.call("GET", f"/api/jobs/{prompt_id}", ALICE).json() == first
+    assert counted_gets == {}, counted_gets
+
+
+def test_api_jobs_paging_counts_every_prompt_and_refuses_limit_zero(server) -> None:
+    newest = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH}).json()
+    assert finished(server, newest["prompt_id"])["status"] == "completed"
+    page = server.call("GET", "/api/jobs?limit=1", ALICE).json()
+    assert page["jobs"][0]["id"] == newest["prompt_id"]
+    assert page["pagination"]["total"] == newest["number"] and page["pagination"]["has_more"] is (newest["number"] > 1)
+    zero = server.call("GET", "/api/jobs?limit=0", ALICE)
+    assert zero.status_code == 422 and zero.json()["error"]["field"] == "limit"

@@ -243,7 +243,7 @@ def _pool(call: Call) -> str:
 
 def _api_job(native: Native) -> Handler:
     def fn(call: Call) -> Any:
-        found = history.job(call.svc, call.owner, call.request.path_params["job_id"])
+        found = history.job(call.svc, native.cache, call.owner, call.request.path_params["job_id"])
         if found is None:
             raise NotFound("Job not found")
         return found
@@ -299,7 +299,8 @@ def router(native: Native) -> APIRouter:
 def jobs_router(native: Native) -> APIRouter:
     """ComfyUI's newer jobs API, which it serves under /api/ only."""
     r = APIRouter(include_in_schema=False)
-    r.add_api_route("/jobs", _blocking(native, lambda c: history.jobs(c.svc, c.owner, dict(c.request.query_params))),
+    r.add_api_route("/jobs", _blocking(native, lambda c: history.jobs(c.svc, native.cache, c.owner,
+                                                                       dict(c.request.query_params))),
                     methods=["GET"])
     r.add_api_route("/jobs/cancel", _cancel_many(native), methods=["POST"])
     r.add_api_route("/jobs/{job_id}", _api_job(native), methods=["GET"])
