@@ -378,3 +378,46 @@ def test_api_jobs_paging_counts_every_prompt_and_refuses_limit_zero(server) -> N
     assert page["pagination"]["total"] == newest["number"] and page["pagination"]["has_more"] is (newest["number"] > 1)
     zero = server.call("GET", "/api/jobs?limit=0", ALICE)
     assert zero.status_code == 422 and zero.json()["error"]["field"] == "limit"
+
+
+# --- 19: uploads under taken names are compared by digest; /object_info lists uploads once in a while ----------
+
+@pytest.fixture
+def counted_objects(server, monkeypatch) -> dict[str, int]:
+    """Object storage calls made while the test runs: listings, and bytes read."""
+    objects = server.stack.services.objects
+    counts = {"lists": 0, "bytes_read": 0}
+    real_list, real_read = objects.list_keys, objects.read_if_exists
+
+    def list_keys(prefix: str) -> list[str]:
+        counts["lists"] += 1
+        return real_list(prefix)
+
+    def read_if_exists(key: str) -> bytes | None:
+        got = real_read(key)
+        counts["bytes_read"] += len(got or b"")
+        return got
+    monkeypatch.setattr(objects, "list_keys", list_keys)
+    monkeypatch.setattr(objects, "read_if_exists", read_if_exists)
+    return counts
+
+
+def test_an_upload_under_taken_names_reads_digests_not_files(server, counted_objects) -> None:
+    versions = [_png((i, 0, 0)) + b"\0" * 4096 for i in range(6)]
+    names = [upload(server, "same.png", v, subfolder="dig").json()["name"] for v in versions]
+    assert names == ["same.png", *(f"same ({n}).png" for n in range(1, 6))]
+    counted_objects.update(lists=0, bytes_read=0)
+    assert upload(server, "same.png", versions[5], subfolder="dig").json()["name"] == "same (5).png"
+    assert counted_objects["lists"] == 1 and counted_objects["bytes_read"] < len(versions[5])
+    fresh = upload(server, "same.png", _png((9, 9, 9)), subfolder="dig").json()["name"]
+    assert fresh == "same (6).png"
+
+
+def test_object_info_lists_uploads_once_and_sees_new_ones_at_once(server, counted_objects) -> None:
+    server.call("GET", "/object_info/LoadImage", ALICE)
+    counted_objects["lists"] = 0
+    for _ in range(3):
+        server.call("GET", "/object_info/LoadImage", ALICE)
+    assert counted_objects["lists"] == 0
+    upload(server, "listed-now.png", _png((3, 3, 3)))
+    assert "listed-now.png" in json.dumps(server.call("GET", "/object_info/LoadImage", ALICE).json())

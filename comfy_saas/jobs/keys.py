@@ -112,6 +112,11 @@ def native_upload(owner: str, subfolder: str, name: str) -> str:
     return f"native/uploads/{owner}/{subfolder + '/' if subfolder else ''}{name}"
 
 
+def native_upload_digest(owner: str, subfolder: str, name: str) -> str:
+    """The sha256 of that upload, so a later upload under its name is compared without reading it."""
+    return f"native/upload-digests/{owner}/{subfolder + '/' if subfolder else ''}{name}"
+
+
 def template_scope(user_id: str | None) -> str:
     """Whose workflow templates: one user's, or the shared set (managed by keys not bound to a user). It is
     their folder in object storage, where templates live rather than in the Dict, whose entries Modal drops

@@ -22,6 +22,7 @@ from comfy_saas.native import catalogue, records, views
 from comfy_saas.native.records import Prompt
 
 LIST_TTL_S = 0.5
+UPLOADS_TTL_S = 10.0  # the owner's upload names /object_info lists (this process's uploads drop it at once)
 ENTRIES_KEPT = 2000
 DEFAULT_ITEMS = 64
 
@@ -75,11 +76,11 @@ class HistoryCache:
             for key in [k for k in self._lists if k[0] == owner]:
                 del self._lists[key]
 
-    def keep_listing(self, key: tuple[str, str, int], body: Any) -> None:
+    def keep_listing(self, key: tuple[str, str, int], body: Any, ttl_s: float = LIST_TTL_S) -> None:
         with self._lock:
             if len(self._lists) > ENTRIES_KEPT:
                 self._lists.clear()
-            self._lists[key] = (time.monotonic() + LIST_TTL_S, body)
+            self._lists[key] = (time.monotonic() + ttl_s, body)
 
 
 def _bounded_put(kept: OrderedDict[str, Any], key: str, value: Any) -> None:

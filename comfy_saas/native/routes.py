@@ -200,6 +200,7 @@ def _upload(native: Native, mask: bool) -> Handler:
         overwrite = up.fields.get("overwrite", "").lower() in ("true", "1")
         answer = await run_in_threadpool(uploads.store_upload, call.svc, call.owner, up.filename,
                                          up.fields.get("subfolder", ""), data, overwrite, up.content_type)
+        native.cache.forget(call.owner)  # its /object_info lists the new name at once
         return _json(200, answer)
     return _route(native, work)
 
@@ -219,9 +220,18 @@ def _nodes(call: Call) -> dict[str, Any] | None:
     return operations.catalogue(call.svc, call.pool, needed=True)
 
 
+def _uploads(native: Native, call: Call) -> list[str]:
+    """The owner's upload names, listed at most once per UPLOADS_TTL_S (a listing is a full prefix scan)."""
+    key = (call.owner, "uploads", 0)
+    if (found := native.cache.listing(key)) is None:
+        found = uploads.listing(call.svc, call.owner)
+        native.cache.keep_listing(key, found, history.UPLOADS_TTL_S)
+    return found
+
+
 def _object_info(native: Native) -> Handler:
     def fn(call: Call) -> dict[str, Any]:
-        nodes, listed = run_all([lambda: _nodes(call), lambda: uploads.listing(call.svc, call.owner)])
+        nodes, listed = run_all([lambda: _nodes(call), lambda: _uploads(native, call)])
         return catalogue.object_info(nodes, call.request.path_params.get("node_class"), listed)
     return _blocking(native, fn)
 

@@ -43,20 +43,54 @@ def _renamed(name: str, n: int) -> str:
 
 def store_upload(svc: Services, owner: str, name: str, subfolder: str, data: bytes, overwrite: bool,
                  content_type: str | None) -> dict[str, str]:
-    """Keep an upload; as ComfyUI: the same bytes under a taken name keep it, other bytes get `name (n).ext`."""
+    """Keep an upload; as ComfyUI: the same bytes under a taken name keep it, other bytes get `name (n).ext`.
+    The taken names come from one listing and are compared by their digests (small objects), not their bytes."""
+    import hashlib
+
     limit = svc.settings.limits.max_media_bytes
     if len(data) > limit:
         raise BodyTooLarge(f"image: the file is larger than {limit} bytes", field="image")
     name, subfolder = check_name(name), check_subfolder(subfolder)
-    for n in range(RENAMES_TRIED + 1):
-        candidate = name if n == 0 else _renamed(name, n)
-        key = keys.native_upload(owner, subfolder, candidate)
-        existing = None if overwrite else svc.objects.read_if_exists(key)
-        if existing is None or existing == data:
-            if existing is None:
-                svc.objects.put_bytes(key, data, content_type or "application/octet-stream")
-            return {"name": candidate, "subfolder": subfolder, "type": "input"}
-    raise InvalidInput(f"image: {RENAMES_TRIED} files named like {name!r} exist; choose another name", field="image")
+    digest = hashlib.sha256(data).hexdigest()
+    candidates = [name if n == 0 else _renamed(name, n) for n in range(RENAMES_TRIED + 1)]
+    taken = set() if overwrite else _taken(svc, owner, subfolder, candidates)
+    same = _same_bytes(svc, owner, subfolder, [c for c in candidates if c in taken], data, digest)
+    chosen = same or next((c for c in candidates if c not in taken), None)
+    if chosen is None:
+        raise InvalidInput(f"image: {RENAMES_TRIED} files named like {name!r} exist; choose another name",
+                           field="image")
+    if chosen != same:
+        run_all([lambda: svc.objects.put_bytes(keys.native_upload(owner, subfolder, chosen), data,
+                                               content_type or "application/octet-stream"),
+                 lambda: svc.objects.put_bytes(keys.native_upload_digest(owner, subfolder, chosen),
+                                               digest.encode(), "text/plain")])
+    return {"name": chosen, "subfolder": subfolder, "type": "input"}
+
+
+def _taken(svc: Services, owner: str, subfolder: str, candidates: list[str]) -> set[str]:
+    """Which of these names the owner's uploads in `subfolder` already use: one listing (of the names sharing
+    the first one's stem in object storage; of the folder in the local store, where keys are folders)."""
+    from comfy_saas.backends.objects import LocalStore
+
+    folder = keys.native_upload(owner, subfolder, "")
+    stem = "" if isinstance(svc.objects, LocalStore) else candidates[0].rpartition(".")[0] or candidates[0]
+    listed = {k.removeprefix(folder) for k in svc.objects.list_keys(folder + stem)}
+    return {c for c in candidates if c in listed}
+
+
+def _same_bytes(svc: Services, owner: str, subfolder: str, taken: list[str], data: bytes, digest: str) -> str | None:
+    """The first taken name holding these bytes: its digest read (one batch); an upload from before digests
+    were kept is read whole."""
+    if not taken:
+        return None
+    digests = run_all([lambda c=c: svc.objects.read_if_exists(keys.native_upload_digest(owner, subfolder, c))
+                       for c in taken])
+    for candidate, kept in zip(taken, digests, strict=True):
+        if kept is not None and kept.decode() == digest:
+            return candidate
+        if kept is None and svc.objects.read_if_exists(keys.native_upload(owner, subfolder, candidate)) == data:
+            return candidate
+    return None
 
 
 def listing(svc: Services, owner: str) -> list[str]:
