@@ -421,3 +421,20 @@ def test_object_info_lists_uploads_once_and_sees_new_ones_at_once(server, counte
     assert counted_objects["lists"] == 0
     upload(server, "listed-now.png", _png((3, 3, 3)))
     assert "listed-now.png" in json.dumps(server.call("GET", "/object_info/LoadImage", ALICE).json())
+
+
+# --- 15: the socket tells the queue grew before the prompt starts ------------------------------------------------
+
+def test_the_status_of_a_new_prompt_comes_before_its_execution_start(server) -> None:
+    ws = _socket(server, "ord", "alice-key")
+    try:
+        prompt_id = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "client_id": "ord"}).json()["prompt_id"]
+        seen = _until_done(ws, prompt_id)
+    finally:
+        ws.close()
+    kinds = [m["type"] for m in seen]
+    start = kinds.index("execution_start")
+    grew = [i for i, m in enumerate(seen) if m["type"] == "status"
+            and m["data"]["status"]["exec_info"]["queue_remaining"] >= 1]
+    assert grew and grew[0] < start, kinds
+    assert kinds[-2:] == ["status", "executing"]

@@ -194,9 +194,16 @@ class Fanout:
 
     def advance(self, poll: Poll) -> list[Message]:
         """Messages for what the poll saw, in ComfyUI's order."""
+        before = set(self.watches)
         self._track(poll.new)
         out: list[Message] = []
         closing: list[str] = []
+        # As ComfyUI: the queue grew (a status) before a new prompt runs, even one first seen already finished.
+        done_new = sum(1 for pid, w in self.watches.items() if pid not in before and w.prompt.job is not None
+                       and w.prompt.job.terminal)
+        if (queued := self._remaining() + done_new) > self.queue_remaining:
+            self.queue_remaining = queued
+            out.append(self.status())
         for pid, watch in list(self.watches.items()):
             job = poll.jobs.get(pid) or watch.prompt.job
             if pid in poll.jobs and poll.jobs[pid] is None:
