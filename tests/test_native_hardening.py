@@ -428,7 +428,8 @@ def test_object_info_lists_uploads_once_and_sees_new_ones_at_once(server, counte
 def test_the_status_of_a_new_prompt_comes_before_its_execution_start(server) -> None:
     ws = _socket(server, "ord", "alice-key")
     try:
-        prompt_id = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "client_id": "ord"}).json()["prompt_id"]
+        sent = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "client_id": "ord"})
+        prompt_id = sent.json()["prompt_id"]
         seen = _until_done(ws, prompt_id)
     finally:
         ws.close()
@@ -438,3 +439,12 @@ def test_the_status_of_a_new_prompt_comes_before_its_execution_start(server) -> 
             and m["data"]["status"]["exec_info"]["queue_remaining"] >= 1]
     assert grew and grew[0] < start, kinds
     assert kinds[-2:] == ["status", "executing"]
+
+
+# --- 14: numbers outside their bounds are refused before they run, in ComfyUI's shape --------------------------
+
+def test_an_out_of_range_number_is_a_node_error(server) -> None:
+    graph = {**GRAPH, "1": {**EMPTY, "inputs": {**EMPTY["inputs"], "width": 10**30}}}
+    got = server.call("POST", "/prompt", ALICE, json={"prompt": graph})
+    assert got.status_code == 400 and got.json()["error"]["type"] == "prompt_outputs_failed_validation"
+    assert got.json()["node_errors"]["1"]["errors"][0]["type"] == "value_bigger_than_max"
