@@ -99,3 +99,24 @@ def test_a_node_a_newer_worker_published_is_accepted_though_this_process_kept_th
                                 LocalStore(tmp_path / "out", "s", "http://h"))
     worker_side.store.save_object_info(newer)  # another process: a worker with the new node started
     assert submit_job(svc, Caller("k"), {"workflow": workflow})[1] is True
+
+
+@pytest.mark.parametrize(("value", "kind", "message"), [
+    (10**30, "value_bigger_than_max", f"Value {10**30} bigger than max of 16384"),
+    (0, "value_smaller_than_min", "Value 0 smaller than min of 1"),
+])
+def test_numbers_outside_their_bounds_are_refused_as_comfyui_words_it(svc: Services, value: int, kind: str,
+                                                                       message: str) -> None:
+    workflow = {"1": {"class_type": "EmptyImage", "inputs": {"width": value, "height": 8, "batch_size": 1,
+                                                             "color": 0}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "b"}}}
+    [problem] = refused(svc, workflow)
+    assert (problem["node_id"], problem["type"], problem["message"], problem["details"]) == ("1", kind, message,
+                                                                                             "width")
+
+
+def test_a_link_that_is_not_two_long_is_refused(svc: Services) -> None:
+    workflow = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0, 0], "filename_prefix": "b"}}}
+    [problem] = refused(svc, workflow)
+    assert (problem["node_id"], problem["type"], problem["details"]) == ("2", "bad_linked_input", "images")

@@ -158,6 +158,10 @@ class Settings:
     max_active_jobs_per_user: int = opt(0, "the same per user (0: no cap)")
     max_wait_s: float = opt(50.0, "longest ?wait=N a request may ask for; keep it below the endpoint timeout (60 s)")
     max_templates: int = opt(200, "workflow templates per owner (each user, and the shared set)")
+    native_max_sockets_per_key: int = opt(16, "native /ws sockets one API key may hold open at once on one "
+                                              "server process (each polls the store); more are closed with 1013")
+    native_socket_max_s: float = opt(3600.0, "a native /ws socket is closed (1001) after this long; ComfyUI's "
+                                             "clients reconnect")
     hf_token: str = secret("Hugging Face token, sent only to huggingface.co and *.hf.co over https")
     civitai_token: str = secret("Civitai API token, sent only to civitai.com (and its subdomains) over https")
     gpu_config: str = opt("", "at deploy time: the default pool's GPU types in fallback order, comma-separated, "

@@ -98,6 +98,11 @@ def native_prompt(prompt_id: str) -> str:
     return f"nativeprompt:{prompt_id}"
 
 
+def native_extra(prompt_id: str) -> str:
+    """The extra_data a native prompt was sent with (extra_pnginfo: the editor's workflow), as /history gives it."""
+    return f"nativeextra:{prompt_id}"
+
+
 def native_scope(owner: str) -> str:
     """The index scope listing one owner's native prompts, newest first (their /history and /queue)."""
     return f"native:{owner}"
@@ -106,6 +111,11 @@ def native_scope(owner: str) -> str:
 def native_upload(owner: str, subfolder: str, name: str) -> str:
     """A file uploaded through /upload/image for one owner, kept until deleted (prompts name it)."""
     return f"native/uploads/{owner}/{subfolder + '/' if subfolder else ''}{name}"
+
+
+def native_upload_digest(owner: str, subfolder: str, name: str) -> str:
+    """The sha256 of that upload, so a later upload under its name is compared without reading it."""
+    return f"native/upload-digests/{owner}/{subfolder + '/' if subfolder else ''}{name}"
 
 
 def template_scope(user_id: str | None) -> str:

@@ -422,7 +422,7 @@ class JobStore:
         """Remove a job and everything kept for it from the Dict, its listing slots included; idempotent (one
         to four round trips)."""
         doomed = [keys.job(job.id), keys.payload(job.id), keys.cancel(job.id), keys.progress(job.id),
-                  keys.preview(job.id), keys.webhook(job.id), keys.native_prompt(job.id),
+                  keys.preview(job.id), keys.webhook(job.id), keys.native_prompt(job.id), keys.native_extra(job.id),
                   *(keys.claim(job.id, n) for n in range(1, job.claim_seq + 2)),
                   *(keys.index_slot(scope, n) for scope, n in job.index_slots.items())]
         doomed += self.quotas.handovers(job)

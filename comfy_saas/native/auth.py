@@ -18,17 +18,24 @@ from comfy_saas.web.auth import authenticate
 
 
 def presented_key(authorization: str | None, token: str | None, prefix_key: str | None) -> str | None:
-    """The API key the request carries, in whichever form; None when it carries none."""
+    """The API key the request carries, in whichever form; None when it carries none. An Authorization header
+    that holds no key (not Bearer, undecodable Basic) does not hide a ?token= or /k/ key."""
     scheme, _, value = (authorization or "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    if scheme.lower() == "basic" and value.strip():
-        try:
-            _, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return password or None
+    if scheme.lower() == "basic" and (key := _basic_key(value.strip())):
+        return key
     return token or prefix_key or None
+
+
+def _basic_key(value: str) -> str | None:
+    """The key of a Basic credential: its password, or for `key` alone (no colon) the whole of it."""
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    return (password if colon else user) or None
 
 
 def native_caller(settings: Settings, headers: Mapping[str, str], query: Mapping[str, str],

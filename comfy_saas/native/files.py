@@ -46,6 +46,22 @@ def find(svc: Services, owner: str, filename: str, subfolder: str, kind: str) ->
     return Found(key, filename, mimetypes.guess_type(filename)[0] or "application/octet-stream")
 
 
+def _inline(content_type: str) -> bool:
+    """Media a browser shows without running anything (SVG is a document that can carry script)."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind.startswith(("image/", "video/", "audio/")) and "svg" not in kind and "xml" not in kind
+
+
+def served_as(found: Found) -> tuple[str, dict[str, str]]:
+    """(content type, headers) /view answers with: media inline, anything else (HTML, SVG, ...) as a download
+    of opaque bytes, and always sandboxed and unsniffed, so an upload never runs as a page on this origin."""
+    safe = found.filename.replace('"', "").replace("\\", "")
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+    if _inline(found.content_type):
+        return found.content_type, {**headers, "Content-Disposition": f'inline; filename="{safe}"'}
+    return "application/octet-stream", {**headers, "Content-Disposition": f'attachment; filename="{safe}"'}
+
+
 def local_path(svc: Services, found: Found) -> str | None:
     """The file itself when storage is a local folder (served streamed from disk)."""
     if isinstance(svc.objects, LocalStore):

@@ -10,6 +10,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 SCOPE_KEY = "comfy_native"
 _MARKERS = {"k": "key", "p": "pool"}
+# Other surfaces' paths: a prefix in front of them would be dropped unused (their auth and pools are their own).
+_FOREIGN = ("/v1", "/api/v2", "/docs", "/redoc", "/openapi.json", "/files", "/health")
+
+
+def native_path(path: str) -> bool:
+    """Whether a prefixed path is the native API's (anything else keeps its prefix, so it is not found)."""
+    return not any(path == p or path.startswith(p + "/") for p in _FOREIGN)
 
 
 def split_prefixes(path: str) -> tuple[str, dict[str, str]]:
@@ -32,7 +39,7 @@ class PrefixMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and scope["path"].startswith(("/k/", "/p/")):
             path, found = split_prefixes(scope["path"])
-            if found:
+            if found and native_path(path):
                 scope = {**scope, "path": path, "raw_path": path.encode(), SCOPE_KEY: found}
         await self.app(scope, receive, send)
 

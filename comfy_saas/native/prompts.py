@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any
 
-from comfy_saas.errors import InvalidInput
+from comfy_saas.errors import Conflict, InvalidInput
 from comfy_saas.jobs import operations
 from comfy_saas.jobs.operations import Caller
 from comfy_saas.jobs.request import json_object
@@ -40,13 +40,31 @@ def prompt_id_of(body: dict[str, Any]) -> str:
 
 
 def client_id_of(body: dict[str, Any]) -> str | None:
-    client_id = body.get("client_id")
+    """The top-level client_id, else extra_data's (ComfyUI routes events by the latter, which the former sets)."""
+    extra = body.get("extra_data")
+    client_id = body.get("client_id", extra.get("client_id") if isinstance(extra, dict) else None)
     if client_id is None or client_id == "":
         return None
     if not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID or not client_id.isprintable():
         raise InvalidInput(f"client_id must be text of at most {MAX_CLIENT_ID} printable characters",
                            field="client_id")
     return client_id
+
+
+def extra_of(body: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The extra_data to keep for /history (extra_pnginfo and the like), at most `limit` bytes as JSON; the
+    client_id is kept on the record itself."""
+    import json
+
+    extra = body.get("extra_data")
+    if extra is None:
+        return {}
+    if not isinstance(extra, dict):
+        raise InvalidInput("extra_data must be a JSON object", field="extra_data")
+    kept = {k: v for k, v in extra.items() if k != "client_id"}
+    if kept and len(json.dumps(kept, separators=(",", ":"))) > limit:
+        raise InvalidInput(f"extra_data is larger than {limit} bytes as JSON", field="extra_data")
+    return kept
 
 
 def pool_of(body: dict[str, Any], prefix_pool: str | None) -> str | None:
@@ -76,29 +94,28 @@ def submit_prompt(svc: Services, caller: Caller, owner: str, raw: bytes | bytear
     if "prompt" not in body:
         raise PromptRefused("No prompt provided", "no_prompt", "prompt")
     prompt_id, client_id, pool = prompt_id_of(body), client_id_of(body), pool_of(body, prefix_pool)
+    extra = extra_of(body, svc.settings.limits.max_workflow_bytes)
     workflow, media = uploads.stage(svc, owner, check_prompt(svc, body["prompt"], pool))
     created_ms = int(time.time() * 1000)
     if not records.claim(svc, prompt_id, owner, client_id, created_ms):
-        repeated = _repeat(svc, owner, prompt_id)
-        if repeated is not None:
-            return repeated
-    request = {"workflow": workflow, "media": media, "include_previews": True, **({"pool": pool} if pool else {})}
+        return _repeat(svc, owner, prompt_id)  # only the claim's winner submits (and may release it)
+    request = {"workflow": workflow, "include_previews": True, **({"pool": pool} if pool else {})}
     try:
-        operations.submit_job(svc, caller, request, job_id=prompt_id)
+        operations.submit_job(svc, caller, request, staged=media, job_id=prompt_id)
     except BaseException:
         records.release(svc, prompt_id)
         raise
-    number = records.listed(svc, prompt_id, owner, client_id, created_ms)
+    number = records.listed(svc, prompt_id, owner, client_id, created_ms, extra)
     return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
 
 
-def _repeat(svc: Services, owner: str, prompt_id: str) -> dict[str, Any] | None:
-    """A prompt_id already claimed: the same owner's repeat answers as the first time (None: its submission
-    never finished, so this one goes on); anyone else's is refused."""
+def _repeat(svc: Services, owner: str, prompt_id: str) -> dict[str, Any]:
+    """A prompt_id already claimed: the same owner's repeat answers as the first time, or 409 while the first
+    submission is still under way (a second submit of the same job would race it); anyone else's is refused."""
     rec = records.record(svc, prompt_id) or {}
     if rec.get("owner") != owner:
         raise PromptRefused("prompt_id is already in use; omit it to let the server choose one",
                             "invalid_prompt_id", "prompt_id")
-    if not svc.store.exists(prompt_id):
-        return None
+    if not svc.store.exists(prompt_id) or not rec.get("number"):
+        raise Conflict("prompt_id: a submission with this prompt_id is still under way; retry in a moment")
     return {"prompt_id": prompt_id, "number": int(rec.get("number") or 0), "node_errors": {}}

@@ -23,6 +23,7 @@ class Prompt:
     number: int
     created_ms: int
     job: Job | None
+    has_extra: bool = False  # extra_data beyond client_id is kept apart (extras()), read only where shown
 
 
 def claim(svc: Services, prompt_id: str, owner: str, client_id: str | None, created_ms: int) -> bool:
@@ -40,12 +41,26 @@ def release(svc: Services, prompt_id: str) -> None:
     svc.store.d.pop(keys.native_prompt(prompt_id), None)
 
 
-def listed(svc: Services, prompt_id: str, owner: str, client_id: str | None, created_ms: int) -> int:
-    """List a submitted prompt under its owner; its queue number (the slot), recorded with it."""
+def listed(svc: Services, prompt_id: str, owner: str, client_id: str | None, created_ms: int,
+           extra: dict[str, Any] | None = None) -> int:
+    """List a submitted prompt under its owner; its queue number (the slot), recorded with it (and its
+    extra_data, kept beside the record)."""
     number = svc.store.index.append(keys.native_scope(owner), prompt_id)
-    record = {"owner": owner, "client_id": client_id, "number": number, "created_ms": created_ms}
-    svc.store.d.put(keys.native_prompt(prompt_id), record)
+    record = {"owner": owner, "client_id": client_id, "number": number, "created_ms": created_ms,
+              **({"extra": True} if extra else {})}
+    calls = [lambda: svc.store.d.put(keys.native_prompt(prompt_id), record)]
+    if extra:
+        calls.append(lambda: svc.store.d.put(keys.native_extra(prompt_id), extra))
+    run_all(calls)
     return number
+
+
+def extras(svc: Services, prompts: list[Prompt]) -> list[dict[str, Any]]:
+    """Each prompt's kept extra_data ({} for none), one round trip for those that have it."""
+    having = [p for p in prompts if p.has_extra]
+    got = dict(zip([p.id for p in having],
+                   run_all([lambda p=p: svc.store.d.get(keys.native_extra(p.id)) for p in having]), strict=True))
+    return [got.get(p.id) or {} for p in prompts]
 
 
 def prompt_of(prompt_id: str, rec: dict[str, Any] | None, job: Job | None, owner: str) -> Prompt | None:
@@ -53,7 +68,7 @@ def prompt_of(prompt_id: str, rec: dict[str, Any] | None, job: Job | None, owner
     if rec is None or rec.get("owner") != owner:
         return None
     return Prompt(prompt_id, owner, rec.get("client_id"), int(rec.get("number") or 0),
-                  int(rec.get("created_ms") or 0), job)
+                  int(rec.get("created_ms") or 0), job, bool(rec.get("extra")))
 
 
 def load(svc: Services, owner: str, prompt_ids: list[str]) -> list[Prompt]:

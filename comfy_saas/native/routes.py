@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,17 @@ class Native:
     services: Callable[[], Services]
     cache: HistoryCache = field(default_factory=HistoryCache)
     socket: SocketOptions = field(default_factory=SocketOptions)
+    open_sockets: Counter[str] = field(default_factory=Counter)  # per key id, in this process
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An upload's file (read whole: it is under the media cap) and the form's other fields."""
+
+    filename: str
+    content_type: str | None
+    data: bytes
+    fields: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -132,38 +144,63 @@ def _view(native: Native) -> Handler:
         q = call.request.query_params
         found = await run_in_threadpool(files.find, call.svc, call.owner, q.get("filename", ""),
                                         q.get("subfolder", ""), q.get("type", "output"))
-        headers = {"Content-Disposition": f'filename="{found.filename}"', "X-Content-Type-Options": "nosniff"}
+        media_type, headers = files.served_as(found)
         path = files.local_path(call.svc, found)
         if path is not None:
-            return FileResponse(path, media_type=found.content_type, headers=headers)
+            return FileResponse(path, media_type=media_type, headers=headers)
         size, chunks = await files.open_stream(call.svc, found)
         if size is not None:
             headers["Content-Length"] = str(size)
-        return StreamingResponse(chunks, media_type=found.content_type, headers=headers)
+        return StreamingResponse(chunks, media_type=media_type, headers=headers)
     return _route(native, work)
 
 
-async def _upload_form(call: Call) -> tuple[Any, dict[str, str]]:
-    limit = call.svc.settings.limits.max_media_bytes + 64 * 1024
+async def _capped(request: Request, limit: int, limit_named: int) -> AsyncIterator[bytes]:
+    """The body as it arrives, refused (413) once it passes `limit`: nothing past the cap is spooled."""
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge(f"image: the upload is larger than {limit_named} bytes", field="image")
+        yield chunk
+
+
+async def _upload_form(call: Call) -> Upload:
+    """The multipart form of an upload, read under the media cap (plus room for the form's other fields)."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    named = call.svc.settings.limits.max_media_bytes
+    limit = named + 64 * 1024
     declared = call.request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"the upload is larger than {limit} bytes", field="image")
-    form = await call.request.form()
-    image = form.get("image")
-    if image is None or isinstance(image, str):
-        raise InvalidInput("image: send the file as the multipart field 'image'", field="image")
-    return image, {k: v for k, v in form.items() if isinstance(v, str)}
+        raise BodyTooLarge(f"image: the upload is larger than {named} bytes", field="image")
+    if not call.request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise InvalidInput("image: send the file as multipart/form-data field 'image'", field="image")
+    try:
+        form = await MultiPartParser(call.request.headers, _capped(call.request, limit, named), max_files=1,
+                                     max_fields=16, max_part_size=64 * 1024).parse()
+    except MultiPartException as exc:
+        raise InvalidInput(f"image: the multipart body is malformed ({exc.message})", field="image") from None
+    try:
+        image = form.get("image")
+        if image is None or isinstance(image, str):
+            raise InvalidInput("image: send the file as the multipart field 'image'", field="image")
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        return Upload(image.filename or "image.png", image.content_type, await image.read(), fields)
+    finally:
+        await form.close()
 
 
 def _upload(native: Native, mask: bool) -> Handler:
     async def work(call: Call) -> Response:
-        image, fields = await _upload_form(call)
-        data = await image.read()
-        overwrite = fields.get("overwrite", "").lower() in ("true", "1")
+        up = await _upload_form(call)
+        data = up.data
         if mask:
-            data = await run_in_threadpool(_masked, call, fields.get("original_ref", ""), data)
-        answer = await run_in_threadpool(uploads.store_upload, call.svc, call.owner, image.filename or "image.png",
-                                         fields.get("subfolder", ""), data, overwrite, image.content_type)
+            data = await run_in_threadpool(_masked, call, up.fields.get("original_ref", ""), data)
+        overwrite = up.fields.get("overwrite", "").lower() in ("true", "1")
+        answer = await run_in_threadpool(uploads.store_upload, call.svc, call.owner, up.filename,
+                                         up.fields.get("subfolder", ""), data, overwrite, up.content_type)
+        native.cache.forget(call.owner)  # its /object_info lists the new name at once
         return _json(200, answer)
     return _route(native, work)
 
@@ -171,19 +208,30 @@ def _upload(native: Native, mask: bool) -> Handler:
 def _masked(call: Call, original_ref: str, mask: bytes) -> bytes:
     try:
         ref = json.loads(original_ref)
-        found = files.find(call.svc, call.owner, ref["filename"], ref.get("subfolder", ""), ref.get("type", "input"))
-    except (ValueError, KeyError, TypeError):
-        raise InvalidInput("original_ref must be JSON {filename, subfolder, type}", field="original_ref") from None
-    return uploads.with_mask(files.read(call.svc, found), mask)
+        where = [ref["filename"], ref.get("subfolder", ""), ref.get("type", "input")]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        where = []
+    if not where or not all(isinstance(part, str) for part in where):
+        raise InvalidInput("original_ref must be JSON {filename, subfolder, type} of strings", field="original_ref")
+    return uploads.with_mask(files.read(call.svc, files.find(call.svc, call.owner, *where)), mask)
 
 
 def _nodes(call: Call) -> dict[str, Any] | None:
     return operations.catalogue(call.svc, call.pool, needed=True)
 
 
+def _uploads(native: Native, call: Call) -> list[str]:
+    """The owner's upload names, listed at most once per UPLOADS_TTL_S (a listing is a full prefix scan)."""
+    key = (call.owner, "uploads", 0)
+    if (found := native.cache.listing(key)) is None:
+        found = uploads.listing(call.svc, call.owner)
+        native.cache.keep_listing(key, found, history.UPLOADS_TTL_S)
+    return found
+
+
 def _object_info(native: Native) -> Handler:
     def fn(call: Call) -> dict[str, Any]:
-        nodes, listed = run_all([lambda: _nodes(call), lambda: uploads.listing(call.svc, call.owner)])
+        nodes, listed = run_all([lambda: _nodes(call), lambda: _uploads(native, call)])
         return catalogue.object_info(nodes, call.request.path_params.get("node_class"), listed)
     return _blocking(native, fn)
 
@@ -205,7 +253,7 @@ def _pool(call: Call) -> str:
 
 def _api_job(native: Native) -> Handler:
     def fn(call: Call) -> Any:
-        found = history.job(call.svc, call.owner, call.request.path_params["job_id"])
+        found = history.job(call.svc, native.cache, call.owner, call.request.path_params["job_id"])
         if found is None:
             raise NotFound("Job not found")
         return found
@@ -261,7 +309,8 @@ def router(native: Native) -> APIRouter:
 def jobs_router(native: Native) -> APIRouter:
     """ComfyUI's newer jobs API, which it serves under /api/ only."""
     r = APIRouter(include_in_schema=False)
-    r.add_api_route("/jobs", _blocking(native, lambda c: history.jobs(c.svc, c.owner, dict(c.request.query_params))),
+    r.add_api_route("/jobs", _blocking(native, lambda c: history.jobs(c.svc, native.cache, c.owner,
+                                                                       dict(c.request.query_params))),
                     methods=["GET"])
     r.add_api_route("/jobs/cancel", _cancel_many(native), methods=["POST"])
     r.add_api_route("/jobs/{job_id}", _api_job(native), methods=["GET"])
@@ -278,8 +327,19 @@ def _socket(native: Native) -> Callable[[WebSocket], Awaitable[None]]:
             await ws.close(code=1008)  # before accepting: the handshake is refused (403)
             return
         await ws.accept()
+        key, cap = call.caller.key_id, call.svc.settings.native_max_sockets_per_key
+        if native.open_sockets[key] >= cap:
+            await ws.close(code=1013, reason=f"too many sockets for this API key (at most {cap}); close one")
+            return
+        native.open_sockets[key] += 1
         client_id = ws.query_params.get("clientId") or None
-        await serve_socket(ws, call.svc, call.owner, client_id[:256] if client_id else None, native.socket)
+        try:
+            await serve_socket(ws, call.svc, call.owner, client_id[:256] if client_id else None, native.socket,
+                               call.svc.settings.native_socket_max_s)
+        finally:
+            native.open_sockets[key] -= 1
+            if native.open_sockets[key] <= 0:
+                del native.open_sockets[key]
     return socket
 
 

@@ -74,25 +74,28 @@ def status_messages(job: Job) -> list[list[Any]]:
     return messages
 
 
-def extra_data(prompt: Prompt) -> dict[str, Any]:
-    extra: dict[str, Any] = {"create_time": prompt.created_ms}
+def extra_data(prompt: Prompt, kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The prompt's extra_data as ComfyUI's history gives it: what the client sent, with create_time."""
+    extra: dict[str, Any] = {**(kept or {}), "create_time": prompt.created_ms}
     if prompt.client_id is not None:
         extra["client_id"] = prompt.client_id
     return extra
 
 
-def queue_item(prompt: Prompt, workflow: dict[str, Any], output_nodes: list[str]) -> list[Any]:
+def queue_item(prompt: Prompt, workflow: dict[str, Any], output_nodes: list[str],
+               kept: dict[str, Any] | None = None) -> list[Any]:
     """ComfyUI's queue tuple: [number, prompt_id, prompt, extra_data, outputs_to_execute]."""
-    return [prompt.number, prompt.id, workflow, extra_data(prompt), output_nodes]
+    return [prompt.number, prompt.id, workflow, extra_data(prompt, kept), output_nodes]
 
 
-def history_entry(prompt: Prompt, workflow: dict[str, Any], output_nodes: list[str]) -> dict[str, Any]:
+def history_entry(prompt: Prompt, workflow: dict[str, Any], output_nodes: list[str],
+                  kept: dict[str, Any] | None = None) -> dict[str, Any]:
     """A finished prompt's /history entry (call only for finished jobs)."""
     job = prompt.job
     assert job is not None and job.terminal
     ok = job.status is Status.COMPLETED
-    return {"prompt": queue_item(prompt, workflow, output_nodes),
-            "outputs": outputs_by_node(job) if ok else {},
+    return {"prompt": queue_item(prompt, workflow, output_nodes, kept),
+            "outputs": outputs_by_node(job),  # a failed prompt keeps what its nodes wrote, as ComfyUI's does
             "status": {"status_str": "success" if ok else "error", "completed": ok,
                        "messages": status_messages(job)},
             "meta": {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}

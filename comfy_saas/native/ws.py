@@ -1,7 +1,8 @@
 """GET /ws: ComfyUI's per-client event stream, made from our jobs as the store has them.
 
 Each socket follows its owner's prompts (their index, probed a few slots past the head on every poll) and
-speaks only of those submitted with its client_id. A poll is one batched round trip (the probe, the tracked
+speaks only of those submitted with its client_id or with none (ComfyUI broadcasts those; here only to the same
+owner's sockets). A poll is one batched round trip (the probe, the tracked
 jobs, their progress events and preview frames), every POLL_S: workers write progress at most that often.
 A prompt that finished shortly before the socket connected (tools that submit first, then connect) gets its
 closing events replayed. Events come in ComfyUI's order: execution_start, execution_cached, then executing /
@@ -135,8 +136,10 @@ class Fanout:
         for p in prompts:
             if p.id in self.watches or p.job is None or len(self.watches) >= TRACKED_MAX:
                 continue
-            watch = Watch(p, mine=p.client_id == self.client_id, catch_up=replay_after is not None)
-            recent = replay_after is None or (p.job.finished_at is not None and p.job.finished_at >= replay_after)
+            # As ComfyUI broadcasts a prompt sent without client_id, but only to its submitter's own sockets.
+            watch = Watch(p, mine=p.client_id in (None, self.client_id), catch_up=replay_after is not None)
+            recent = replay_after is None or (p.client_id == self.client_id and p.job.finished_at is not None
+                                              and p.job.finished_at >= replay_after)
             if p.job.terminal and not (watch.mine and recent):
                 continue
             self.watches[p.id] = watch
@@ -191,9 +194,16 @@ class Fanout:
 
     def advance(self, poll: Poll) -> list[Message]:
         """Messages for what the poll saw, in ComfyUI's order."""
+        before = set(self.watches)
         self._track(poll.new)
         out: list[Message] = []
         closing: list[str] = []
+        # As ComfyUI: the queue grew (a status) before a new prompt runs, even one first seen already finished.
+        done_new = sum(1 for pid, w in self.watches.items() if pid not in before and w.prompt.job is not None
+                       and w.prompt.job.terminal)
+        if (queued := self._remaining() + done_new) > self.queue_remaining:
+            self.queue_remaining = queued
+            out.append(self.status())
         for pid, watch in list(self.watches.items()):
             job = poll.jobs.get(pid) or watch.prompt.job
             if pid in poll.jobs and poll.jobs[pid] is None:
@@ -282,8 +292,9 @@ def _asks_flags(text: str) -> bool:
 
 
 async def serve_socket(ws: WebSocket, svc: Services, owner: str, client_id: str | None,
-                       options: SocketOptions) -> None:
-    """Run one accepted socket until the client closes it."""
+                       options: SocketOptions, max_s: float = 3600.0) -> None:
+    """Run one accepted socket until the client closes it, or for at most `max_s` (then closed with 1001)."""
+    ends = asyncio.get_running_loop().time() + max_s
     sid = client_id or uuid.uuid4().hex
     fanout = Fanout(svc, owner, sid)
     await run_in_threadpool(fanout.connect)
@@ -297,6 +308,9 @@ async def serve_socket(ws: WebSocket, svc: Services, owner: str, client_id: str 
         for item in fanout.replay():
             await _send(ws, item)
         while not closed.is_set():
+            if asyncio.get_running_loop().time() >= ends:
+                await ws.close(code=1001, reason="socket lifetime reached; reconnect")
+                break
             try:
                 await asyncio.wait_for(closed.wait(), POLL_S)
                 break

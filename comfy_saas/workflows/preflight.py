@@ -57,12 +57,29 @@ def _check_inputs(workflow: dict, schema: dict, node_id: str, cls: str, inputs: 
             continue  # extra inputs are ignored by ComfyUI too
         if _is_link(value):
             problems += _check_link(workflow, schema, node_id, cls, field, value, want)
+        elif isinstance(value, list) and len(value) != 2:  # ComfyUI takes every list for a link
+            problems.append(_problem(node_id, cls, "bad_linked_input",
+                                     "Bad linked input, must be a length-2 list of [node_id, slot_index]", field))
+        elif (bound := _out_of_bounds(field, value, want)) is not None:
+            problems.append(_problem(node_id, cls, *bound))
         elif "choices" in want and isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS) \
                 and value not in want["choices"] and value not in present:
             shown = ", ".join(want["choices"][:10]) or "none installed"
             problems.append(_problem(node_id, cls, "value_not_in_list", "Value not in list",
                                      f"{field}: '{value}' not in [{shown}]"))
     return problems
+
+
+def _out_of_bounds(field: str, value: Any, want: dict) -> tuple[str, str, str] | None:
+    """(type, message, details) as ComfyUI words them when a number lies outside its input's min/max."""
+    if want.get("type") not in ("INT", "FLOAT") or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    low, high = want.get("min"), want.get("max")
+    if isinstance(low, int | float) and value < low:
+        return "value_smaller_than_min", f"Value {value} smaller than min of {low}", field
+    if isinstance(high, int | float) and value > high:
+        return "value_bigger_than_max", f"Value {value} bigger than max of {high}", field
+    return None
 
 
 def _check_link(workflow: dict, schema: dict, node_id: str, cls: str, field: str, link: list, want: dict
