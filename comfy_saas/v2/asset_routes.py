@@ -21,6 +21,7 @@ from comfy_saas.jobs.request import json_object
 from comfy_saas.jobs.services import Services
 from comfy_saas.v2 import assets
 from comfy_saas.v2.asset_uploads import UploadReader
+from comfy_saas.v2.bodies import read_capped
 from comfy_saas.web.auth import authenticate
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,11 @@ def error_answer(exc: BaseException) -> Response:
     else:
         status, body, headers = error_response(exc)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _closing(response: Response) -> Response:
+    response.headers["Connection"] = "close"
+    return response
 
 
 def _fallback(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -71,9 +77,10 @@ def add_asset_routes(router: APIRouter, services: Callable[[], Services]) -> Non
     async def post_from_hash(request: Request) -> Response:
         try:
             who, svc = caller(request), services()
-            raw = await request.body()
-            if len(raw) > MAX_JSON_BODY:
-                raise BodyTooLarge(f"the body is larger than {MAX_JSON_BODY} bytes", field="body")
+            raw = await read_capped(request, MAX_JSON_BODY)
+        except Exception as exc:  # the rest of an oversized body is never read: the connection goes with it
+            return _closing(error_answer(exc))
+        try:
             body, minted = await run_in_threadpool(
                 assets.from_hash, svc, who, json_object(raw, svc.settings.limits))
             return JSONResponse(body, status_code=201 if minted else 200)
