@@ -83,3 +83,32 @@ def answers_meanwhile(srv: Server, gate: Gate) -> int:
         return 0  # the event loop is blocked
     finally:
         gate.open()
+
+
+def test_an_upload_is_hashed_off_the_event_loop(srv: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    import blake3 as blake3_module
+
+    real, gate = blake3_module.blake3, Gate()
+
+    class SlowHasher:  # hashing a large upload takes a while: here, until the test has asked for /health
+        def __init__(self) -> None:
+            self._h = real()
+
+        def update(self, data: bytes) -> None:
+            gate.wait()
+            self._h.update(data)
+
+        def hexdigest(self) -> str:
+            return self._h.hexdigest()
+
+    monkeypatch.setattr(blake3_module, "blake3", SlowHasher)
+    data = bytes(range(256)) * 4096
+    answer: list[requests.Response] = []
+    form = {"content_type": "application/octet-stream", "file_path": "big.bin"}
+    sender = threading.Thread(target=lambda: answer.append(srv.call(
+        "POST", "/api/v2/assets", ALICE, data=form, files={"file": ("big.bin", data, "application/octet-stream")})))
+    sender.start()
+    assert answers_meanwhile(srv, gate) == 200
+    sender.join(30)
+    assert answer[0].status_code == 201, answer[0].text
+    assert answer[0].json()["hash"] == "blake3:" + real(data).hexdigest()

@@ -29,6 +29,7 @@ MAX_JSON_BODY = 64 * 1024
 FIELDS_SLACK = 1024 * 1024  # what the text parts and the multipart framing may add to the file's size
 SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
 RELAY_CHUNK = 1024 * 1024
+FEED_BYTES = 1024 * 1024  # what the upload reader is handed at once
 
 
 def error_answer(exc: BaseException) -> Response:
@@ -127,12 +128,17 @@ async def _receive(request: Request, svc: Services, who: Any) -> tuple[dict[str,
         raise BodyTooLarge(f"file: larger than the {cap} byte limit for one asset", field="file")
     reader = UploadReader(request.headers.get("content-type"), cap)
     try:
+        pending = bytearray()
         async for chunk in request.stream():
-            reader.feed(chunk)
-        received = reader.finish()
+            pending += chunk
+            if len(pending) >= FEED_BYTES:  # hashing and spooling block: in the threadpool, a batch at a time
+                await run_in_threadpool(reader.feed, bytes(pending))
+                pending.clear()
+        await run_in_threadpool(reader.feed, bytes(pending))
+        received = await run_in_threadpool(reader.finish)
         return await run_in_threadpool(assets.store_upload, svc, who, received)
     finally:
-        reader.discard()
+        await run_in_threadpool(reader.discard)
 
 
 def _serve(svc: Services, content: assets.Content, byte_range: str | None, stream: bool) -> Response:
