@@ -112,3 +112,35 @@ def test_an_upload_is_hashed_off_the_event_loop(srv: Server, monkeypatch: pytest
     sender.join(30)
     assert answer[0].status_code == 201, answer[0].text
     assert answer[0].json()["hash"] == "blake3:" + real(data).hexdigest()
+
+
+WF = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 3}},
+      "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "loop"}}}
+
+
+def test_an_event_stream_stores_output_assets_off_the_event_loop(srv: Server,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    job = srv.call("POST", "/v1/jobs", ALICE, json={"workflow": WF}).json()
+    srv.done(job["id"], ALICE)  # finished on /v1: its output asset's pointer is first written by the stream
+    objects, gate = srv.stack.services.objects, Gate()
+    real_put = objects.put_bytes
+
+    def slow_put(key: str, *args: object, **kw: object) -> object:  # slow object storage, for the pointer
+        if "/v2-assets/" in key:
+            gate.wait()
+        return real_put(key, *args, **kw)
+
+    monkeypatch.setattr(objects, "put_bytes", slow_put)
+    events: list[str] = []
+
+    def watch() -> None:
+        with requests.get(f"{srv.base}/api/v2/jobs/{job['id']}/events", headers=ALICE, stream=True,
+                          timeout=30) as r:
+            events.extend(line.removeprefix("event: ") for line in r.iter_lines(decode_unicode=True)
+                          if line.startswith("event: "))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert answers_meanwhile(srv, gate) == 200
+    watcher.join(30)
+    assert events[-2:] == ["output", "status"]

@@ -59,6 +59,14 @@ def poll(svc: Services, job: Job) -> Poll:
     return Poll(got, bool(flagged), preview, depth)
 
 
+def step(svc: Services, job: Job, seen: Seen) -> tuple[Job, list[str], bool]:
+    """One poll and the events it adds: (the job as it now stands, the events, whether the stream is over).
+    Blocking (store reads, and output assets' pointers and presigned URLs), so streams run it in the threadpool."""
+    p = poll(svc, job)
+    out, over = frames(svc, p, seen)
+    return p.job or job, out, over
+
+
 def frames(svc: Services, p: Poll, seen: Seen) -> tuple[list[str], bool]:
     """The events this poll adds to what was sent, and whether the stream is over. A status change leads,
     except the terminal one, which comes after every output and ends the stream."""
@@ -113,9 +121,7 @@ async def stream(svc: Services, job: Job, max_s: float, poll_s: float = POLL_S) 
     loop = asyncio.get_running_loop()
     deadline, quiet_since, seen = loop.time() + max_s, loop.time(), Seen()
     while True:
-        p = await run_in_threadpool(poll, svc, job)
-        job = p.job or job
-        out, over = frames(svc, p, seen)
+        job, out, over = await run_in_threadpool(step, svc, job, seen)
         if out:
             quiet_since = loop.time()
             yield "".join(out)
