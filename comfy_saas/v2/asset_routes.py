@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -16,10 +17,10 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Stre
 from starlette.concurrency import run_in_threadpool
 
 from comfy_saas.backends.objects import LocalStore
-from comfy_saas.errors import BackendError, BodyTooLarge, NotFound
+from comfy_saas.errors import BackendError, BodyTooLarge, NotFound, RangeNotSatisfiable
 from comfy_saas.jobs.request import json_object
 from comfy_saas.jobs.services import Services
-from comfy_saas.v2 import assets
+from comfy_saas.v2 import assets, byte_ranges
 from comfy_saas.v2.asset_uploads import UploadReader
 from comfy_saas.v2.bodies import read_capped
 from comfy_saas.web.auth import authenticate
@@ -147,25 +148,40 @@ def _serve(svc: Services, content: assets.Content, byte_range: str | None, strea
         path = svc.objects.path(content.key)
         if not path.is_file():
             raise NotFound("no such asset")
-        return FileResponse(path, media_type=content.content_type, headers=headers, filename=content.file_name,
-                            content_disposition_type="inline")
+        return _FileSpan(path, byte_ranges.requested(byte_range, path.stat().st_size), media_type=content.content_type,
+                         headers=headers, filename=content.file_name, content_disposition_type="inline")
     url = svc.objects.url(content.key)
     if not stream:
         return RedirectResponse(url, status_code=302, headers=headers)
-    return _relay(url, byte_range, content, headers)
+    return _relay(url, byte_ranges.requested(byte_range, content.size), content, headers)
 
 
-def _relay(url: str, byte_range: str | None, content: assets.Content, headers: dict[str, str]) -> Response:
-    """Stream the object from its presigned URL, passing the Range on and its answer back."""
+class _FileSpan(FileResponse):
+    """A file, or the one byte range of it we decided to serve: Starlette's own Range handling sees only that
+    range (or none), so a header we ignore never becomes its plain-text 400."""
+
+    def __init__(self, path: Path, span: tuple[int, int] | None, **kw: Any) -> None:
+        super().__init__(path, **kw)
+        self.span = span
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        kept = [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]
+        if self.span is not None:
+            kept.append((b"range", byte_ranges.header_value(self.span).encode()))
+        await super().__call__({**scope, "headers": kept}, receive, send)
+
+
+def _relay(url: str, span: tuple[int, int] | None, content: assets.Content, headers: dict[str, str]) -> Response:
+    """Stream the object from its presigned URL, passing the range on and its answer back."""
     import urllib.error
     import urllib.request
 
+    asked = {"Range": byte_ranges.header_value(span)} if span is not None else {}
     try:
-        upstream = urllib.request.urlopen(urllib.request.Request(url, headers={"Range": byte_range} if byte_range
-                                                                 else {}), timeout=30)
+        upstream = urllib.request.urlopen(urllib.request.Request(url, headers=asked), timeout=30)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416:
-            return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{content.size}"})
+        if exc.code == 416:  # the stored object is shorter than its record says
+            raise RangeNotSatisfiable("Range: outside the content", content.size) from None
         raise BackendError(f"object storage answered {exc.code}") from None
     except OSError as exc:
         raise BackendError(f"object storage is unreachable: {exc}") from None
