@@ -121,11 +121,12 @@ def check_urls(svc: Services, request: JobRequest) -> None:
 
 def submit_job(svc: Services, caller: Caller, body: bytes | bytearray | str | dict[str, Any],
                recorded: dict[str, Any] | None = None, staged: list[MediaInput] | None = None,
-               job_id: str | None = None) -> tuple[dict[str, Any], bool]:
+               job_id: str | None = None, extra_data: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
     """Validate and enqueue; (job view, created). A user-bound key always submits as its user. `recorded` are
     fields for the job record from the caller (the template it came from, seeds it drew); `staged`, media a
     surface resolved for this caller (MediaInput.stored); `job_id`, an id the caller made sure is unused (a
-    surface whose clients name their jobs)."""
+    surface whose clients name their jobs); `extra_data`, ComfyUI's per-prompt extra data, kept in the payload
+    only (it may hold secrets) and outside the idempotency comparison."""
     if isinstance(body, bytes | bytearray | str) and len(body) > svc.settings.limits.max_body_bytes:
         raise BodyTooLarge(f"the body is larger than {svc.settings.limits.max_body_bytes} bytes", field="body")
     request = route_to_pool(svc, caller, parse_submission(body, svc.settings.limits).with_staged(staged or []))
@@ -134,7 +135,7 @@ def submit_job(svc: Services, caller: Caller, body: bytes | bytearray | str | di
         request = request.model_copy(update={"user_id": caller.user_id})
     check_urls(svc, request)
     prepared = _prepare_checked(svc, request, recorded)
-    job, created = _store_job(svc, prepared, job_id)
+    job, created = _store_job(svc, prepared, job_id, extra_data)
     logs.event(log, "job.submitted" if created else "job.submit_repeated", job_id=job.id, phase="submit",
                pool=job.pool)
     if created:
@@ -163,12 +164,13 @@ def _checked(request: JobRequest, nodes: dict[str, Any] | None, svc: Services,
     return prepared
 
 
-def _store_job(svc: Services, prepared: Prepared, job_id: str | None = None) -> tuple[Job, bool]:
+def _store_job(svc: Services, prepared: Prepared, job_id: str | None = None,
+               extra_data: dict[str, Any] | None = None) -> tuple[Job, bool]:
     """Upload the job's large parts, then create it; the uploads are removed again if it is not made."""
     job_id, now = job_id or new_job_id(), svc.store.clock()
     request = prepared.request
     payload = payloads.pack(svc.objects, job_id, now, prepared.workflow, prepared.overrides, request.media,
-                            [m.model_dump(mode="json") for m in request.models])
+                            [m.model_dump(mode="json") for m in request.models], extra_data)
     try:
         job, created = svc.lifecycle.create(prepared.request, payload, job_id, now)
     except BaseException:

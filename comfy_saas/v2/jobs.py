@@ -100,7 +100,7 @@ def _submit(svc: Services, caller: Caller, body: dict[str, Any], key: str | None
     workflow, staged = resolve_references(svc, caller, body["workflow"])
     submission = {"workflow": workflow, "metadata": body.get("metadata") or {}, "idempotency_key": key}
     try:
-        view, created = api.submit_job(svc, caller, submission, staged=staged)
+        view, created = api.submit_job(svc, caller, submission, staged=staged, extra_data=body.get("extra_data"))
     except Conflict as exc:
         if key is None or type(exc) is not Conflict:  # the lifecycle's "used with a different request"
             raise
