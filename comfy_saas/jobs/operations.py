@@ -121,12 +121,20 @@ def check_urls(svc: Services, request: JobRequest) -> None:
 
 def submit_job(svc: Services, caller: Caller, body: bytes | bytearray | str | dict[str, Any],
                recorded: dict[str, Any] | None = None, staged: list[MediaInput] | None = None,
-               job_id: str | None = None, extra_data: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+               job_id: str | None = None) -> tuple[dict[str, Any], bool]:
     """Validate and enqueue; (job view, created). A user-bound key always submits as its user. `recorded` are
     fields for the job record from the caller (the template it came from, seeds it drew); `staged`, media a
     surface resolved for this caller (MediaInput.stored); `job_id`, an id the caller made sure is unused (a
-    surface whose clients name their jobs); `extra_data`, ComfyUI's per-prompt extra data, kept in the payload
-    only (it may hold secrets) and outside the idempotency comparison."""
+    surface whose clients name their jobs)."""
+    job, created = submit(svc, caller, body, recorded, staged, job_id)
+    return job_view(svc, job), created
+
+
+def submit(svc: Services, caller: Caller, body: bytes | bytearray | str | dict[str, Any],
+           recorded: dict[str, Any] | None = None, staged: list[MediaInput] | None = None,
+           job_id: str | None = None, extra_data: dict[str, Any] | None = None) -> tuple[Job, bool]:
+    """submit_job's job itself (for a surface that renders it its own way). `extra_data`: ComfyUI's per-prompt
+    extra data, kept in the payload only (it may hold secrets) and outside the idempotency comparison."""
     if isinstance(body, bytes | bytearray | str) and len(body) > svc.settings.limits.max_body_bytes:
         raise BodyTooLarge(f"the body is larger than {svc.settings.limits.max_body_bytes} bytes", field="body")
     request = route_to_pool(svc, caller, parse_submission(body, svc.settings.limits).with_staged(staged or []))
@@ -140,7 +148,7 @@ def submit_job(svc: Services, caller: Caller, body: bytes | bytearray | str | di
                pool=job.pool)
     if created:
         wake(svc, job.pool)
-    return job_view(svc, job), created
+    return job, created
 
 
 def _prepare_checked(svc: Services, request: JobRequest, recorded: dict[str, Any] | None) -> Prepared:
@@ -224,6 +232,13 @@ def list_jobs(svc: Services, caller: Caller, *, status: str | None = None, curso
               limit: int | str | None = 20, user_id: str | None = None) -> dict[str, Any]:
     """A page of jobs, newest first. A user-bound key lists its own; others may filter by user_id.
     A cursor beyond the newest job is not one this API handed out: an empty last page."""
+    jobs, next_cursor = list_page(svc, caller, status=status, cursor=cursor, limit=limit, user_id=user_id)
+    return {"jobs": [job_view(svc, j) for j in jobs], "next_cursor": next_cursor}
+
+
+def list_page(svc: Services, caller: Caller, *, status: str | None = None, cursor: str | int | None = None,
+              limit: int | str | None = 20, user_id: str | None = None) -> tuple[list[Job], str | None]:
+    """list_jobs' page as the jobs themselves (for a surface that renders them its own way), and its cursor."""
     try:
         wanted = Status(status) if status else None
     except ValueError:
@@ -239,8 +254,8 @@ def list_jobs(svc: Services, caller: Caller, *, status: str | None = None, curso
         head, page = run_all([lambda: svc.store.index.head(keys.scope(owner)),
                               lambda: svc.store.list_jobs(user_id=owner, status=wanted, cursor=str(start), limit=size)])
         if start > head:
-            return {"jobs": [], "next_cursor": None}
-    return {"jobs": [job_view(svc, j) for j in page.jobs], "next_cursor": page.next_cursor}
+            return [], None
+    return page.jobs, page.next_cursor
 
 
 def _text(value: Any) -> str | None:

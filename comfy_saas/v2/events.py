@@ -46,17 +46,19 @@ class Poll:
     cancel_requested: bool
     preview: dict[str, Any] | None
     queue_depth: int | None
+    taken_slot: int | None = None
 
 
 def poll(svc: Services, job: Job) -> Poll:
     """One round trip: the job, its cancel flag, and what its last known status makes worth reading (its
-    latest preview while it runs, its pool's queue depth while it waits)."""
+    latest preview while it runs, its pool's queue depth and taken slot while it waits)."""
     running, queued = job.status is Status.RUNNING, job.status is Status.QUEUED
-    got, flagged, preview, depth = run_all([lambda: svc.store.get(job.id),
-                                            lambda: svc.store.cancel_requested(job.id),
-                                            lambda: svc.store.latest_preview(job.id) if running else None,
-                                            lambda: svc.store.queue_depth(job.pool) if queued else None])
-    return Poll(got, bool(flagged), preview, depth)
+    got, flagged, preview, depth, taken = run_all([
+        lambda: svc.store.get(job.id), lambda: svc.store.cancel_requested(job.id),
+        lambda: svc.store.latest_preview(job.id) if running else None,
+        lambda: svc.store.queue_depth(job.pool) if queued else None,
+        lambda: svc.store.taken_slot(job.pool) if queued else None])
+    return Poll(got, bool(flagged), preview, depth, taken)
 
 
 def step(svc: Services, job: Job, seen: Seen) -> tuple[Job, list[str], bool]:
@@ -74,7 +76,7 @@ def frames(svc: Services, p: Poll, seen: Seen) -> tuple[list[str], bool]:
     if job is None:  # deleted by retention while watched
         return [], True
     status = v2_status(job, p.cancel_requested)
-    state = (status, queue_position(job, Live(p.cancel_requested, p.queue_depth)))
+    state = (status, queue_position(job, Live(p.cancel_requested, p.queue_depth, p.taken_slot)))
     changed = state != seen.status
     seen.status = state
     lead = [frame("status", {"status": state[0], "queue_position": state[1]})] if changed else []
