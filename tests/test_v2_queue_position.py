@@ -12,8 +12,8 @@ from comfy_saas.jobs import keys
 from comfy_saas.v2 import jobs as v2jobs
 
 IMAGE = {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 1}}
-SLOW = {"1": IMAGE, "2": {"class_type": "SlowPassthrough", "inputs": {"image": ["1", 0], "steps": 1000, "delay": 0.05,
-                                                                     "send_preview": False, "send_text": False, "seed": 0}},
+SLOWLY = {"image": ["1", 0], "steps": 1000, "delay": 0.05, "send_preview": False, "send_text": False, "seed": 0}
+SLOW = {"1": IMAGE, "2": {"class_type": "SlowPassthrough", "inputs": SLOWLY},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "slow"}}}
 QUICK = {"1": IMAGE, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "quick"}}}
 
