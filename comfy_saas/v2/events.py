@@ -2,9 +2,9 @@
 
 On connect: a `status` event, the latest `progress` and the latest `preview`. Then what changed, polled from
 the store at most twice a second, each poll one round trip (record and progress, cancel flag, and the preview
-while it runs or the queue depth while it waits, together): `status` on every change (and queue_position
-moves), `progress` snapshots, the newest `preview`, an `output` for each committed output (all of them before
-the terminal `status`), and the stream ends after the terminal `status`. Streams also end after a time limit
+while it runs or the queue depth and taken slot while it waits, together): `status` on every change (and
+queue_position moves), `progress` snapshots, the newest `preview`, an `output` for each committed output (all of
+them before the terminal `status`), and the stream ends after the terminal `status`. Streams also end after a time limit
 (Modal's web requests last at most 150 s); the SDK reconnects, and since every snapshot is complete, the next
 connect re-syncs it.
 """
