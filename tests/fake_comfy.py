@@ -53,7 +53,8 @@ class InstantComfy:
     def forget_health(self) -> None:
         pass
 
-    def queue_prompt(self, workflow: dict, client_id: str, prompt_id: str) -> dict[str, Any]:
+    def queue_prompt(self, workflow: dict, client_id: str, prompt_id: str,
+                     extra_data: dict[str, Any] | None = None) -> dict[str, Any]:
         with self.lock:
             self.entries[prompt_id] = {"status": {"completed": True, "status_str": "success", "messages": []},
                                        "outputs": {}}

@@ -81,6 +81,11 @@ def maintenance(name: str) -> str:
     return f"maint:{name}"
 
 
+def taken_slot(pool: str) -> str:
+    """The listing slot (in the `all` scope) of the latest job a worker of the pool started."""
+    return maintenance(f"takenslot:{pool}")
+
+
 def object_info(pool: str) -> str:
     return f"object_info:{pool}"
 

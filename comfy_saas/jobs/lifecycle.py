@@ -289,6 +289,8 @@ class Lifecycle:
             self._after_terminal(job, owner)
         elif job.status is Status.QUEUED:
             self.store.enqueue(job)
+        elif job.status is Status.RUNNING:
+            submit(lambda: self.store.note_taken(job))  # in the background: nothing waits for it
 
     def _after_terminal(self, job: Job, owner: str) -> None:
         """Side effects of a terminal outcome, in one round trip; each is idempotent, so a repair may run

@@ -126,6 +126,15 @@ def submit_job(svc: Services, caller: Caller, body: bytes | bytearray | str | di
     fields for the job record from the caller (the template it came from, seeds it drew); `staged`, media a
     surface resolved for this caller (MediaInput.stored); `job_id`, an id the caller made sure is unused (a
     surface whose clients name their jobs)."""
+    job, created = submit(svc, caller, body, recorded, staged, job_id)
+    return job_view(svc, job), created
+
+
+def submit(svc: Services, caller: Caller, body: bytes | bytearray | str | dict[str, Any],
+           recorded: dict[str, Any] | None = None, staged: list[MediaInput] | None = None,
+           job_id: str | None = None, extra_data: dict[str, Any] | None = None) -> tuple[Job, bool]:
+    """submit_job's job itself (for a surface that renders it its own way). `extra_data`: ComfyUI's per-prompt
+    extra data, kept in the payload only (it may hold secrets) and outside the idempotency comparison."""
     if isinstance(body, bytes | bytearray | str) and len(body) > svc.settings.limits.max_body_bytes:
         raise BodyTooLarge(f"the body is larger than {svc.settings.limits.max_body_bytes} bytes", field="body")
     request = route_to_pool(svc, caller, parse_submission(body, svc.settings.limits).with_staged(staged or []))
@@ -134,12 +143,12 @@ def submit_job(svc: Services, caller: Caller, body: bytes | bytearray | str | di
         request = request.model_copy(update={"user_id": caller.user_id})
     check_urls(svc, request)
     prepared = _prepare_checked(svc, request, recorded)
-    job, created = _store_job(svc, prepared, job_id)
+    job, created = _store_job(svc, prepared, job_id, extra_data)
     logs.event(log, "job.submitted" if created else "job.submit_repeated", job_id=job.id, phase="submit",
                pool=job.pool)
     if created:
         wake(svc, job.pool)
-    return job_view(svc, job), created
+    return job, created
 
 
 def _prepare_checked(svc: Services, request: JobRequest, recorded: dict[str, Any] | None) -> Prepared:
@@ -163,12 +172,13 @@ def _checked(request: JobRequest, nodes: dict[str, Any] | None, svc: Services,
     return prepared
 
 
-def _store_job(svc: Services, prepared: Prepared, job_id: str | None = None) -> tuple[Job, bool]:
+def _store_job(svc: Services, prepared: Prepared, job_id: str | None = None,
+               extra_data: dict[str, Any] | None = None) -> tuple[Job, bool]:
     """Upload the job's large parts, then create it; the uploads are removed again if it is not made."""
     job_id, now = job_id or new_job_id(), svc.store.clock()
     request = prepared.request
     payload = payloads.pack(svc.objects, job_id, now, prepared.workflow, prepared.overrides, request.media,
-                            [m.model_dump(mode="json") for m in request.models])
+                            [m.model_dump(mode="json") for m in request.models], extra_data)
     try:
         job, created = svc.lifecycle.create(prepared.request, payload, job_id, now)
     except BaseException:
@@ -222,6 +232,13 @@ def list_jobs(svc: Services, caller: Caller, *, status: str | None = None, curso
               limit: int | str | None = 20, user_id: str | None = None) -> dict[str, Any]:
     """A page of jobs, newest first. A user-bound key lists its own; others may filter by user_id.
     A cursor beyond the newest job is not one this API handed out: an empty last page."""
+    jobs, next_cursor = list_page(svc, caller, status=status, cursor=cursor, limit=limit, user_id=user_id)
+    return {"jobs": [job_view(svc, j) for j in jobs], "next_cursor": next_cursor}
+
+
+def list_page(svc: Services, caller: Caller, *, status: str | None = None, cursor: str | int | None = None,
+              limit: int | str | None = 20, user_id: str | None = None) -> tuple[list[Job], str | None]:
+    """list_jobs' page as the jobs themselves (for a surface that renders them its own way), and its cursor."""
     try:
         wanted = Status(status) if status else None
     except ValueError:
@@ -237,8 +254,8 @@ def list_jobs(svc: Services, caller: Caller, *, status: str | None = None, curso
         head, page = run_all([lambda: svc.store.index.head(keys.scope(owner)),
                               lambda: svc.store.list_jobs(user_id=owner, status=wanted, cursor=str(start), limit=size)])
         if start > head:
-            return {"jobs": [], "next_cursor": None}
-    return {"jobs": [job_view(svc, j) for j in page.jobs], "next_cursor": page.next_cursor}
+            return [], None
+    return page.jobs, page.next_cursor
 
 
 def _text(value: Any) -> str | None:

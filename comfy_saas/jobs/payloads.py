@@ -19,14 +19,18 @@ INLINE_MAX_BYTES = 32 * 1024  # the workflow and overrides stay in the Dict up t
 
 
 def pack(objects: ObjectStore, job_id: str, created: datetime, workflow: dict[str, Any],
-         overrides: list[dict[str, Any]], media: list[MediaInput], models: list[dict[str, Any]] | None = None
-         ) -> dict[str, Any]:
+         overrides: list[dict[str, Any]], media: list[MediaInput], models: list[dict[str, Any]] | None = None,
+         extra_data: dict[str, Any] | None = None) -> dict[str, Any]:
     """The payload to store for a job (the API-format workflow that runs, its overrides, media and model
-    files), uploading its large parts first."""
+    files, and the prompt's ComfyUI `extra_data`), uploading its large parts first."""
     refs = [_media_ref(objects, job_id, created, i, m) for i, m in enumerate(media)]
     graph = {"workflow": workflow, "overrides": overrides}
     raw = json.dumps(graph, separators=(",", ":")).encode()
-    small = {"media": refs, "models": models or []}
+    small: dict[str, Any] = {"media": refs, "models": models or []}
+    if extra_data:
+        # Secrets for the prompt (a partner-node API key): only the worker reads them, to hand them to ComfyUI
+        # with the prompt; never the job record, a view or a log. Deleted with the job's payload.
+        small["extra_data"] = extra_data
     if len(raw) <= INLINE_MAX_BYTES:
         return {**graph, **small}
     key = keys.input_object(job_id, created, "workflow.json")
@@ -43,6 +47,11 @@ def _media_ref(objects: ObjectStore, job_id: str, created: datetime, i: int, med
     key = keys.input_object(job_id, created, f"media-{i}")
     objects.put_bytes(key, data, "application/octet-stream")
     return {"name": media.name, "ref": key, "size": len(data)}
+
+
+def extra_data(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The ComfyUI `extra_data` the job's prompt is submitted with (None without any)."""
+    return payload.get("extra_data") or None
 
 
 def graph(objects: ObjectStore, payload: dict[str, Any]) -> dict[str, Any]:

@@ -376,6 +376,16 @@ class JobStore:
             return self._q.len(total=True)
         return self._q.len(partition=keys.partition(pool))
 
+    def note_taken(self, job: Job) -> None:
+        """Remember `job` as the latest one its pool's workers took: the jobs still waiting there were (nearly
+        all) listed after it, which bounds a queued job's place (see v2/views.py queue_position)."""
+        if keys.ALL in job.index_slots:
+            self.d.put(keys.taken_slot(job.pool), job.index_slots[keys.ALL])
+
+    def taken_slot(self, pool: str) -> int:
+        """The `all` listing slot of the latest job the pool's workers took; 0 before any (slots start at 1)."""
+        return self.d.get(keys.taken_slot(pool)) or 0
+
     # --- counters (one shard per process; see counters.py) -----------------------------------------
 
     def save_counters(self, counters: Counters) -> None:

@@ -144,9 +144,12 @@ class ComfyClient:
         except ComfyUnavailable:
             return False
 
-    def queue_prompt(self, workflow: dict, client_id: str, prompt_id: str) -> dict[str, Any]:
-        """POST /prompt; PromptRejected with ComfyUI's body on a 400."""
-        body = json.dumps({"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}).encode()
+    def queue_prompt(self, workflow: dict, client_id: str, prompt_id: str,
+                     extra_data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST /prompt (with the prompt's `extra_data`, such as a partner-node API key, when it has one);
+        PromptRejected with ComfyUI's body on a 400."""
+        fields = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
+        body = json.dumps({**fields, "extra_data": extra_data} if extra_data else fields).encode()
         status, raw = self._request("POST", "/prompt", body, {"Content-Type": "application/json"})
         if status == 400:
             parsed = json.loads(raw or b"{}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -16,11 +17,12 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Stre
 from starlette.concurrency import run_in_threadpool
 
 from comfy_saas.backends.objects import LocalStore
-from comfy_saas.errors import BackendError, BodyTooLarge, NotFound
+from comfy_saas.errors import BackendError, BodyTooLarge, NotFound, RangeNotSatisfiable
 from comfy_saas.jobs.request import json_object
 from comfy_saas.jobs.services import Services
-from comfy_saas.v2 import assets
+from comfy_saas.v2 import assets, byte_ranges
 from comfy_saas.v2.asset_uploads import UploadReader
+from comfy_saas.v2.bodies import read_capped
 from comfy_saas.web.auth import authenticate
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ MAX_JSON_BODY = 64 * 1024
 FIELDS_SLACK = 1024 * 1024  # what the text parts and the multipart framing may add to the file's size
 SAFE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
 RELAY_CHUNK = 1024 * 1024
+FEED_BYTES = 1024 * 1024  # what the upload reader is handed at once
 
 
 def error_answer(exc: BaseException) -> Response:
@@ -39,6 +42,11 @@ def error_answer(exc: BaseException) -> Response:
     else:
         status, body, headers = error_response(exc)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _closing(response: Response) -> Response:
+    response.headers["Connection"] = "close"
+    return response
 
 
 def _fallback(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -71,9 +79,10 @@ def add_asset_routes(router: APIRouter, services: Callable[[], Services]) -> Non
     async def post_from_hash(request: Request) -> Response:
         try:
             who, svc = caller(request), services()
-            raw = await request.body()
-            if len(raw) > MAX_JSON_BODY:
-                raise BodyTooLarge(f"the body is larger than {MAX_JSON_BODY} bytes", field="body")
+            raw = await read_capped(request, MAX_JSON_BODY)
+        except Exception as exc:  # the rest of an oversized body is never read: the connection goes with it
+            return _closing(error_answer(exc))
+        try:
             body, minted = await run_in_threadpool(
                 assets.from_hash, svc, who, json_object(raw, svc.settings.limits))
             return JSONResponse(body, status_code=201 if minted else 200)
@@ -120,12 +129,17 @@ async def _receive(request: Request, svc: Services, who: Any) -> tuple[dict[str,
         raise BodyTooLarge(f"file: larger than the {cap} byte limit for one asset", field="file")
     reader = UploadReader(request.headers.get("content-type"), cap)
     try:
+        pending = bytearray()
         async for chunk in request.stream():
-            reader.feed(chunk)
-        received = reader.finish()
+            pending += chunk
+            if len(pending) >= FEED_BYTES:  # hashing and spooling block: in the threadpool, a batch at a time
+                await run_in_threadpool(reader.feed, bytes(pending))
+                pending.clear()
+        await run_in_threadpool(reader.feed, bytes(pending))
+        received = await run_in_threadpool(reader.finish)
         return await run_in_threadpool(assets.store_upload, svc, who, received)
     finally:
-        reader.discard()
+        await run_in_threadpool(reader.discard)
 
 
 def _serve(svc: Services, content: assets.Content, byte_range: str | None, stream: bool) -> Response:
@@ -134,25 +148,40 @@ def _serve(svc: Services, content: assets.Content, byte_range: str | None, strea
         path = svc.objects.path(content.key)
         if not path.is_file():
             raise NotFound("no such asset")
-        return FileResponse(path, media_type=content.content_type, headers=headers, filename=content.file_name,
-                            content_disposition_type="inline")
+        return _FileSpan(path, byte_ranges.requested(byte_range, path.stat().st_size), media_type=content.content_type,
+                         headers=headers, filename=content.file_name, content_disposition_type="inline")
     url = svc.objects.url(content.key)
     if not stream:
         return RedirectResponse(url, status_code=302, headers=headers)
-    return _relay(url, byte_range, content, headers)
+    return _relay(url, byte_ranges.requested(byte_range, content.size), content, headers)
 
 
-def _relay(url: str, byte_range: str | None, content: assets.Content, headers: dict[str, str]) -> Response:
-    """Stream the object from its presigned URL, passing the Range on and its answer back."""
+class _FileSpan(FileResponse):
+    """A file, or the one byte range of it we decided to serve: Starlette's own Range handling sees only that
+    range (or none), so a header we ignore never becomes its plain-text 400."""
+
+    def __init__(self, path: Path, span: tuple[int, int] | None, **kw: Any) -> None:
+        super().__init__(path, **kw)
+        self.span = span
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        kept = [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]
+        if self.span is not None:
+            kept.append((b"range", byte_ranges.header_value(self.span).encode()))
+        await super().__call__({**scope, "headers": kept}, receive, send)
+
+
+def _relay(url: str, span: tuple[int, int] | None, content: assets.Content, headers: dict[str, str]) -> Response:
+    """Stream the object from its presigned URL, passing the range on and its answer back."""
     import urllib.error
     import urllib.request
 
+    asked = {"Range": byte_ranges.header_value(span)} if span is not None else {}
     try:
-        upstream = urllib.request.urlopen(urllib.request.Request(url, headers={"Range": byte_range} if byte_range
-                                                                 else {}), timeout=30)
+        upstream = urllib.request.urlopen(urllib.request.Request(url, headers=asked), timeout=30)
     except urllib.error.HTTPError as exc:
-        if exc.code == 416:
-            return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{content.size}"})
+        if exc.code == 416:  # the stored object is shorter than its record says
+            raise RangeNotSatisfiable("Range: outside the content", content.size) from None
         raise BackendError(f"object storage answered {exc.code}") from None
     except OSError as exc:
         raise BackendError(f"object storage is unreachable: {exc}") from None

@@ -110,4 +110,6 @@ def _headers(exc: ComfySaasError) -> dict[str, str]:
         return {"Retry-After": str(BACKEND_RETRY_AFTER_S)}
     if isinstance(exc, Unauthorized):
         return {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, RangeNotSatisfiable):
+        return {"Content-Range": f"bytes */{exc.size}"}
     return {}

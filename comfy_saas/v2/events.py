@@ -2,9 +2,9 @@
 
 On connect: a `status` event, the latest `progress` and the latest `preview`. Then what changed, polled from
 the store at most twice a second, each poll one round trip (record and progress, cancel flag, and the preview
-while it runs or the queue depth while it waits, together): `status` on every change (and queue_position
-moves), `progress` snapshots, the newest `preview`, an `output` for each committed output (all of them before
-the terminal `status`), and the stream ends after the terminal `status`. Streams also end after a time limit
+while it runs or the queue depth and taken slot while it waits, together): `status` on every change (and
+queue_position moves), `progress` snapshots, the newest `preview`, an `output` for each committed output (all of
+them before the terminal `status`), and the stream ends after the terminal `status`. Streams also end after a time limit
 (Modal's web requests last at most 150 s); the SDK reconnects, and since every snapshot is complete, the next
 connect re-syncs it.
 """
@@ -46,17 +46,27 @@ class Poll:
     cancel_requested: bool
     preview: dict[str, Any] | None
     queue_depth: int | None
+    taken_slot: int | None = None
 
 
 def poll(svc: Services, job: Job) -> Poll:
     """One round trip: the job, its cancel flag, and what its last known status makes worth reading (its
-    latest preview while it runs, its pool's queue depth while it waits)."""
+    latest preview while it runs, its pool's queue depth and taken slot while it waits)."""
     running, queued = job.status is Status.RUNNING, job.status is Status.QUEUED
-    got, flagged, preview, depth = run_all([lambda: svc.store.get(job.id),
-                                            lambda: svc.store.cancel_requested(job.id),
-                                            lambda: svc.store.latest_preview(job.id) if running else None,
-                                            lambda: svc.store.queue_depth(job.pool) if queued else None])
-    return Poll(got, bool(flagged), preview, depth)
+    got, flagged, preview, depth, taken = run_all([
+        lambda: svc.store.get(job.id), lambda: svc.store.cancel_requested(job.id),
+        lambda: svc.store.latest_preview(job.id) if running else None,
+        lambda: svc.store.queue_depth(job.pool) if queued else None,
+        lambda: svc.store.taken_slot(job.pool) if queued else None])
+    return Poll(got, bool(flagged), preview, depth, taken)
+
+
+def step(svc: Services, job: Job, seen: Seen) -> tuple[Job, list[str], bool]:
+    """One poll and the events it adds: (the job as it now stands, the events, whether the stream is over).
+    Blocking (store reads, and output assets' pointers and presigned URLs), so streams run it in the threadpool."""
+    p = poll(svc, job)
+    out, over = frames(svc, p, seen)
+    return p.job or job, out, over
 
 
 def frames(svc: Services, p: Poll, seen: Seen) -> tuple[list[str], bool]:
@@ -66,7 +76,7 @@ def frames(svc: Services, p: Poll, seen: Seen) -> tuple[list[str], bool]:
     if job is None:  # deleted by retention while watched
         return [], True
     status = v2_status(job, p.cancel_requested)
-    state = (status, queue_position(job, Live(p.cancel_requested, p.queue_depth)))
+    state = (status, queue_position(job, Live(p.cancel_requested, p.queue_depth, p.taken_slot)))
     changed = state != seen.status
     seen.status = state
     lead = [frame("status", {"status": state[0], "queue_position": state[1]})] if changed else []
@@ -113,9 +123,7 @@ async def stream(svc: Services, job: Job, max_s: float, poll_s: float = POLL_S) 
     loop = asyncio.get_running_loop()
     deadline, quiet_since, seen = loop.time() + max_s, loop.time(), Seen()
     while True:
-        p = await run_in_threadpool(poll, svc, job)
-        job = p.job or job
-        out, over = frames(svc, p, seen)
+        job, out, over = await run_in_threadpool(step, svc, job, seen)
         if out:
             quiet_since = loop.time()
             yield "".join(out)

@@ -35,9 +35,10 @@ RESERVED = ("webhook_url", "inputs")  # the contract reserves them for later and
 KNOWN = {"workflow", "extra_data", "metadata"}
 MAX_LABELS = 16
 LIST_DEFAULT = 50
-DEPTH_TTL_S = 1.0
-_depths: dict[tuple[int, str], tuple[float, int]] = {}  # (store, pool) -> (when read, depth), this process's
-_depth_lock = threading.Lock()
+QUEUE_TTL_S = 1.0
+# (store, pool) -> (when read, queue depth, taken slot): what this process last read of each pool's queue.
+_queues: dict[tuple[int, str], tuple[float, int, int]] = {}
+_queue_lock = threading.Lock()
 
 
 def submit(svc: Services, caller: Caller, raw: bytes | bytearray, idempotency_key: str | None,
@@ -52,7 +53,15 @@ def submit(svc: Services, caller: Caller, raw: bytes | bytearray, idempotency_ke
         job, created = _submit(svc, caller, body, key)
     if not created:
         return get(svc, caller, job.id, root), True
-    return v2_job(svc, job, Live(), root), False
+    return v2_job(svc, job, Live(taken_slot=_recent_taken_slot(svc, job.pool)), root), False
+
+
+def _recent_taken_slot(svc: Services, pool: str) -> int | None:
+    """The pool's taken slot as this process read it within QUEUE_TTL_S, if it did and a job was ever taken
+    there (a new job's place then costs no round trip); None otherwise, and the 201 says null."""
+    with _queue_lock:
+        at, _, taken = _queues.get((id(svc.store), pool), (0.0, 0, 0))
+    return taken if taken and time.monotonic() - at < QUEUE_TTL_S else None
 
 
 def parse_body(svc: Services, raw: bytes | bytearray) -> dict[str, Any]:
@@ -100,7 +109,7 @@ def _submit(svc: Services, caller: Caller, body: dict[str, Any], key: str | None
     workflow, staged = resolve_references(svc, caller, body["workflow"])
     submission = {"workflow": workflow, "metadata": body.get("metadata") or {}, "idempotency_key": key}
     try:
-        view, created = api.submit_job(svc, caller, submission, staged=staged)
+        job, created = api.submit(svc, caller, submission, staged=staged, extra_data=body.get("extra_data"))
     except Conflict as exc:
         if key is None or type(exc) is not Conflict:  # the lifecycle's "used with a different request"
             raise
@@ -110,7 +119,7 @@ def _submit(svc: Services, caller: Caller, body: dict[str, Any], key: str | None
             raise IdempotencyInFlight("the first request with this Idempotency-Key is still being stored; "
                                       "retry shortly", retry_after_s=1) from None
         raise
-    return Job.model_validate(view), created
+    return job, created
 
 
 def get(svc: Services, caller: Caller, job_id: str, root: str = "") -> dict[str, Any]:
@@ -122,23 +131,28 @@ def get(svc: Services, caller: Caller, job_id: str, root: str = "") -> dict[str,
 
 def render(svc: Services, jobs: list[tuple[Job, bool]], root: str = "") -> list[dict[str, Any]]:
     """Jobs (with their cancel flags) as Job objects, rendered side by side (a first render stores output asset
-    pointers); the queue depth of each pool a queued one waits in comes from queue_depths."""
-    depths = queue_depths(svc, {job.pool for job, _ in jobs if job.status is Status.QUEUED})
-    return run_all([lambda j=job, f=flag: v2_job(svc, j, Live(f, depths.get(j.pool)), root) for job, flag in jobs])
+    pointers); what each pool a queued one waits in looks like comes from pool_queues."""
+    queues = pool_queues(svc, {job.pool for job, _ in jobs if job.status is Status.QUEUED})
+    return run_all([lambda j=job, f=flag: v2_job(svc, j, Live(f, *queues.get(j.pool, (None, None))), root)
+                    for job, flag in jobs])
 
 
-def queue_depths(svc: Services, pools: set[str]) -> dict[str, int]:
-    """Each pool's queue depth, as this process read it within DEPTH_TTL_S (it only bounds queue_position, so
-    a poll of a queued job costs no extra round trip most of the time); the stale ones are read together."""
+def pool_queues(svc: Services, pools: set[str]) -> dict[str, tuple[int, int]]:
+    """Each pool's (queue depth, taken slot), as this process read them within QUEUE_TTL_S (they only place
+    queued jobs, so a poll of one costs no extra round trip most of the time); the stale ones are read
+    together, in one round trip."""
     now = time.monotonic()
-    with _depth_lock:
-        known = {p: d for (store, p), (at, d) in _depths.items()
-                 if store == id(svc.store) and p in pools and now - at < DEPTH_TTL_S}
+    with _queue_lock:
+        known = {p: (d, t) for (store, p), (at, d, t) in _queues.items()
+                 if store == id(svc.store) and p in pools and now - at < QUEUE_TTL_S}
     stale = sorted(pools - set(known))
-    for pool, depth in zip(stale, run_all([lambda p=p: svc.store.queue_depth(p) for p in stale]), strict=True):
-        with _depth_lock:
-            _depths[(id(svc.store), pool)] = (now, depth)
-        known[pool] = depth
+    read = run_all([call for p in stale for call in (lambda p=p: svc.store.queue_depth(p),
+                                                     lambda p=p: svc.store.taken_slot(p))])
+    for i, pool in enumerate(stale):
+        depth, taken = read[2 * i], read[2 * i + 1]
+        with _queue_lock:
+            _queues[(id(svc.store), pool)] = (now, depth, taken)
+        known[pool] = (depth, taken)
     return known
 
 
@@ -164,9 +178,8 @@ def list_jobs(svc: Services, caller: Caller, query: dict[str, str], root: str = 
     wanted = _statuses(query.get("status"))
     stored = {store_status(s) for s in wanted} if wanted else set()
     one = next(iter(stored)) if len(stored) == 1 and None not in stored else None
-    page = api.list_jobs(svc, caller, status=one.value if one else None, cursor=query.get("cursor"),
-                         limit=query.get("limit") or LIST_DEFAULT)
-    jobs = [Job.model_validate(v) for v in page["jobs"]]
+    jobs, next_cursor = api.list_page(svc, caller, status=one.value if one else None, cursor=query.get("cursor"),
+                                      limit=query.get("limit") or LIST_DEFAULT)
     active = [j for j in jobs if not j.terminal]
     flags = dict(zip([j.id for j in active], run_all([lambda j=j: svc.store.cancel_requested(j.id) for j in active]),
                      strict=True))
@@ -174,8 +187,8 @@ def list_jobs(svc: Services, caller: Caller, query: dict[str, str], root: str = 
     labels = _label_filter(query)
     body: dict[str, Any] = {"jobs": [v for v in views if (not wanted or v["status"] in wanted)
                                      and labels.items() <= v["metadata"].items()]}
-    if page["next_cursor"]:
-        body["next_cursor"] = page["next_cursor"]
+    if next_cursor:
+        body["next_cursor"] = next_cursor
     return body
 
 

@@ -11,13 +11,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from comfy_saas.errors import BodyTooLarge, ComfySaasError
+from comfy_saas.errors import ComfySaasError
 from comfy_saas.jobs import operations as api
 from comfy_saas.jobs.operations import Caller
 from comfy_saas.jobs.services import Services
 from comfy_saas.v2 import events
 from comfy_saas.v2 import jobs as v2jobs
 from comfy_saas.v2.asset_routes import add_asset_routes
+from comfy_saas.v2.bodies import read_capped
 from comfy_saas.v2.errors import envelope, error_response
 from comfy_saas.web.auth import authenticate
 
@@ -69,16 +70,7 @@ async def answer(call: Callable[[], tuple[int, Any]], headers: dict[str, str] | 
 
 async def read_body(svc: Services, request: Request) -> bytearray:
     """The body, streamed under the size cap (a declared size over it is refused unread)."""
-    limit = svc.settings.limits.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if not declared.isascii() or (declared.isdigit() and int(declared) > limit):
-        raise BodyTooLarge(f"the body is larger than {limit} bytes", field="body")
-    body = bytearray()
-    async for chunk in request.stream():
-        if len(body) + len(chunk) > limit:
-            raise BodyTooLarge(f"the body is larger than {limit} bytes", field="body")
-        body += chunk
-    return body
+    return await read_capped(request, svc.settings.limits.max_body_bytes)
 
 
 def add_job_routes(router: APIRouter, services: ServicesFn, events_stream_s: float) -> None:

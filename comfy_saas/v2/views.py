@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from comfy_saas.jobs import keys
 from comfy_saas.jobs.model import Job, Output, Progress, Status
 
 if TYPE_CHECKING:
@@ -29,10 +30,12 @@ _V1_OF = {"queued": Status.QUEUED, "running": Status.RUNNING, "succeeded": Statu
 
 @dataclass(frozen=True)
 class Live:
-    """What the job record does not say and a view needs: the cancel flag, the pool's queue depth."""
+    """What the job record does not say and a view needs: the cancel flag, the pool's queue depth and the
+    listing slot of the job its workers took last (store.taken_slot); None where not read."""
 
     cancel_requested: bool = False
     queue_depth: int | None = None
+    taken_slot: int | None = None
 
 
 def v2_status(job: Job, cancel_requested: bool = False) -> str:
@@ -75,11 +78,17 @@ def expires_at(svc: Services, job: Job) -> datetime:
 
 
 def queue_position(job: Job, live: Live) -> int | None:
-    """At most this many wake-ups are ahead of the job in its pool's queue: the partition's depth without its
-    own (one read of the queue's length, never a scan). None once it left the queue."""
-    if job.status is not Status.QUEUED or live.queue_depth is None:
+    """How many jobs are ahead of a queued one in its pool, from two bounds read without a scan: the pool's
+    waiting wake-ups but its own, and the jobs listed between the one its workers took last and this one
+    (exact with one pool; other pools' and finished jobs listed in between make it an upper bound). None once
+    it left the queue, or when neither was read."""
+    if job.status is not Status.QUEUED:
         return None
-    return max(0, live.queue_depth - 1)
+    bounds = [] if live.queue_depth is None else [live.queue_depth - 1]
+    slot = job.index_slots.get(keys.ALL)
+    if slot is not None and live.taken_slot is not None and slot >= live.taken_slot:
+        bounds.append(slot - live.taken_slot - 1)  # a job listed before the last taken one was handed back
+    return max(0, min(bounds)) if bounds else None
 
 
 def progress(job: Job, status: str) -> dict[str, Any] | None:
