@@ -241,6 +241,22 @@ def test_extra_data_is_kept_for_history_queue_and_jobs(server) -> None:
     server.call("POST", "/queue", ALICE, json={"delete": [waiting]})
 
 
+def test_extra_pnginfo_and_a_partner_key_reach_comfyui_and_the_key_is_never_shown(server) -> None:
+    # A big editor graph, so it travels through object storage rather than the payload's Dict entry.
+    pnginfo = {"workflow": {"nodes": [{"id": n, "type": "EmptyImage"} for n in range(200)], "links": []}}
+    secret = "partner-key-5e6f7a8b"
+    sent = {"extra_pnginfo": pnginfo, "api_key_comfy_org": secret}
+    done_id = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "extra_data": sent}).json()["prompt_id"]
+    assert finished(server, done_id)["status"] == "completed"
+    comfy = requests.get(server.stack.workers[0].comfy.base_url + "/history", timeout=10).json()
+    given = next(entry["prompt"][3] for pid, entry in comfy.items() if pid.startswith(done_id))
+    assert given["extra_pnginfo"] == pnginfo and given["api_key_comfy_org"] == secret  # what SaveImage embeds
+    shown = [server.call("GET", path, ALICE).text for path in (f"/history/{done_id}", "/history",
+                                                                f"/api/jobs/{done_id}", "/api/jobs")]
+    assert all(secret not in text for text in shown)
+    assert server.call("GET", f"/history/{done_id}", ALICE).json()[done_id]["prompt"][3]["extra_pnginfo"] == pnginfo
+
+
 def test_extra_data_over_the_cap_is_refused_naming_the_field(server) -> None:
     huge = {"extra_pnginfo": {"workflow": "x" * (4 * 1024 * 1024 + 1)}}
     got = server.call("POST", "/prompt", ALICE, json={"prompt": GRAPH, "extra_data": huge})

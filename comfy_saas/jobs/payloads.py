@@ -18,6 +18,9 @@ from comfy_saas.jobs.request import MediaInput
 INLINE_MAX_BYTES = 32 * 1024  # the workflow and overrides stay in the Dict up to this size as JSON
 
 
+EXTRA_INLINE_MAX_BYTES = 2048  # a partner-node key fits; an editor graph (extra_pnginfo) goes to object storage
+
+
 def pack(objects: ObjectStore, job_id: str, created: datetime, workflow: dict[str, Any],
          overrides: list[dict[str, Any]], media: list[MediaInput], models: list[dict[str, Any]] | None = None,
          extra_data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -29,8 +32,9 @@ def pack(objects: ObjectStore, job_id: str, created: datetime, workflow: dict[st
     small: dict[str, Any] = {"media": refs, "models": models or []}
     if extra_data:
         # Secrets for the prompt (a partner-node API key): only the worker reads them, to hand them to ComfyUI
-        # with the prompt; never the job record, a view or a log. Deleted with the job's payload.
-        small["extra_data"] = extra_data
+        # with the prompt; never the job record, a view or a log. Deleted with the job's payload. A large one
+        # (the editor's whole graph as extra_pnginfo) goes to object storage like a large workflow.
+        small.update(_extra_part(objects, job_id, created, extra_data))
     if len(raw) <= INLINE_MAX_BYTES:
         return {**graph, **small}
     key = keys.input_object(job_id, created, "workflow.json")
@@ -49,8 +53,19 @@ def _media_ref(objects: ObjectStore, job_id: str, created: datetime, i: int, med
     return {"name": media.name, "ref": key, "size": len(data)}
 
 
-def extra_data(payload: dict[str, Any]) -> dict[str, Any] | None:
+def _extra_part(objects: ObjectStore, job_id: str, created: datetime, extra: dict[str, Any]) -> dict[str, Any]:
+    raw = json.dumps(extra, separators=(",", ":")).encode()
+    if len(raw) <= EXTRA_INLINE_MAX_BYTES:
+        return {"extra_data": extra}
+    key = keys.input_object(job_id, created, "extra_data.json")
+    objects.put_bytes(key, raw, "application/json")
+    return {"extra_data_ref": key}
+
+
+def extra_data(objects: ObjectStore, payload: dict[str, Any]) -> dict[str, Any] | None:
     """The ComfyUI `extra_data` the job's prompt is submitted with (None without any)."""
+    if "extra_data_ref" in payload:
+        return json.loads(objects.read(payload["extra_data_ref"]))
     return payload.get("extra_data") or None
 
 

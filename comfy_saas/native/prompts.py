@@ -15,6 +15,7 @@ from comfy_saas.jobs.services import Services
 from comfy_saas.native import catalogue, records, uploads
 
 MAX_CLIENT_ID = 256
+FOR_COMFYUI_ONLY = ("api_key_comfy_org",)  # extra_data ComfyUI reads that history never shows (as ComfyUI)
 
 
 class PromptRefused(InvalidInput):
@@ -51,6 +52,18 @@ def client_id_of(body: dict[str, Any]) -> str | None:
     return client_id
 
 
+def for_comfyui(body: dict[str, Any]) -> dict[str, Any] | None:
+    """What of extra_data ComfyUI itself reads with the prompt: extra_pnginfo (SaveImage embeds the editor's
+    workflow in the PNG) and a partner-node key; the worker hands it over, nothing shows the key again."""
+    extra = body.get("extra_data")
+    if not isinstance(extra, dict):
+        return None
+    if not isinstance(extra.get("api_key_comfy_org", ""), str):
+        raise InvalidInput("extra_data.api_key_comfy_org: must be a string", field="extra_data.api_key_comfy_org")
+    picked = {k: extra[k] for k in ("extra_pnginfo", *FOR_COMFYUI_ONLY) if k in extra}
+    return picked or None
+
+
 def extra_of(body: dict[str, Any], limit: int) -> dict[str, Any]:
     """The extra_data to keep for /history (extra_pnginfo and the like), at most `limit` bytes as JSON; the
     client_id is kept on the record itself."""
@@ -61,7 +74,7 @@ def extra_of(body: dict[str, Any], limit: int) -> dict[str, Any]:
         return {}
     if not isinstance(extra, dict):
         raise InvalidInput("extra_data must be a JSON object", field="extra_data")
-    kept = {k: v for k, v in extra.items() if k != "client_id"}
+    kept = {k: v for k, v in extra.items() if k not in ("client_id", *FOR_COMFYUI_ONLY)}
     if kept and len(json.dumps(kept, separators=(",", ":"))) > limit:
         raise InvalidInput(f"extra_data is larger than {limit} bytes as JSON", field="extra_data")
     return kept
@@ -101,7 +114,7 @@ def submit_prompt(svc: Services, caller: Caller, owner: str, raw: bytes | bytear
         return _repeat(svc, owner, prompt_id)  # only the claim's winner submits (and may release it)
     request = {"workflow": workflow, "include_previews": True, **({"pool": pool} if pool else {})}
     try:
-        operations.submit_job(svc, caller, request, staged=media, job_id=prompt_id)
+        operations.submit(svc, caller, request, staged=media, job_id=prompt_id, extra_data=for_comfyui(body))
     except BaseException:
         records.release(svc, prompt_id)
         raise

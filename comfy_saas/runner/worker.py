@@ -434,7 +434,7 @@ class Worker:
         """Open the socket first so no event is missed, then queue the prompt."""
         self.events.ensure_open()
         answer = self.comfy.queue_prompt(run.workflow, self.events.client_id, run.prompt_id,
-                                         payloads.extra_data(run.payload))
+                                         payloads.extra_data(self.objects, run.payload))
         if answer.get("node_errors"):
             # ComfyUI runs the outputs that validated and drops the rest; a job wants all of them.
             self._stop_prompt_quietly(run)
