@@ -22,8 +22,8 @@ from comfy_saas.jobs.request import json_object
 from comfy_saas.jobs.services import Services
 from comfy_saas.v2 import assets, byte_ranges
 from comfy_saas.v2.asset_uploads import UploadReader
-from comfy_saas.v2.bodies import read_capped
 from comfy_saas.web.auth import authenticate
+from comfy_saas.web.bodies import read_capped
 
 log = logging.getLogger(__name__)
 MAX_JSON_BODY = 64 * 1024

@@ -18,9 +18,9 @@ from comfy_saas.jobs.services import Services
 from comfy_saas.v2 import events
 from comfy_saas.v2 import jobs as v2jobs
 from comfy_saas.v2.asset_routes import add_asset_routes
-from comfy_saas.v2.bodies import read_capped
 from comfy_saas.v2.errors import envelope, error_response
 from comfy_saas.web.auth import authenticate
+from comfy_saas.web.bodies import read_capped
 
 ServicesFn = Callable[[], Services]
 _EVERY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]

@@ -30,6 +30,7 @@ from comfy_saas.jobs.views import job_view
 from comfy_saas.runner.monitor import PROGRESS_WRITE_S
 from comfy_saas.web import params, waiting
 from comfy_saas.web.auth import authenticate, parse_api_keys
+from comfy_saas.web.bodies import read_capped
 from comfy_saas.web.errors_http import error_response
 from comfy_saas.web.lingering import LingeringResponse, declared_length
 
@@ -86,18 +87,8 @@ def _caller(svc: Services, request: Request) -> api.Caller:
 
 
 async def _body(svc: Services, request: Request) -> bytearray:
-    """The body, streamed into one buffer under the size cap (a declared size over it is refused unread):
-    one growing bytearray rather than a list of chunks joined at the end, so one copy instead of two."""
-    limit = svc.settings.limits.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if not declared.isascii() or (declared.isdigit() and int(declared) > limit):
-        raise BodyTooLarge(f"the body is larger than {limit} bytes", field="body")
-    body = bytearray()
-    async for chunk in request.stream():
-        if len(body) + len(chunk) > limit:
-            raise BodyTooLarge(f"the body is larger than {limit} bytes", field="body")
-        body += chunk
-    return body
+    """The body, streamed into one buffer under the size cap (a declared size over it is refused unread)."""
+    return await read_capped(request, svc.settings.limits.max_body_bytes)
 
 
 def _refused_unread(svc: Services, request: Request, exc: Exception) -> JSONResponse:

@@ -9,7 +9,8 @@ from comfy_saas.errors import BodyTooLarge
 
 
 async def read_capped(request: Request, limit: int) -> bytearray:
-    """The body, at most `limit` bytes; BodyTooLarge (naming the limit) as soon as it is known to be larger."""
+    """The body, at most `limit` bytes; BodyTooLarge (naming the limit) as soon as it is known to be larger. One
+    growing bytearray rather than a list of chunks joined at the end, so one copy instead of two."""
     declared = request.headers.get("content-length", "")
     if not declared.isascii() or (declared.isdigit() and int(declared) > limit):
         raise BodyTooLarge(f"the body is larger than {limit} bytes", field="body")
