@@ -160,9 +160,10 @@ class Leg:
         self.totals: list[float] = []
         self.submits: list[float] = []
         self.ids: list[str] = []
+        self.spans: list[tuple[float, float]] = []  # (submitted, seen ended), epoch seconds as ComfyUI stamps them
 
     def run(self, wf: dict[str, Any]) -> None:
-        started = time.monotonic()
+        began, started = time.time(), time.monotonic()
         status, answer = self.client.call("POST", self._submit_path, self._body(wf))
         if status not in (200, 201, 202):
             raise RuntimeError(f"{self.name}: submit answered {status}: {answer}")
@@ -175,6 +176,7 @@ class Leg:
             time.sleep(POLL_S)
         self.totals.append(time.monotonic() - started)
         self.ids.append(job_id)
+        self.spans.append((began, began + self.totals[-1]))
 
 
 def direct_leg(base: str) -> Leg:
@@ -303,11 +305,11 @@ def side_by_side(exec_s: float, runs: int, tmp: Path, rpc_ms: float, real: RealC
     try:
         for leg_no, leg in enumerate(legs):  # one warm-up each (connections, first-job paths), not measured
             leg.run(wf(90_000 + leg_no))
-            leg.totals, leg.submits, leg.ids = [], [], []
+            leg.totals, leg.submits, leg.ids, leg.spans = [], [], [], []
         for i in range(runs):
             for leg_no, leg in enumerate(legs):
                 leg.run(wf(10_000 * (leg_no + 1) + i))  # no two prompts alike: ComfyUI would cache them
-        return side_by_side_result(legs, stack)
+        return side_by_side_result(legs, stack, comfy_history(comfy_url))
     finally:
         for leg in legs:
             leg.client.close()
@@ -318,14 +320,35 @@ def side_by_side(exec_s: float, runs: int, tmp: Path, rpc_ms: float, real: RealC
             double.stop()
 
 
-def side_by_side_result(legs: list[Leg], stack: Served) -> dict[str, Any]:
+def comfy_history(comfy_url: str) -> dict[str, Any]:
+    """ComfyUI's history of every prompt the legs ran (each entry's status messages carry ComfyUI's own times)."""
+    with urllib.request.urlopen(comfy_url + "/history?max_items=100000", timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def front_and_back(leg: Leg, history: dict[str, Any]) -> dict[str, float]:
+    """Median ms from the submit to ComfyUI starting the prompt (front) and from ComfyUI's execution_success to
+    the client seeing the end (back): where a leg's overhead lies. A prompt's id is the job's, or ours with the
+    attempt after it."""
+    front, back = [], []
+    for job_id, (sent, seen) in zip(leg.ids, leg.spans, strict=True):
+        entry = history.get(job_id) or history.get(f"{job_id}-1") or {}
+        messages = {m[0]: m[1] for m in (entry.get("status") or {}).get("messages") or []}
+        if "execution_start" in messages and "execution_success" in messages:
+            front.append(messages["execution_start"]["timestamp"] / 1000 - sent)
+            back.append(seen - messages["execution_success"]["timestamp"] / 1000)
+    return {"front_p50_ms": ms(statistics.median(front)), "back_p50_ms": ms(statistics.median(back))} if front else {}
+
+
+def side_by_side_result(legs: list[Leg], stack: Served, history: dict[str, Any]) -> dict[str, Any]:
     direct = statistics.median(legs[0].totals)
     out: dict[str, Any] = {}
     for leg in legs:
         overhead = [t - direct for t in leg.totals]
         out[leg.name] = {"p50_ms": ms(statistics.median(leg.totals)), "p99_ms": ms(pct(leg.totals, 99)),
                          "overhead_p50_ms": ms(statistics.median(overhead)), "overhead_p99_ms": ms(pct(overhead, 99)),
-                         "submit_p50_ms": ms(statistics.median(leg.submits)), "submit_p99_ms": ms(pct(leg.submits, 99))}
+                         "submit_p50_ms": ms(statistics.median(leg.submits)), "submit_p99_ms": ms(pct(leg.submits, 99)),
+                         **front_and_back(leg, history)}
     proxy = statistics.median(legs[1].totals)
     for leg in legs[2:]:
         out[leg.name]["ratio_to_proxy"] = round(statistics.median(leg.totals) / proxy, 4)
@@ -695,6 +718,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"  {leg:<7} p50 {row['p50_ms']:>8} p99 {row['p99_ms']:>8}"
                      f"  overhead p50 {row['overhead_p50_ms']:>6} p99 {row['overhead_p99_ms']:>6}"
                      f"  submit p50 {row['submit_p50_ms']:>5}"
+                     + (f"  front {row['front_p50_ms']} back {row['back_p50_ms']}" if "front_p50_ms" in row else "")
                      + (f"  ratio to proxy {row['ratio_to_proxy']}" if "ratio_to_proxy" in row else ""))
         if "phases_p50_ms" in row:
             lines.append("          phases p50: " + ", ".join(f"{k} {v}" for k, v in row["phases_p50_ms"].items()))

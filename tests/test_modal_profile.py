@@ -177,16 +177,20 @@ def _take_wakeups(svc: Services) -> None:
 
     worker = Worker.__new__(Worker)
     class QuietSocket:
-        def alive(self) -> bool:
+        def drop_waiting(self) -> bool:
             return False  # so the health check decides
+
+        def alive(self) -> bool:
+            return False
 
     worker.store, worker.lifecycle, worker.comfy, worker.worker_id = svc.store, svc.lifecycle, NoComfy(), "w"
     worker.events = QuietSocket()
     worker.settings = svc.settings
     worker._starter = ThreadPoolExecutor(1)
-    worker.submit_early = lambda job, payload: None  # no prompt goes anywhere: only whether the job would start
+    # no prompt goes anywhere: only whether the job would start
+    worker.submit_early = lambda job, payload, taken_at=None: None
     while (wakeup := svc.store.next_wakeup("default", 0.01)) is not None:
-        worker.run_job = lambda job, payload, early=None: None  # nothing to run here
+        worker.run_job = lambda job, payload, early=None, taken_at=None: None  # nothing to run here
         worker.process(wakeup)
     svc.store.settle()
 

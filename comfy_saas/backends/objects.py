@@ -181,6 +181,8 @@ class S3Store:
 class LocalStore:
     """Outputs as files under a folder; URLs are HMAC-signed, expire, and are served by the local API."""
 
+    round_trips = False  # a call is a file operation on this machine
+
     def __init__(self, root: str | Path, secret: str, base_url: str, expiry_s: int = 3600) -> None:
         if not secret:
             raise ValueError("a URL signing secret is required")

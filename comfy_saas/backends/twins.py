@@ -57,6 +57,11 @@ class Profile:
                   "max_partition_bytes": 64 * _MIB, "max_partitions": 100_000, **limits}
         return cls(name="modal", rpc_s=rpc_ms / 1000, clock=clock, **values)
 
+    @property
+    def round_trips(self) -> bool:
+        """Whether a call costs a network round trip (the Modal profile), so batches should run concurrently."""
+        return self.rpc_s > 0
+
     def round_trip(self, call: Callable[[], Any]) -> Any:
         """Run one call as a network round trip: half the latency out, the call, half back."""
         if self.rpc_s:
@@ -199,6 +204,7 @@ class LocalDict:
         self._db = database(path)
         self.name = name
         self.profile = profile
+        self.round_trips = profile.round_trips
 
     # --- expiry: an entry lives entry_ttl_s after its last read or write --------------------------
 
@@ -357,6 +363,7 @@ class LocalQueue:
         self.name = name
         self.capacity = capacity
         self.profile = profile
+        self.round_trips = profile.round_trips
 
     def put(self, v: Any, block: bool = True, timeout: float | None = None, *,
             partition: str | None = None, partition_ttl: int = 24 * 3600) -> None:

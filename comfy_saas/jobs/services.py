@@ -17,6 +17,7 @@ from typing import Any
 from comfy_saas.backends.guarded import Guarded
 from comfy_saas.backends.model_files import LocalModelFiles
 from comfy_saas.backends.objects import ObjectStore, object_store
+from comfy_saas.backends.parallel import calls_are_round_trips
 from comfy_saas.config import Settings
 from comfy_saas.jobs import webhooks
 from comfy_saas.jobs.lifecycle import Lifecycle
@@ -49,8 +50,11 @@ class Services:
              wake: Callable[[str], None] | None = None, clock: Callable[[], datetime] = utcnow) -> Services:
         """Services over a Dict/Queue pair (behind the retry-and-map guard); object storage as the settings
         name it unless given."""
+        objects = objects or object_store(settings)
+        if any(getattr(backend, "round_trips", True) for backend in (jobs, work, objects)):
+            calls_are_round_trips()  # Modal's objects, R2, the twins' Modal profile: batches run concurrently
         store = JobStore(Guarded(jobs, "job store"), Guarded(work, "work queue"), settings, clock)
-        return cls(settings, store, objects or object_store(settings), wake)
+        return cls(settings, store, objects, wake)
 
 
 def local_services(settings: Settings) -> Services:

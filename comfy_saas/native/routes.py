@@ -26,6 +26,7 @@ from comfy_saas.native.auth import native_caller, owner_of
 from comfy_saas.native.history import HistoryCache
 from comfy_saas.native.prefixes import PrefixMiddleware, prefixed
 from comfy_saas.native.ws import SocketOptions, serve_socket
+from comfy_saas.web.offload import store_read
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -86,10 +87,11 @@ def _route(native: Native, work: Callable[[Call], Awaitable[Response]],
     return handler
 
 
-def _blocking(native: Native, fn: Callable[[Call], Any], status: int = 200) -> Handler:
-    """A route whose work is blocking store calls, answered as JSON (None: an empty 200, as ComfyUI's POSTs)."""
+def _blocking(native: Native, fn: Callable[[Call], Any], status: int = 200, read: bool = False) -> Handler:
+    """A route whose work is blocking store calls (`read`: reads of the store alone, see web/offload.py),
+    answered as JSON (None: an empty 200, as ComfyUI's POSTs)."""
     async def work(call: Call) -> Response:
-        body = await run_in_threadpool(fn, call)
+        body = await (store_read(fn, call) if read else run_in_threadpool(fn, call))
         return Response(status_code=200) if body is None else _json(status, body)
     return _route(native, work)
 
@@ -279,7 +281,7 @@ def router(native: Native) -> APIRouter:
         "/history": _blocking(native, lambda c: history.history(
             c.svc, cache, c.owner, history.max_items(c.request.query_params.get("max_items")))),
         "/history/{prompt_id}": _blocking(native, lambda c: history.history_of(
-            c.svc, cache, c.owner, c.request.path_params["prompt_id"])),
+            c.svc, cache, c.owner, c.request.path_params["prompt_id"]), read=True),
         "/view": _view(native),
         "/object_info": _object_info(native),
         "/object_info/{node_class}": _object_info(native),

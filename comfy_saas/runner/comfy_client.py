@@ -243,6 +243,10 @@ class ComfyClient:
     def _answered(self) -> None:
         self._last_answer = time.monotonic()
 
+    def answered_within(self, seconds: float) -> bool:
+        """Whether ComfyUI answered a call, or said anything on a socket, in the last `seconds`."""
+        return time.monotonic() - self._last_answer < seconds
+
 
 def _multipart(fields: list[tuple[str, str]], file_field: str, filename: str, data: bytes) -> bytes:
     parts = [f'--{_MULTIPART_BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
@@ -308,6 +312,27 @@ class EventStream:
         except (ValueError, AttributeError):
             raw = data[:200]
             return Event("unparsable", {"raw": raw.decode(errors="replace") if isinstance(raw, bytes) else raw})
+
+    def drop_waiting(self, timeout_s: float = 0.05) -> bool:
+        """Read and drop whatever messages are already waiting, without waiting for more; False when the
+        socket is not open or ComfyUI closed it (a ComfyUI that died reads as closed at once). No round trip."""
+        import select
+
+        import websocket
+
+        try:
+            while self._ws is not None and select.select([self._ws.sock], [], [], 0)[0]:
+                self._ws.settimeout(timeout_s)  # bounds a frame that is still arriving
+                opcode, _ = self._ws.recv_data(control_frame=True)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    break
+                self._on_message()
+            else:
+                return self._ws is not None
+        except (OSError, TypeError, ValueError, websocket.WebSocketException):
+            pass
+        self.close()
+        return False
 
     def alive(self, timeout_s: float = 2.0) -> bool:
         """Whether ComfyUI answers a ping on this open socket within timeout_s: a health check that costs no

@@ -20,12 +20,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from comfy_saas import logs
 from comfy_saas.backends import safe_fetch
-from comfy_saas.backends.parallel import run_all
+from comfy_saas.backends.parallel import batches_run_concurrently, run_all
 from comfy_saas.errors import (
     BackendError,
     ComfyUnavailable,
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 
 _HISTORY_POLL_S = 2.0  # when the socket is quiet, ask /history this often
 _INTERRUPT_GRACE_S = 15.0  # how long to wait for ComfyUI to confirm an interrupt
+# A ComfyUI that said something this recently, on a socket still open, is taken to be up when a job arrives (an
+# idle worker pings it to keep it so): the ping before each job was a round trip on its path.
+COMFY_FRESH_S = 2.0
 # An output this small on this machine is copied by the thread that reads ComfyUI's socket (a few ms at most
 # even to R2); larger ones go to the upload thread, so cancels and progress are not held up behind them.
 QUICK_COPY_BYTES = 2 * 1024 * 1024
@@ -92,19 +96,23 @@ class Run:
     submitted_at: float | None = None  # when (time.time()), so its run counts as executing from there
     early_error: Exception | None = None  # what that early preparation raised, for the started attempt to handle
     download_bytes: int | None = None
+    taken_at: float | None = None  # when this worker took the job's wake-up (time.time()); phases count from there
     _mark: float = 0.0
+
+    def _origin(self) -> float:
+        return self.taken_at or self.job.started_at.timestamp()
 
     def lap(self, phase: str, at: float | None = None) -> None:
         """Close `phase` now (or at `at`, a time.time() after the previous mark): it took the time since the
-        previous mark (or since the job started)."""
-        now = time.time() if at is None else max(at, self._mark or self.job.started_at.timestamp())
-        self.phases[phase] = self.phases.get(phase, 0.0) + (now - (self._mark or self.job.started_at.timestamp()))
+        previous mark (or since the worker took the job)."""
+        now = time.time() if at is None else max(at, self._mark or self._origin())
+        self.phases[phase] = self.phases.get(phase, 0.0) + (now - (self._mark or self._origin()))
         self._mark = now
 
     warmup_ms: float | None = None
 
     def timings(self, finished: datetime) -> Timings:
-        created, started = self.job.created_at.timestamp(), self.job.started_at.timestamp()
+        created, started = self.job.created_at.timestamp(), self._origin()
         rest = finished.timestamp() - (self._mark or started)
         ms = lambda s: round(s * 1000, 1)  # noqa: E731
         return Timings(start_kind=self.start_kind, queue_wait_ms=ms(started - created),
@@ -173,7 +181,9 @@ class Worker:
         try:
             while not stop.is_set():
                 wakeup = self.store.next_wakeup(self.pool, timeout_s=poll_s)
-                if wakeup is not None and not self.process(wakeup):
+                if wakeup is None:
+                    self.keep_fresh()
+                elif not self.process(wakeup):
                     log.error("worker %s: ComfyUI unhealthy, leaving the pool", self.worker_id)
                     return
         finally:
@@ -231,6 +241,7 @@ class Worker:
                 wakeup = self.store.next_wakeup(self.pool, timeout_s=min(wait_s, left))
                 if wakeup is None:
                     if keep_pulling:
+                        self.keep_fresh()
                         continue
                     break
                 handled, wait_s = handled + 1, idle_s
@@ -249,6 +260,19 @@ class Worker:
             self.lifecycle.flush_counters(wait=True)
         return handled
 
+    def comfy_up(self) -> bool:
+        """Whether this worker's ComfyUI is up: without a round trip when its socket is still open (what waits
+        on it is dropped) and it was heard from within COMFY_FRESH_S; else a ping on it, else /system_stats."""
+        if self.events.drop_waiting() and self.comfy.answered_within(COMFY_FRESH_S):
+            return True
+        return self.events.alive() or self.comfy.healthy()
+
+    def keep_fresh(self) -> None:
+        """While idle: ping ComfyUI once it has been quiet for half of COMFY_FRESH_S, so the next job's health
+        check costs nothing (a ping that goes unanswered closes the socket, and that check asks again)."""
+        if not self.comfy.answered_within(COMFY_FRESH_S / 2):
+            self.events.alive()
+
     def has_time_for(self, job: Job, deadline: float | None) -> bool:
         """Whether the job's whole timeout fits before the drain's deadline (always, without one)."""
         limit = job.timeout_s or self.settings.job_timeout_s
@@ -258,6 +282,7 @@ class Worker:
         """Handle one wake-up; False when this worker should stop taking jobs. The wake-up carries the job
         as it was queued, so starting it is one round trip: the attempt's claim, the cancel flag and the
         payload together. A job whose timeout does not fit before the drain's deadline is handed back."""
+        taken_at = time.time()
         if isinstance(wakeup, str):
             wakeup = Wakeup(wakeup, None, 0.0)
         job = wakeup.job or self.store.get(wakeup.job_id)  # a wake-up from before they carried the job
@@ -273,18 +298,20 @@ class Worker:
             self.store.enqueue(job, wakeup.payload)
             logs.event(log, "worker.deadline_near", job_id=job.id, worker_id=self.worker_id, pool=job.pool)
             return False
-        if not (self.events.alive() or self.comfy.healthy()):
+        if not self.comfy_up():
             self.store.enqueue(job, wakeup.payload)  # hand the wake-up back before anything is claimed
             return self.on_unhealthy()
-        # A job with everything in its wake-up goes to ComfyUI while its attempt is claimed (a round trip on
-        # Modal); if the claim is lost, the prompt is stopped before anything of it is kept.
-        starting = self._starter.submit(run_all, [
+        # A job with everything in its wake-up goes to ComfyUI first and its attempt is claimed meanwhile (a round
+        # trip on Modal) or right after (locally, where the claim is quicker than handing it to another thread);
+        # if the claim is lost, the prompt is stopped before anything of it is kept.
+        claim = partial(run_all, [
             lambda: self.lifecycle.start(job, self.worker_id), lambda: self.store.cancel_requested(job.id),
             lambda: wakeup.payload or self._payload(job.id),
             lambda: self.store.save_state(f"taken:{job.pool}", wakeup.sent_at)])
-        run = self.submit_early(job, wakeup.payload) if _early_ok(wakeup.payload) else None
+        starting = self._starter.submit(claim) if batches_run_concurrently() else None
+        run = self.submit_early(job, wakeup.payload, taken_at) if _early_ok(wakeup.payload) else None
         try:
-            started, cancelled, payload, _ = starting.result()
+            started, cancelled, payload, _ = starting.result() if starting is not None else claim()
         except BaseException:
             self._drop_early(run)  # the store is away: the job's fate is the sweeper's, its prompt goes
             raise
@@ -296,15 +323,15 @@ class Worker:
             error = CANCELLED_QUEUED if cancelled else JobError(type="internal_error", message="no payload stored")
             self.lifecycle.finish(started, Status.CANCELLED if cancelled else Status.FAILED, error=error)
             return True
-        self.run_job(started, payload, run)
+        self.run_job(started, payload, run, taken_at)
         return True
 
-    def submit_early(self, job: Job, payload: dict[str, Any]) -> Run:
+    def submit_early(self, job: Job, payload: dict[str, Any], taken_at: float | None = None) -> Run:
         """Prepare and submit a queued job's prompt as its next attempt's; what goes wrong is kept in the Run for
         the started attempt to handle (or forgotten with the prompt when the attempt is not ours)."""
         limit = job.timeout_s or self.settings.job_timeout_s
         run = Run(job, prompt_id=f"{job.id}-{job.claim_seq + 1}", deadline=time.monotonic() + limit,
-                  start_kind=self.start_kind, payload=payload, submitted=True)
+                  start_kind=self.start_kind, payload=payload, submitted=True, taken_at=taken_at)
         try:
             run.workflow = self.prepare_inputs(run)
             self.submit(run)
@@ -328,7 +355,8 @@ class Worker:
 
     # --- running one job ---------------------------------------------------------------------
 
-    def run_job(self, job: Job, payload: dict[str, Any], early: Run | None = None) -> None:
+    def run_job(self, job: Job, payload: dict[str, Any], early: Run | None = None,
+                taken_at: float | None = None) -> None:
         """Run one started attempt to an outcome (`early`: its prompt already submitted); never raises for the
         job's own failures."""
         job_id = job.id
@@ -336,7 +364,7 @@ class Worker:
                    phase="prepare", pool=job.pool)
         limit = job.timeout_s or self.settings.job_timeout_s
         run = early or Run(job, prompt_id=f"{job_id}-{job.claim_seq}", deadline=time.monotonic() + limit,
-                           start_kind=self.start_kind, payload=payload)
+                           start_kind=self.start_kind, payload=payload, taken_at=taken_at)
         run.job = job
         run.monitor = AttemptMonitor(self.lifecycle, job, self.settings.cancel_poll_s,
                                      self.settings.heartbeat_interval_s)

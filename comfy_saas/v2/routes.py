@@ -21,6 +21,7 @@ from comfy_saas.v2.asset_routes import add_asset_routes
 from comfy_saas.v2.errors import envelope, error_response
 from comfy_saas.web.auth import authenticate
 from comfy_saas.web.bodies import read_capped
+from comfy_saas.web.offload import store_read
 
 ServicesFn = Callable[[], Services]
 _EVERY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -59,10 +60,12 @@ def error(exc: BaseException) -> JSONResponse:
     return json_response(*error_response(exc))
 
 
-async def answer(call: Callable[[], tuple[int, Any]], headers: dict[str, str] | None = None) -> Response:
-    """Run a blocking operation in the threadpool; (status, body) or the error envelope."""
+async def answer(call: Callable[[], tuple[int, Any]], headers: dict[str, str] | None = None,
+                 read: bool = False) -> Response:
+    """Run a blocking operation in the threadpool (`read`: a read of the store alone, see web/offload.py);
+    (status, body) or the error envelope."""
     try:
-        status, body = await run_in_threadpool(call)
+        status, body = await (store_read(call) if read else run_in_threadpool(call))
     except Exception as exc:
         return error(exc)
     return json_response(status, body, headers)
@@ -116,7 +119,7 @@ class JobHandlers:
     async def get_job(self, request: Request, id: str) -> Response:
         """A job: status, progress, outputs (the polling workhorse)."""
         svc = self.services()
-        return await answer(lambda: (200, v2jobs.get(svc, caller(svc, request), id, root(request))))
+        return await answer(lambda: (200, v2jobs.get(svc, caller(svc, request), id, root(request))), read=True)
 
     async def get_job_workflow(self, request: Request, id: str) -> Response:
         """The API-format workflow a job ran."""

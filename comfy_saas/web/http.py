@@ -33,6 +33,7 @@ from comfy_saas.web.auth import authenticate, parse_api_keys
 from comfy_saas.web.bodies import read_capped
 from comfy_saas.web.errors_http import error_response
 from comfy_saas.web.lingering import LingeringResponse, declared_length
+from comfy_saas.web.offload import store_read
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ async def handle_get(svc: Services, request: Request, job_id: str | None) -> JSO
     try:
         wait_s = waiting.parse_wait(q.get("wait"), svc.settings.max_wait_s)
         with_workflow = _include_workflow(q.get("include"))
-        view = await run_in_threadpool(api.get_job, svc, _caller(svc, request), job_id)
+        view = await store_read(api.get_job, svc, _caller(svc, request), job_id)
         if wait_s and view["status"] not in TERMINAL_STATUSES:
             view = (await waiting.until_finished(svc, job_id, wait_s))[0] or view
         if with_workflow:
