@@ -172,6 +172,9 @@ def _take_wakeups(svc: Services) -> None:
         def healthy(self) -> bool:
             return True
 
+        def forget_health(self) -> None:
+            pass
+
         def events(self, client_id: str) -> Any:
             return None
 

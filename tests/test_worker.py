@@ -184,6 +184,19 @@ def test_comfyui_killed_mid_run_requeues_to_another_worker(store, s3, settings, 
     assert len(_objects_under(s3, job_id)) == 1  # the retry wrote the same key, not a second name
 
 
+def test_a_comfyui_that_died_between_jobs_costs_the_next_job_no_attempt(store, s3, settings, double):
+    """The health check before a job needs no ping when ComfyUI was just heard from, but a ComfyUI that died
+    reads as closed on its socket at once: the wake-up goes back, ComfyUI is restarted, and the job runs as
+    its first attempt."""
+    with workers(store, s3, settings, [double], restart_on_failure=True):
+        first = finished(store, submit(store, {"1": empty(0x0000FF), "2": save("1", "before")}))
+        double.proc.kill()
+        double.proc.wait(10)
+        job = finished(store, submit(store, {"1": empty(0x00FF00), "2": save("1", "after")}), 120)
+    assert first.status is Status.COMPLETED
+    assert job.status is Status.COMPLETED and job.attempts == 1 and double.restarts == 1
+
+
 def _runs(proc: ComfyProcess, job_id: str) -> bool:
     running = json.loads(download(proc.url + "/queue")).get("queue_running") or []
     return bool(running) and running[0][1].startswith(job_id)

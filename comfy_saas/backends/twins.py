@@ -12,6 +12,7 @@ its last put, and oversized values, items and partitions are refused as Modal re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -110,6 +111,9 @@ class Database:
         # Commits by this process's threads wake its waiters at once; another process's are seen by polling.
         self._changed = threading.Condition()
         self._generation = 0
+        # This process's writers queue here for microseconds, rather than meet SQLite's busy handler, which
+        # sleeps a millisecond or more (another process's writer still does); the event loop writes too.
+        self.writing = threading.RLock()
         conn = self.conn()
         _add_missing_columns(conn)
         conn.executescript(_SCHEMA)
@@ -125,7 +129,7 @@ class Database:
 
     def transaction(self) -> _Transaction:
         """BEGIN IMMEDIATE ... COMMIT: a write lock for read-check-write sequences."""
-        return _Transaction(self.conn())
+        return _Transaction(self.conn(), self.writing)
 
     def data_version(self) -> int:
         """Changes whenever another connection commits (cheap; used to wake blocked waiters)."""
@@ -166,15 +170,22 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, conn: sqlite3.Connection, writing: Any) -> None:
+        self.conn, self.writing = conn, writing
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        with contextlib.ExitStack() as undo:
+            self.writing.acquire()
+            undo.callback(self.writing.release)
+            self.conn.execute("BEGIN IMMEDIATE")
+            undo.pop_all()
         return self.conn
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.writing.release()
 
 
 _databases: dict[str, Database] = {}
@@ -218,17 +229,21 @@ class LocalDict:
         if row is None:
             return None
         if row[1] < self._cutoff():
-            self._db.conn().execute("DELETE FROM dict_entries WHERE name=? AND key=? AND touched=?",
-                                    (self.name, key, row[1]))
+            with self._db.writing:
+                self._db.conn().execute("DELETE FROM dict_entries WHERE name=? AND key=? AND touched=?",
+                                        (self.name, key, row[1]))
             return None
         if self.profile.entry_ttl_s is not None:  # a read keeps the entry alive
-            self._db.conn().execute("UPDATE dict_entries SET touched=? WHERE name=? AND key=?",
-                                    (self.profile.clock(), self.name, key))
+            with self._db.writing:
+                self._db.conn().execute("UPDATE dict_entries SET touched=? WHERE name=? AND key=?",
+                                        (self.profile.clock(), self.name, key))
         return row[0]
 
     def _expire_all(self) -> None:
         if self.profile.entry_ttl_s is not None:
-            self._db.conn().execute("DELETE FROM dict_entries WHERE name=? AND touched<?", (self.name, self._cutoff()))
+            with self._db.writing:
+                self._db.conn().execute("DELETE FROM dict_entries WHERE name=? AND touched<?",
+                                        (self.name, self._cutoff()))
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -273,7 +288,8 @@ class LocalDict:
 
     def _write(self, rows: list[tuple[str, str, str]], skip_if_exists: bool) -> bool:
         if self.profile.entry_ttl_s is None and self.profile.max_dict_bytes is None and len(rows) == 1:
-            return self._insert(self._db.conn(), rows, skip_if_exists)  # one statement is atomic on its own
+            with self._db.writing:  # one statement is atomic on its own
+                return self._insert(self._db.conn(), rows, skip_if_exists)
         with self._db.transaction() as conn:
             self._expire_keys(conn, [r[1] for r in rows])
             self._check_total(conn, rows)
@@ -312,8 +328,9 @@ class LocalDict:
         return default
 
     def _pop(self, key: str) -> str | None:
-        row = self._db.conn().execute("DELETE FROM dict_entries WHERE name=? AND key=? RETURNING value, touched",
-                                      (self.name, key)).fetchone()
+        with self._db.writing:
+            row = self._db.conn().execute("DELETE FROM dict_entries WHERE name=? AND key=? RETURNING value, touched",
+                                          (self.name, key)).fetchone()
         return None if row is None or row[1] < self._cutoff() else row[0]
 
     def __delitem__(self, key: Any) -> None:
@@ -338,8 +355,11 @@ class LocalDict:
         return len(self.profile.round_trip(lambda: self._rows("1")))
 
     def clear(self) -> None:
-        self.profile.round_trip(lambda: self._db.conn().execute("DELETE FROM dict_entries WHERE name=?",
-                                                                 (self.name,)))
+        self.profile.round_trip(self._clear)
+
+    def _clear(self) -> None:
+        with self._db.writing:
+            self._db.conn().execute("DELETE FROM dict_entries WHERE name=?", (self.name,))
 
 
 def _partition_key(partition: str | None) -> str:
@@ -476,6 +496,10 @@ class LocalQueue:
         self.profile.round_trip(lambda: self._clear(partition, all))
 
     def _clear(self, partition: str | None, all: bool) -> None:
+        with self._db.writing:
+            self._delete_items(partition, all)
+
+    def _delete_items(self, partition: str | None, all: bool) -> None:
         if all:
             self._db.conn().execute("DELETE FROM queue_items WHERE name=?", (self.name,))
         else:

@@ -26,7 +26,7 @@ from comfy_saas.native.auth import native_caller, owner_of
 from comfy_saas.native.history import HistoryCache
 from comfy_saas.native.prefixes import PrefixMiddleware, prefixed
 from comfy_saas.native.ws import SocketOptions, serve_socket
-from comfy_saas.web.offload import store_read
+from comfy_saas.web.offload import store_read, submission
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -125,7 +125,7 @@ async def _json_body(call: Call) -> dict[str, Any]:
 def _post_prompt(native: Native) -> Handler:
     async def work(call: Call) -> Response:
         raw = await _body(call.request, call.svc.settings.limits.max_body_bytes)
-        answer = await run_in_threadpool(prompts.submit_prompt, call.svc, call.caller, call.owner, raw, call.pool)
+        answer = await submission(raw, prompts.submit_prompt, call.svc, call.caller, call.owner, raw, call.pool)
         native.cache.forget(call.owner)
         return _json(200, answer)
     return _route(native, work, answers.prompt_refusal)

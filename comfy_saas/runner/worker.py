@@ -262,9 +262,13 @@ class Worker:
 
     def comfy_up(self) -> bool:
         """Whether this worker's ComfyUI is up: without a round trip when its socket is still open (what waits
-        on it is dropped) and it was heard from within COMFY_FRESH_S; else a ping on it, else /system_stats."""
-        if self.events.drop_waiting() and self.comfy.answered_within(COMFY_FRESH_S):
+        on it is dropped) and it was heard from within COMFY_FRESH_S; else a ping on it, else /system_stats
+        (asked afresh when the socket is closed: a ComfyUI that just died was heard from a moment ago)."""
+        socket_open = self.events.drop_waiting()
+        if socket_open and self.comfy.answered_within(COMFY_FRESH_S):
             return True
+        if not socket_open:
+            self.comfy.forget_health()
         return self.events.alive() or self.comfy.healthy()
 
     def keep_fresh(self) -> None:

@@ -21,7 +21,7 @@ from comfy_saas.v2.asset_routes import add_asset_routes
 from comfy_saas.v2.errors import envelope, error_response
 from comfy_saas.web.auth import authenticate
 from comfy_saas.web.bodies import read_capped
-from comfy_saas.web.offload import store_read
+from comfy_saas.web.offload import store_read, submission
 
 ServicesFn = Callable[[], Services]
 _EVERY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -106,7 +106,7 @@ class JobHandlers:
             return json_response(status, body, {**headers, "Connection": "close"})
         key = request.headers.get("idempotency-key")
         try:
-            view, replayed = await run_in_threadpool(v2jobs.submit, svc, who, raw, key, root(request))
+            view, replayed = await submission(raw, v2jobs.submit, svc, who, raw, key, root(request))
         except Exception as exc:
             return error(exc)
         return json_response(201, view, {"Idempotency-Replayed": "true"} if replayed else None)

@@ -33,7 +33,7 @@ from comfy_saas.web.auth import authenticate, parse_api_keys
 from comfy_saas.web.bodies import read_capped
 from comfy_saas.web.errors_http import error_response
 from comfy_saas.web.lingering import LingeringResponse, declared_length
-from comfy_saas.web.offload import store_read
+from comfy_saas.web.offload import store_read, submission
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,13 @@ async def respond(call: Callable[[], tuple[int, dict[str, Any]]]) -> JSONRespons
     return _json(status, body)
 
 
-async def respond_waiting(svc: Services, request: Request, call: Callable[[], tuple[int, dict[str, Any]]]
-                          ) -> JSONResponse:
-    """A submission; with ?wait=N the answer waits for the job: 200 when it ended within N s, else 202."""
+async def respond_waiting(svc: Services, request: Request, call: Callable[[], tuple[int, dict[str, Any]]],
+                          body: bytes | bytearray | None = None) -> JSONResponse:
+    """A submission (of `body`, when it may run on the event loop: web/offload.py); with ?wait=N the answer
+    waits for the job: 200 when it ended within N s, else 202."""
     try:
         wait_s = waiting.parse_wait(request.query_params.get("wait"), svc.settings.max_wait_s)
-        status, view = await run_in_threadpool(call)
+        status, view = await (run_in_threadpool(call) if body is None else submission(body, call))
     except Exception as exc:
         return _error(exc)
     if wait_s is None:
@@ -114,7 +115,7 @@ async def handle_submit(svc: Services, request: Request) -> JSONResponse:
         view, created = api.submit_job(svc, caller, body)
         return (201 if created else 200), view
 
-    return await respond_waiting(svc, request, call)
+    return await respond_waiting(svc, request, call, body)
 
 
 def _include_workflow(raw: str | None) -> bool:
