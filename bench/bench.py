@@ -7,14 +7,15 @@ entries expire, Modal's size limits apply).
     python bench/bench.py --quick --rpc-ms 25 --out bench.json         # smaller counts (about 3 minutes)
     python bench/bench.py --side-by-side --runs 15 --out side.json     # only the side-by-side (about 2 minutes)
 
-The side-by-side interleaves the legs run by run, each client polling its status route every 5 ms over a
-kept-alive connection, and reports per leg p50/p99 end to end, the overhead over direct (p50/p99) and submit
-time, and for ours the ratio of its end to end to the proxy's (side_by_side.*.ratio_to_proxy; proxy_ratio for
-/v1) with the median of each job timing phase. Writes JSON with rpc_ms, overhead_p50_ms (/v1 minus direct),
-submit_p50_ms, list_page_ms (one page of 20 among 100,000 stored jobs), metrics_ms (one /metrics render),
-sweep_10k_s (the sweeper's total time, over as many runs as it needs, to examine and act on 10,000
-queued/running jobs among 100,000 stored; with sweep_runs and sweep_run_max_s), round_trips (operation ->
-sequential Dict/Queue calls, measured as the time an operation gains per millisecond of latency), and
+The side-by-side interleaves the legs run by run, each client polling its status route every 5 ms over a kept-alive
+connection, and reports per leg p50/p99 end to end, the overhead over direct (p50/p99), submit time, front/back
+(median ms from the submit to ComfyUI's execution_start, and from its execution_success to the client seeing the
+end, by the times in ComfyUI's history), and for ours the ratio of its end to end to the proxy's
+(side_by_side.*.ratio_to_proxy; proxy_ratio for /v1) with the median of each job timing phase. Writes JSON with
+rpc_ms, overhead_p50_ms (/v1 minus direct), submit_p50_ms, list_page_ms (one page of 20 among 100,000 stored jobs),
+metrics_ms (one /metrics render), sweep_10k_s (the sweeper's total time, over as many runs as it needs, to examine
+and act on 10,000 queued/running jobs among 100,000 stored; with sweep_runs and sweep_run_max_s), round_trips
+(operation -> sequential Dict/Queue calls, measured as the time an operation gains per millisecond of latency), and
 overhead_p99_ms, overhead_ratio, submit_p99_ms, pickup_p50/p99_ms, cancel_p50/p99_ms, drain_jobs_per_s,
 worker_rss_mb. Speed goals live here, never in the tests; `goals_met` says which were met.
 """

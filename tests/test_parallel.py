@@ -76,3 +76,11 @@ def test_services_over_a_round_trip_backend_make_batches_concurrent(local_only, 
     modal = Profile.modal(rpc_ms=1)
     Services.over(LocalDict(db, profile=modal), LocalQueue(db, profile=modal), settings)
     assert batches_run_concurrently()
+
+
+def test_services_over_backends_that_do_not_say_are_taken_for_round_trips(local_only, tmp_path: Path):
+    class Remote:  # as modal.Dict and modal.Queue: nothing says their calls are local
+        pass
+
+    Services.over(Remote(), Remote(), Settings(data_dir=tmp_path))
+    assert batches_run_concurrently()
