@@ -230,6 +230,18 @@ def test_pool_and_machine_views(server) -> None:
     assert detail["outputs"] and detail["execution_status"]["status_str"] == "success"
 
 
+def test_a_prompt_reads_the_same_at_every_path_it_has(server) -> None:
+    """At ComfyUI's paths, under /api/ and behind a key prefix, a prompt (posted any of those ways) has one
+    history."""
+    ids = [post_prompt(server, ALICE, GRAPH, path).json()["prompt_id"] for path in ("/prompt", "/api/prompt")]
+    ids.append(post_prompt(server, {}, GRAPH, "/k/alice-key/prompt").json()["prompt_id"])
+    for pid in ids:
+        assert finished(server, pid) == "completed"
+        seen = [server.call("GET", f"{path}/{pid}", ALICE).json() for path in ("/history", "/api/history")]
+        seen += [server.call("GET", f"/k/alice-key{path}/{pid}", {}).json() for path in ("/history", "/api/history")]
+        assert seen[0][pid]["status"]["completed"] and all(s == seen[0] for s in seen)
+
+
 def test_other_surfaces_paths_are_left_alone(server) -> None:
     assert server.call("GET", "/api/v2/prompt", ALICE).status_code == 404
     assert server.call("GET", "/health").status_code == 200

@@ -182,13 +182,13 @@ class JobStore:
         updated = job.model_copy(update={"status": target, "claim_seq": n, "updated_at": now,
                                          **_stamps(job, target, now), **changes})
         updated = Job.model_validate(updated.model_dump())  # validate the changes, not just copy them
-        nonce = uuid.uuid4().hex
-        entry = {"owner": owner, "at": now.isoformat(), "nonce": nonce, "outcome": updated.to_record()}
+        nonce, record = uuid.uuid4().hex, updated.to_record()
+        entry = {"owner": owner, "at": now.isoformat(), "nonce": nonce, "outcome": record}
         if not self.d.put(keys.claim(job.id, n), entry, skip_if_exists=True):
             lost = self._decided(job, n, nonce)
             if lost is not None:
                 raise lost
-        self.write_record(updated, wait=not defer_write)
+        self.write_record(updated, wait=not defer_write, record=record)
         return updated
 
     def _decided(self, job: Job, n: int, nonce: str) -> Decided | None:
@@ -199,14 +199,16 @@ class JobStore:
         at = datetime.fromisoformat(entry["at"]) if entry.get("at") else None
         return Decided(f"claim {n} of job {job.id} was won by {entry.get('owner', 'someone else')}", winner, at)
 
-    def write_record(self, job: Job, wait: bool = True) -> None:
-        """Write a job's record; writes of one job from this process land in the order they were made."""
+    def write_record(self, job: Job, wait: bool = True, record: dict[str, Any] | None = None) -> None:
+        """Write a job's record (`record`: its to_record(), when the caller has it already); writes of one job
+        from this process land in the order they were made."""
         self.settle(job.id)
+        value = record if record is not None else job.to_record()
         if wait:
-            self.d.put(keys.job(job.id), job.to_record())
+            self.d.put(keys.job(job.id), value)
             changes.announce(job.id)
             return
-        future = submit(lambda: (self.d.put(keys.job(job.id), job.to_record()), changes.announce(job.id)))
+        future = submit(lambda: (self.d.put(keys.job(job.id), value), changes.announce(job.id)))
         with self._pending_lock:
             self._pending[job.id] = future
 

@@ -26,6 +26,8 @@ from comfy_saas.native.auth import native_caller, owner_of
 from comfy_saas.native.history import HistoryCache
 from comfy_saas.native.prefixes import PrefixMiddleware, prefixed
 from comfy_saas.native.ws import SocketOptions, serve_socket
+from comfy_saas.web import fast_lane
+from comfy_saas.web.fast_lane import Lane
 from comfy_saas.web.offload import store_read, submission
 
 log = logging.getLogger(__name__)
@@ -271,8 +273,9 @@ def _cancel_many(native: Native) -> Handler:
     return _route(native, work)
 
 
-def router(native: Native) -> APIRouter:
-    """The routes ComfyUI serves both at its paths and under /api/."""
+def router(native: Native) -> tuple[APIRouter, list[Lane]]:
+    """The routes ComfyUI serves both at its paths and under /api/; the ones a polling client calls over and
+    over, for web/fast_lane.py (at ComfyUI's paths)."""
     r = APIRouter(include_in_schema=False)
     cache = native.cache
     get = {
@@ -305,7 +308,16 @@ def router(native: Native) -> APIRouter:
     for path, handler in post.items():
         r.add_api_route(path, handler, methods=["POST"])
     r.add_api_websocket_route("/ws", _socket(native))
-    return r
+    hot = [Lane("GET", "/history/{prompt_id}", _by_request(get["/history/{prompt_id}"])),
+           Lane("POST", "/prompt", _by_request(post["/prompt"]))]
+    return r, hot
+
+
+def _by_request(handler: Handler) -> fast_lane.Handler:
+    """A handler that reads its path parameters from the request, as a lane calls one (with them as keywords)."""
+    async def lane(request: Request, **_: str) -> Response:
+        return await handler(request)
+    return lane
 
 
 def jobs_router(native: Native) -> APIRouter:
@@ -349,9 +361,11 @@ def mount(app: FastAPI, services: Callable[[], Services]) -> Native:
     """Register the native API on `app` (and the path prefixes); the surface, for mount_editor to extend."""
     native = Native(services)
     app.state.native = native
-    native_routes = router(native)
+    native_routes, hot = router(native)
     app.include_router(native_routes)
     app.include_router(native_routes, prefix="/api")
+    fast_lane.offer(app, [Lane(lane.method, prefix + lane.path, lane.handler) for prefix in ("", "/api")
+                          for lane in hot])
     app.include_router(jobs_router(native), prefix="/api")
     app.add_middleware(PrefixMiddleware)
     return native

@@ -19,8 +19,10 @@ from comfy_saas.v2 import events
 from comfy_saas.v2 import jobs as v2jobs
 from comfy_saas.v2.asset_routes import add_asset_routes
 from comfy_saas.v2.errors import envelope, error_response
+from comfy_saas.web import fast_lane
 from comfy_saas.web.auth import authenticate
 from comfy_saas.web.bodies import read_capped
+from comfy_saas.web.fast_lane import Lane
 from comfy_saas.web.offload import store_read, submission
 
 ServicesFn = Callable[[], Services]
@@ -35,10 +37,11 @@ def mount(app: FastAPI, services: ServicesFn, events_stream_s: float | None = No
 
         events_stream_s = float(Api().events_stream_s)
     router = APIRouter(include_in_schema=False)  # the contract is its own document (Comfy API v2 openapi.yaml)
-    add_job_routes(router, services, events_stream_s)
+    jobs = add_job_routes(router, services, events_stream_s)
     add_asset_routes(router, services)
     router.add_api_route("/api/v2/{rest:path}", _unknown, methods=_EVERY_METHOD, include_in_schema=False)
     app.include_router(router)
+    fast_lane.offer(app, [Lane("POST", "/api/v2/jobs", jobs.post_jobs), Lane("GET", "/api/v2/jobs/{id}", jobs.get_job)])
 
 
 def caller(svc: Services, request: Request) -> Caller:
@@ -76,8 +79,9 @@ async def read_body(svc: Services, request: Request) -> bytearray:
     return await read_capped(request, svc.settings.limits.max_body_bytes)
 
 
-def add_job_routes(router: APIRouter, services: ServicesFn, events_stream_s: float) -> None:
-    """POST/GET /api/v2/jobs, GET /api/v2/jobs/{id}, .../workflow, .../cancel, .../events, GET /api/v2/health."""
+def add_job_routes(router: APIRouter, services: ServicesFn, events_stream_s: float) -> JobHandlers:
+    """POST/GET /api/v2/jobs, GET /api/v2/jobs/{id}, .../workflow, .../cancel, .../events, GET /api/v2/health;
+    the handlers."""
     h = JobHandlers(services, events_stream_s)
     for method, path, handler in (("POST", "/api/v2/jobs", h.post_jobs), ("GET", "/api/v2/jobs", h.list_jobs),
                                   ("GET", "/api/v2/jobs/{id}", h.get_job),
@@ -86,6 +90,7 @@ def add_job_routes(router: APIRouter, services: ServicesFn, events_stream_s: flo
                                   ("GET", "/api/v2/jobs/{id}/events", h.job_events),
                                   ("GET", "/api/v2/health", h.health)):
         router.add_api_route(path, handler, methods=[method], summary=(handler.__doc__ or "").split("\n")[0])
+    return h
 
 
 class JobHandlers:

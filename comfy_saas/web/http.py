@@ -28,7 +28,7 @@ from comfy_saas.jobs.services import Services
 from comfy_saas.jobs.templates import TemplateRequest
 from comfy_saas.jobs.views import job_view
 from comfy_saas.runner.monitor import PROGRESS_WRITE_S
-from comfy_saas.web import params, waiting
+from comfy_saas.web import fast_lane, params, waiting
 from comfy_saas.web.auth import authenticate, parse_api_keys
 from comfy_saas.web.bodies import read_capped
 from comfy_saas.web.errors_http import error_response
@@ -287,6 +287,8 @@ def create_app(svc: Services) -> FastAPI:
         extra = routes.body_doc(route.body) if route.body else None
         for method, path in ((route.method, route.path), *route.aliases):
             app.add_api_route(path, handler, methods=[method], openapi_extra=extra)
+        if route.name in routes.HOT:
+            fast_lane.offer(app, [fast_lane.Lane(route.method, route.path, handler)])
 
     @app.get("/files/{key:path}", summary="Download an output through a signed link")
     async def files(key: str, expires: str = "", sig: str = "") -> Any:
@@ -298,6 +300,7 @@ def create_app(svc: Services) -> FastAPI:
     from comfy_saas.web.surfaces import mount_surfaces
 
     mount_surfaces(app, lambda: svc)
+    fast_lane.install(app)
     _install_error_shape(app)
     _install_schema(app)
     return app

@@ -77,6 +77,9 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+HOT = {"submit", "job"}  # the routes a polling client calls over and over: web/fast_lane.py answers them
+
+
 async def dispatch(route: Route, svc: Services, request: Request, job_id: str, events_stream_s: float) -> Response:
     """Call the route's handler in web/http.py."""
     from comfy_saas.web import http

@@ -26,6 +26,9 @@ def mount_surfaces(app: FastAPI, services: Callable[[], Services]) -> None:
 
 def surfaces_app(services: Callable[[], Services]) -> FastAPI:
     """The ASGI app Modal serves from one function: every surface over the services `services()` builds."""
+    from comfy_saas.web import fast_lane
+
     app = FastAPI(title="comfy-saas surfaces", version="0.1.0")
     mount_surfaces(app, services)
+    fast_lane.install(app)
     return app
