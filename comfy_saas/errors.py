@@ -22,7 +22,8 @@
     │   ├── AssetInUse          an asset record something still depends on
     │   └── IdempotencyInFlight the first request with this idempotency key is still being answered
     ├── Overloaded              try again later; carries retry_after_s              (HTTP 429)
-    │   └── QueueFull           the work queue partition is at capacity
+    │   ├── QueueFull           the work queue partition is at capacity
+    │   └── TooManyStreams      the caller holds as many event streams open as it may
     ├── BackendError            Dict, Queue or object storage failed                (HTTP 503)
     │   └── CatalogueUnavailable  no worker has published the node catalogue yet; carries retry_after_s
     ├── MediaError              a media input could not be fetched or was refused   (job fails)
@@ -194,6 +195,10 @@ class Overloaded(ComfySaasError):
 
 class QueueFull(Overloaded):
     type = "queue_full"
+
+
+class TooManyStreams(Overloaded):
+    type = "too_many_streams"
 
 
 class BackendError(ComfySaasError):

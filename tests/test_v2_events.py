@@ -40,3 +40,40 @@ def test_a_stream_ends_at_its_time_limit_without_a_terminal_status(svc):
         text = client.get(f"/api/v2/jobs/{job.id}/events", headers={"Authorization": "Bearer k"}).text
     assert text.startswith("event: status") and '"status":"queued"' in text and '"queue_position":0' in text
     assert text.count("event: status") == 1  # nothing changed; the client reconnects for a fresh snapshot
+
+
+def test_a_key_holds_at_most_its_streams_open_and_gets_one_back_when_it_closes_one(tmp_path):
+    """The contract's 429 too_many_streams, with Retry-After; a plain poll still answers, and a closed stream
+    frees its place."""
+    import requests
+    from conftest import ALICE, WORKFLOW, running_server, wait_until
+
+    with running_server(tmp_path, v2_max_streams_per_key=2) as server:
+        job_id = server.call("POST", "/v1/jobs", ALICE, json={"workflow": WORKFLOW, "pool": "idle"}).json()["id"]
+        url = f"{server.base}/api/v2/jobs/{job_id}/events"
+
+        def open_stream() -> requests.Response:
+            return requests.get(url, headers=ALICE, stream=True, timeout=10)
+
+        streams = [open_stream() for _ in range(2)]
+        lines = [s.iter_lines() for s in streams]  # held: a dropped line iterator closes its stream
+        try:
+            assert all(s.status_code == 200 for s in streams)
+            assert all(next(it).startswith(b"event: status") for it in lines)
+            refused = open_stream()
+            assert refused.status_code == 429 and refused.headers["Retry-After"].isdigit()
+            assert refused.json()["error"]["code"] == "too_many_streams"
+            assert server.call("GET", f"/api/v2/jobs/{job_id}", ALICE).json()["status"] == "queued"
+            streams.pop().close()
+
+            def reopened() -> requests.Response | None:
+                again = open_stream()
+                if again.status_code == 200:
+                    return again
+                again.close()
+                return None
+
+            streams.append(wait_until(reopened, 10, "a stream after one was closed"))
+        finally:
+            for s in streams:
+                s.close()

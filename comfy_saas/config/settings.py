@@ -160,6 +160,8 @@ class Settings:
     max_templates: int = opt(200, "workflow templates per owner (each user, and the shared set)")
     native_max_sockets_per_key: int = opt(16, "native /ws sockets one API key may hold open at once on one "
                                               "server process (each polls the store); more are closed with 1013")
+    v2_max_streams_per_key: int = opt(16, "Comfy API v2 event streams one API key may hold open at once on one "
+                                          "server process (each polls the store); more get 429 too_many_streams")
     native_socket_max_s: float = opt(3600.0, "a native /ws socket is closed (1001) after this long; ComfyUI's "
                                              "clients reconnect")
     hf_token: str = secret("Hugging Face token, sent only to huggingface.co and *.hf.co over https")

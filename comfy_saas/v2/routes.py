@@ -4,14 +4,16 @@ error becomes the contract's envelope in v2/errors.py. Store calls block, so the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from comfy_saas.errors import ComfySaasError
+from comfy_saas.errors import ComfySaasError, TooManyStreams
 from comfy_saas.jobs import operations as api
 from comfy_saas.jobs.operations import Caller
 from comfy_saas.jobs.services import Services
@@ -26,6 +28,7 @@ from comfy_saas.web.fast_lane import Lane
 from comfy_saas.web.offload import store_read, submission
 
 ServicesFn = Callable[[], Services]
+STREAM_RETRY_AFTER_S = 5  # a stream ends with its job or its time limit, so a place frees itself in time
 _EVERY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -99,6 +102,7 @@ class JobHandlers:
     def __init__(self, services: ServicesFn, events_stream_s: float) -> None:
         self.services = services
         self.events_stream_s = events_stream_s
+        self.open_streams: Counter[str | None] = Counter()  # event streams open now, per API key id
 
     async def post_jobs(self, request: Request) -> Response:
         """Submit an API-format workflow; authenticated before a byte of the body is read."""
@@ -137,14 +141,29 @@ class JobHandlers:
         return await answer(lambda: (200, v2jobs.cancel(svc, caller(svc, request), id, root(request))))
 
     async def job_events(self, request: Request, id: str) -> Response:
-        """Live events (SSE) until the job ends, or the stream's time limit."""
+        """Live events (SSE) until the job ends, or the stream's time limit; at most
+        v2_max_streams_per_key open at once per API key in this process (429 too_many_streams)."""
         svc = self.services()
         try:
-            job = await run_in_threadpool(lambda: api.visible_job(svc, caller(svc, request), id))
+            who = caller(svc, request)
+            job = await run_in_threadpool(lambda: api.visible_job(svc, who, id))
+            self._take_stream(who.key_id, svc.settings.v2_max_streams_per_key)
         except Exception as exc:
             return error(exc)
-        return StreamingResponse(events.stream(svc, job, self.events_stream_s), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _CountedStream(events.stream(svc, job, self.events_stream_s), lambda: self._give_stream(who.key_id),
+                              media_type="text/event-stream",
+                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def _take_stream(self, key: str | None, cap: int) -> None:
+        if self.open_streams[key] >= cap:
+            raise TooManyStreams(f"this API key has {cap} event streams open, as many as it may; close one, or "
+                                 "poll GET /api/v2/jobs/{id}", retry_after_s=STREAM_RETRY_AFTER_S)
+        self.open_streams[key] += 1
+
+    def _give_stream(self, key: str | None) -> None:
+        self.open_streams[key] -= 1
+        if self.open_streams[key] <= 0:
+            del self.open_streams[key]
 
     async def health(self, request: Request) -> Response:
         """Whether the store and the queue answer (no key needed; no backend detail shown)."""
@@ -156,6 +175,20 @@ class JobHandlers:
             return (200 if ok else 503), {"status": "healthy" if ok else "degraded", **_public(report)}
 
         return await answer(call)
+
+
+class _CountedStream(StreamingResponse):
+    """A stream that gives its place back however it ends: finished, timed out, or its client gone."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _public(report: dict[str, Any]) -> dict[str, Any]:
