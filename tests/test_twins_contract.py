@@ -286,3 +286,39 @@ def test_a_taken_item_is_gone_without_an_ack(db_path: Path, clock: Clock):
     _, q = modal_pair(db_path, clock)
     q.put("once")
     assert q.get() == "once" and q.get(block=False) is None and q.len(total=True) == 0
+
+
+def test_a_partition_has_room_again_however_its_items_left(db_path: Path, clock: Clock):
+    """Its count and bytes follow every way out: taken, expired, cleared; one queue's partitions are their own."""
+    profile = Profile.modal(rpc_ms=0, clock=clock, max_partition_bytes=40)
+    q, other = LocalQueue(db_path, "cap", capacity=3, profile=profile), LocalQueue(db_path, "other", profile=profile)
+    for leave in (lambda: q.get_many(3, partition="p"), lambda: q.clear(partition="p"), lambda: q.clear(all=True),
+                  lambda: setattr(clock, "now", clock.now + 25 * 3600)):
+        q.put_many(["a", "b", "c"], partition="p")
+        other.put("x" * 30, partition="p")
+        with pytest.raises(queue.Full):
+            q.put("d", block=False, partition="p")
+        assert (q.len(partition="p"), q.len(total=True)) == (3, 3)
+        leave()
+        assert q.len(partition="p") == 0
+        q.put("y" * 30, block=False, partition="p")  # room in items and in bytes
+        assert q.get(partition="p") == "y" * 30
+        other.clear(all=True)
+
+
+def test_a_data_directory_from_before_the_partition_counts_is_counted_once(db_path: Path):
+    import sqlite3
+
+    q = LocalQueue(db_path, "old", capacity=3)
+    q.put_many(["a", "b"], partition="p")
+    conn = sqlite3.connect(db_path)
+    conn.executescript("DROP TRIGGER queue_size_insert; DROP TRIGGER queue_size_delete; DROP TABLE queue_sizes;")
+    conn.close()
+    code = ("import queue, sys; from comfy_saas.backends.twins import LocalQueue; "
+            "q = LocalQueue(sys.argv[1], 'old', capacity=3)\n"
+            "if sys.argv[2] == 'first':\n    q.put('c', block=False, partition='p')\n"
+            "print(q.len(partition='p'), end=' ')\n"
+            "try:\n    q.put('d', block=False, partition='p')\nexcept queue.Full:\n    print('full')")
+    runs = [subprocess.run([sys.executable, "-c", code, str(db_path), which], capture_output=True, text=True,
+                           timeout=60) for which in ("first", "again")]  # the second open counts nothing twice
+    assert [r.stdout.strip() for r in runs] == ["3 full", "3 full"], [r.stderr for r in runs]

@@ -7,7 +7,6 @@ payload holds the workflow that runs; the job records the format, the seeds draw
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ from comfy_saas.errors import InvalidInput
 from comfy_saas.jobs.request import JobRequest, check_workflow
 from comfy_saas.workflows import files, seeds
 from comfy_saas.workflows.convert import convert
-from comfy_saas.workflows.edits import apply_overrides
+from comfy_saas.workflows.edits import apply_overrides, copy_graph
 from comfy_saas.workflows.ui_graph import is_ui_format
 
 WARNINGS_KEPT = 20
@@ -52,7 +51,7 @@ def prepare(request: JobRequest, nodes: dict[str, Any] | None, limits: Limits,
         _check_override_nodes(request, workflow)
         files.check(apply_overrides(workflow, [o.model_dump() for o in request.overrides]))
     else:
-        workflow = copy.deepcopy(request.workflow)
+        workflow = copy_graph(request.workflow)
     overrides = [o.model_dump(mode="json") for o in request.overrides]
     drawn = seeds.draw(workflow, overrides, nodes, rng)
     recorded["seeds"] = [*recorded.get("seeds", []), *drawn]

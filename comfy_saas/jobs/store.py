@@ -344,10 +344,11 @@ class JobStore:
         """The queue item that wakes a worker for `job`: its id, when it was sent, its record if it fits, and the
         payload too if record and payload together fit the same budget."""
         item: dict[str, Any] = {"id": job.id, "at": self.clock().timestamp()}
-        record = _json_size(job.to_record())
-        if record <= WAKEUP_RECORD_MAX_BYTES:
-            item["job"] = job.to_record()
-            if payload is not None and record + _json_size(payload) <= WAKEUP_RECORD_MAX_BYTES:
+        record = job.to_record()
+        size = _json_size(record)
+        if size <= WAKEUP_RECORD_MAX_BYTES:
+            item["job"] = record
+            if payload is not None and size + _json_size(payload) <= WAKEUP_RECORD_MAX_BYTES:
                 item["payload"] = payload
         return item
 

@@ -15,7 +15,6 @@ nothing is copied), and every reference to it is rewritten to that item's name.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from comfy_saas import inputs
@@ -25,6 +24,7 @@ from comfy_saas.jobs.operations import Caller
 from comfy_saas.jobs.request import MediaInput
 from comfy_saas.jobs.services import Services
 from comfy_saas.v2 import assets
+from comfy_saas.workflows.edits import copy_graph
 from comfy_saas.workflows.files import FILE_INPUTS
 
 ASSET_TYPE = "core/ASSET"
@@ -95,7 +95,7 @@ def resolve_references(svc: Services, caller: Caller, workflow: dict[str, Any]
     """(the workflow with every asset reference rewritten to a staged file name, the media to stage)."""
     if not isinstance(workflow, dict):
         return workflow, []
-    workflow = copy.deepcopy(workflow)
+    workflow = copy_graph(workflow)
     slots = _slots(workflow)
     ids = list(dict.fromkeys(_reference_id(v) for _, _, v, _ in slots if is_reference(v)))
     names = list(dict.fromkeys(n for _, _, v, opened in slots if opened and (n := _plain_name(v))))

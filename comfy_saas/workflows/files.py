@@ -11,11 +11,11 @@ other folders without any traversal check (see ComfyUI's folder_paths). So:
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from comfy_saas.errors import InvalidInput
 from comfy_saas.inputs import shown
+from comfy_saas.workflows.edits import copy_graph
 
 # Nodes that open a file named by one of their inputs through folder_paths' annotated-path functions.
 FILE_INPUTS: dict[str, tuple[str, ...]] = {
@@ -82,7 +82,7 @@ def check(workflow: dict[str, Any]) -> None:
 
 def isolate(workflow: dict[str, Any], tag: str) -> dict[str, Any]:
     """A copy whose save prefixes all write under `<tag>/` in ComfyUI's output folder."""
-    out = copy.deepcopy(workflow)
+    out = copy_graph(workflow)
     for node in out.values():
         inputs = node.get("inputs") or {}
         prefix = inputs.get(PREFIX_INPUT)
