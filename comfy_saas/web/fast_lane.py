@@ -1,8 +1,8 @@
 """The status polls and submissions, answered without FastAPI's router.
 
-A client polling a job every few milliseconds spent most of each answer in routing (a scan of some fifty
-routes, the included routers' among them) and FastAPI's per-request machinery: about 0.4 ms a request on a
-VM's vCPUs, more after an idle spell, against well under 0.1 ms for reading the job. The handlers of these few
+Routing (a scan of some fifty routes, the included routers' among them) and FastAPI's per-request machinery
+cost a status poll about 0.15 ms on this project's VM while a client polls every 5 ms, and 0.6 ms after an idle
+spell, against under 0.1 ms for reading the job itself when warm. The handlers of these few
 routes take no dependencies and read everything else from the request, so the lane calls them directly. Every
 other request, and any of these it does not match exactly (a trailing slash, a /k/ or /p/ prefix, a root path,
 another method, HEAD), goes through the app as before; their routes stay registered there too, for the
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -87,7 +86,7 @@ def install(app: FastAPI) -> None:
     app.add_middleware(FastLane, lanes=list(_offered(app)))
 
 
-def _offered(app: FastAPI) -> list[Any]:
+def _offered(app: FastAPI) -> list[Lane]:
     if not hasattr(app.state, "fast_lanes"):
         app.state.fast_lanes = []
     return app.state.fast_lanes
