@@ -23,6 +23,8 @@ worker_rss_mb. Speed goals live here, never in the tests; `goals_met` says which
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import statistics
 import subprocess
@@ -241,8 +243,13 @@ class Served:
         exe = Path(sys.executable).parent / "comfy-saas"
         self.proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--comfyui-url", comfy_url],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(self.close)  # a script that dies before its close() leaves no server behind
         self.base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: self.proc.poll() is not None or _answers(self.base + "/health"), 60, 0.05)
+        try:
+            wait_for(lambda: self.proc.poll() is not None or _answers(self.base + "/health"), 60, 0.05)
+        except BaseException:
+            self.close()
+            raise
         if self.proc.poll() is not None:
             raise RuntimeError("comfy-saas serve did not start")
 
@@ -251,6 +258,9 @@ class Served:
         return local_services(settings_for(self.data_dir, 0)).store.get_many(ids)
 
     def close(self) -> None:
+        """Stop the server (again: a no-op)."""
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(15)
@@ -295,15 +305,21 @@ def side_by_side(exec_s: float, runs: int, tmp: Path, rpc_ms: float, real: RealC
     every POLL_S. Per leg: p50/p99 end to end, overhead over direct, submit; ours also as a ratio to the
     proxy's end to end."""
     root = real.base_dir if real else (tmp / "shared-comfy").resolve()
-    double = None if real else start_double(root, exec_s)
-    comfy_url = real.url if real else double.url
     wf = (lambda color: blurred(color, real.blur_size)) if real else workflow
-    proxy, proxy_base = start_proxy(comfy_url)
-    stack = Served(tmp / "side", rpc_ms, comfy_url, root)
-    legs = [direct_leg(comfy_url), v2_leg("proxy", proxy_base), v1_leg(stack.base)]
-    if has_v2(stack.base):
-        legs.append(v2_leg("v2", stack.base))
-    try:
+    with contextlib.ExitStack() as started:  # whatever fails to start, what did start is stopped
+        double = None if real else start_double(root, exec_s)
+        if double is not None:
+            started.callback(double.stop)
+        comfy_url = real.url if real else double.url
+        proxy, proxy_base = start_proxy(comfy_url)
+        started.callback(lambda: (proxy.terminate(), proxy.wait(10)))
+        stack = Served(tmp / "side", rpc_ms, comfy_url, root)
+        started.callback(stack.close)
+        legs = [direct_leg(comfy_url), v2_leg("proxy", proxy_base), v1_leg(stack.base)]
+        if has_v2(stack.base):
+            legs.append(v2_leg("v2", stack.base))
+        for leg in legs:
+            started.callback(leg.client.close)
         for leg_no, leg in enumerate(legs):  # one warm-up each (connections, first-job paths), not measured
             leg.run(wf(90_000 + leg_no))
             leg.totals, leg.submits, leg.ids, leg.spans = [], [], [], []
@@ -311,14 +327,6 @@ def side_by_side(exec_s: float, runs: int, tmp: Path, rpc_ms: float, real: RealC
             for leg_no, leg in enumerate(legs):
                 leg.run(wf(10_000 * (leg_no + 1) + i))  # no two prompts alike: ComfyUI would cache them
         return side_by_side_result(legs, stack, comfy_history(comfy_url))
-    finally:
-        for leg in legs:
-            leg.client.close()
-        stack.close()
-        proxy.terminate()
-        proxy.wait(10)
-        if double is not None:
-            double.stop()
 
 
 def comfy_history(comfy_url: str) -> dict[str, Any]:
