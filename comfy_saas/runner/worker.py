@@ -62,6 +62,8 @@ COMFY_FRESH_S = 2.0
 # An output this small on this machine is copied by the thread that reads ComfyUI's socket (a few ms at most
 # even to R2); larger ones go to the upload thread, so cancels and progress are not held up behind them.
 QUICK_COPY_BYTES = 2 * 1024 * 1024
+# Output folders made ready while the prompt runs, at most this many per job (one per node that saves files).
+EXPECTED_FOLDERS_MAX = 32
 
 
 @dataclass
@@ -472,6 +474,13 @@ class Worker:
             self._stop_prompt_quietly(run)
             raise PromptRejected("some outputs failed validation", {
                 "error": {"message": "Prompt outputs failed validation"}, "node_errors": answer["node_errors"]})
+        self._uploader.submit(self._expect_outputs, run.job, files.saving_nodes(run.workflow))
+
+    def _expect_outputs(self, job: Job, nodes: list[str]) -> None:
+        """On the upload thread while the prompt runs: tell object storage where its files will go, so storing
+        the last one (on the job's path to its end) does not also make its folders."""
+        for node_id in nodes[:EXPECTED_FOLDERS_MAX]:
+            self.objects.expect(keys.output_folder(job.id, job.created_at, node_id))
 
     def await_completion(self, run: Run) -> Outcome:
         """Follow the prompt to its end, writing progress and heartbeats and honouring cancel."""

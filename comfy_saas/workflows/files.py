@@ -80,6 +80,12 @@ def check(workflow: dict[str, Any]) -> None:
                                                    "job's files; only [input] is allowed")
 
 
+def saving_nodes(workflow: dict[str, Any]) -> list[str]:
+    """The ids of the nodes that save files (they have a save prefix), in workflow order."""
+    return [node_id for node_id, node in workflow.items()
+            if isinstance(node, dict) and isinstance((node.get("inputs") or {}).get(PREFIX_INPUT), str)]
+
+
 def isolate(workflow: dict[str, Any], tag: str) -> dict[str, Any]:
     """A copy whose save prefixes all write under `<tag>/` in ComfyUI's output folder."""
     out = copy_graph(workflow)
