@@ -4,6 +4,7 @@ dedup, hash verification, from-hash / by-hash, content with Range, delete, and o
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from PIL import Image
 from comfy_saas.backends.objects import S3Store
 from comfy_saas.backends.twins import LocalDict, LocalQueue
 from comfy_saas.config import Limits, Settings
+from comfy_saas.jobs import keys
 from comfy_saas.jobs.services import Services
 from comfy_saas.v2.asset_routes import add_asset_routes
 from comfy_saas.v2.output_assets import output_assets
@@ -219,6 +221,22 @@ def test_outputs_are_assets_of_the_job(srv: Server) -> None:
     assert held.status_code == 409 and held.json()["error"]["code"] == "asset_in_use"
     assert srv.call("DELETE", f"/api/v2/assets/{listed['id']}", BOB).status_code == 404
     assert srv.call("GET", f"/api/v2/assets/{listed['id']}", ADMIN).status_code == 200  # operators see every job
+
+
+def test_an_output_is_stored_with_its_pointer_so_reading_it_writes_nothing(srv: Server) -> None:
+    svc = srv.stack.services
+    made = srv.call("POST", "/v1/jobs", ALICE, json={"workflow": {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 1, "color": 7}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "p"}}}})
+    [out] = srv.done(made.json()["id"], ALICE)["outputs"]  # finished and read on /v1 only
+    job = svc.store.require(made.json()["id"])
+    pointer = keys.output_asset(job.created_at, out["asset_id"])
+    assert json.loads(svc.objects.read(pointer)) == {"job_id": job.id, "key": out["key"]}
+    stored_at = svc.objects.path(pointer).stat().st_mtime_ns
+    v2 = srv.call("GET", f"/api/v2/jobs/{job.id}", ALICE).json()
+    assert [o["id"] for o in v2["outputs"]] == [out["asset_id"]]
+    assert srv.call("GET", f"/api/v2/assets/{out['asset_id']}", ALICE).json()["job_id"] == job.id
+    assert svc.objects.path(pointer).stat().st_mtime_ns == stored_at  # the reads rewrote nothing
 
 
 # --- the S3/R2 store (moto) ------------------------------------------------------------------------------

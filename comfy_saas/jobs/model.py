@@ -75,6 +75,8 @@ class Output(BaseModel):
     content_type: str
     size_bytes: int
     url: str | None = Field(default=None, description="Presigned download URL, refreshed on every read")
+    asset_id: str | None = Field(default=None, description="Its id as a Comfy API v2 asset (GET /api/v2/assets/{id}); "
+                                                           "set once the pointer that finds it is stored")
 
 
 class NodeTiming(BaseModel):

@@ -36,7 +36,7 @@ from comfy_saas.errors import (
     OutputUnavailable,
     PromptRejected,
 )
-from comfy_saas.jobs import catalogues, keys, payloads, webhooks
+from comfy_saas.jobs import catalogues, keys, output_ids, payloads, webhooks
 from comfy_saas.jobs.lifecycle import CANCELLED_QUEUED, AttemptMoved
 from comfy_saas.jobs.model import Job, JobError, Output, Progress, Status, Timings, utcnow
 from comfy_saas.jobs.services import Services
@@ -492,31 +492,38 @@ class Worker:
                 return outcome
 
     def upload_output(self, run: Run, item: OutputItem) -> Output:
-        """Copy one output from ComfyUI to object storage under {job}/{node}/{stable name}; its record."""
+        """Copy one output from ComfyUI to object storage under {job}/{node}/{stable name}, with the pointer that
+        finds it by its id (jobs/output_ids.py); its record."""
         try:
             item, key, size = self._store_output(run, item)
         except OutputUnavailable as exc:
             raise OutputUnavailable(f"node {item.node_id}: {exc.message}") from None
         return Output(node_id=item.node_id, kind=item.kind, filename=item.name, key=key,
-                      content_type=item.content_type, size_bytes=size)
+                      content_type=item.content_type, size_bytes=size, asset_id=output_ids.output_id(run.job, key))
 
     def _store_output(self, run: Run, item: OutputItem) -> tuple[OutputItem, str, int]:
         """(the output as stored, its key, its size); a text output is stored as it was reported."""
         if item.text is None:
             return self._copy_file(run, item)
         key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
-        return item, key, self.objects.put_bytes(key, item.text.encode(), item.content_type)
+        return item, key, self._put(run.job, key, lambda: self.objects.put_bytes(key, item.text.encode(),
+                                                                                 item.content_type))
 
     def _copy_file(self, run: Run, item: OutputItem) -> tuple[OutputItem, str, int]:
         local = None if may_convert(item, run.job.output) else self._local_file(item)
         if local is not None:  # stored straight from ComfyUI's folder, as it wrote it
             key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
-            return item, key, self.objects.put_file(key, local, item.content_type)
+            return item, key, self._put(run.job, key, lambda: self.objects.put_file(key, local, item.content_type))
         with tempfile.NamedTemporaryFile(dir=self.scratch, prefix="out-", delete=True) as tmp:
             self.comfy.download(item.ref or {}, Path(tmp.name))
             item = convert_file(Path(tmp.name), item, run.job.output)  # the job's output format, if any
             key = keys.output(run.job.id, run.job.created_at, item.node_id, item.name)
-            return item, key, self.objects.put_file(key, tmp.name, item.content_type)
+            return item, key, self._put(run.job, key, lambda: self.objects.put_file(key, tmp.name, item.content_type))
+
+    def _put(self, job: Job, key: str, put: Callable[[], int]) -> int:
+        """Store an output and, beside it (together: one round trip to R2), its pointer; the output's size."""
+        size, _ = run_all([put, lambda: output_ids.store_pointer(self.objects, job, key)])
+        return size
 
     def _quick_to_copy(self, item: OutputItem) -> bool:
         """A text, or a file of at most QUICK_COPY_BYTES in ComfyUI's folder on this machine."""

@@ -1,83 +1,54 @@
-"""Jobs' outputs as Comfy API v2 assets, without the worker knowing about assets.
+"""Jobs' outputs as Comfy API v2 assets, by the ids and pointers of jobs/output_ids.py.
 
-An output's asset id is a UUIDv8 derived from the job and the output's object key, so it is the same on every
-read and every container: its top 16 bits are the job's creation day (days since 1970), the rest a hash. The
-id is mapped back to its output by a small pointer object under that day's folder (keys.output_asset), written
-before the id is first handed out (output_assets) and deleted with the job's files by retention. Reading the
-asset goes through the job: whoever sees the job sees its outputs (a user its own, an operator every job),
-for as long as the job is retained. Outputs are not hashed (`hash` is null, as the contract allows), so they
-are not found by hash.
+The worker stores each output's pointer beside the output, so handing an id out writes nothing; an output stored
+without one (by a worker from before that) has its pointer written before its id is first handed out. Reading the
+asset goes through the job: whoever sees the job sees its outputs (a user its own, an operator every job), for as
+long as the job is retained. Outputs are not hashed (`hash` is null, as the contract allows), so they are not
+found by hash.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
-import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from comfy_saas.backends.parallel import run_all
 from comfy_saas.errors import AssetInUse, NotFound
-from comfy_saas.jobs import keys
+from comfy_saas.jobs import output_ids
 from comfy_saas.jobs.model import Job, Output
 from comfy_saas.jobs.operations import Caller, visible_job
+from comfy_saas.jobs.output_ids import is_output_id, output_id
 from comfy_saas.jobs.services import Services
 from comfy_saas.v2.assets import Content, signed_url, timestamp
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+__all__ = ["is_output_id", "output_assets", "output_content", "output_id", "output_view", "refuse_delete"]
+
 OUTPUT_TYPES = {"image", "video", "audio", "text", "file", "latent"}
-_LOW_BITS = (1 << 112) - 1
 _MEMO_SIZE = 65_536
 
-_written: OrderedDict[str, None] = OrderedDict()  # pointers this process knows are stored
+_written: OrderedDict[str, None] = OrderedDict()  # pointers this process wrote for outputs stored without one
 _lock = threading.Lock()
-
-
-def output_id(job: Job, key: str) -> str:
-    """The asset id of the job's output stored under `key`."""
-    days = (job.created_at.astimezone(UTC).date() - EPOCH.date()).days
-    digest = int.from_bytes(hashlib.sha256(f"{job.id}\0{key}".encode()).digest()[:16], "big")
-    n = (days << 112) | (digest & _LOW_BITS)
-    n = (n & ~(0xF << 76)) | (0x8 << 76)  # version 8: vendor-defined
-    n = (n & ~(0x3 << 62)) | (0x2 << 62)  # the RFC 9562 variant
-    return str(uuid.UUID(int=n))
-
-
-def is_output_id(asset_id: str) -> bool:
-    """Whether the id has the form output_id makes (uploaded assets are UUIDv4)."""
-    try:
-        return uuid.UUID(asset_id).version == 8
-    except (ValueError, TypeError, AttributeError):
-        return False
-
-
-def _day(asset_id: str) -> datetime:
-    return EPOCH + timedelta(days=uuid.UUID(asset_id).int >> 112)
 
 
 def output_assets(svc: Services, job: Job, items: list[Output] | None = None) -> list[dict[str, Any]]:
     """The job's outputs (or those of `items`) as the contract's Output objects (asset ids, fresh URLs); every
     id is resolvable by GET /api/v2/assets/{id} once this returns."""
     chosen = job.outputs if items is None else items
-    ids = [output_id(job, o.key) for o in chosen]
-    _remember(svc, job, chosen, ids)
+    ids = [o.asset_id or output_id(job, o.key) for o in chosen]
+    _remember(svc, job, [o for o in chosen if o.asset_id is None])
     return [_output(svc, job, o, i) for o, i in zip(chosen, ids, strict=True)]
 
 
-def _remember(svc: Services, job: Job, chosen: list[Output], ids: list[str]) -> None:
-    """Store the pointers this process has not stored yet (idempotent writes, together)."""
+def _remember(svc: Services, job: Job, unpointed: list[Output]) -> None:
+    """Store the pointers of outputs stored without one that this process has not stored yet (idempotent
+    writes, together)."""
     with _lock:
-        missing = [(o, i) for o, i in zip(chosen, ids, strict=True) if i not in _written]
-    def pointer(out: Output, asset_id: str) -> None:
-        body = json.dumps({"job_id": job.id, "key": out.key}).encode()
-        svc.objects.put_bytes(keys.output_asset(job.created_at, asset_id), body, "application/json")
-
-    run_all([lambda o=o, i=i: pointer(o, i) for o, i in missing])
+        missing = [o for o in unpointed if output_id(job, o.key) not in _written]
+    written = run_all([lambda o=o: output_ids.store_pointer(svc.objects, job, o.key) for o in missing])
     with _lock:
-        for _, i in missing:
+        for i in written:
             _written[i] = None
         while len(_written) > _MEMO_SIZE:
             _written.popitem(last=False)
@@ -92,10 +63,9 @@ def _output(svc: Services, job: Job, out: Output, asset_id: str) -> dict[str, An
 
 def _find(svc: Services, caller: Caller, asset_id: str) -> tuple[Job, Output]:
     """The visible job and its output an output asset id stands for; NotFound otherwise (never says which)."""
-    raw = svc.objects.read_if_exists(keys.output_asset(_day(asset_id), asset_id))
-    if raw is None:
+    pointer = output_ids.read_pointer(svc.objects, asset_id)
+    if pointer is None:
         raise NotFound("no such asset")
-    pointer = json.loads(raw)
     try:
         job = visible_job(svc, caller, pointer["job_id"])
     except NotFound:
