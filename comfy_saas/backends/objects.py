@@ -198,10 +198,10 @@ class LocalStore:
         self.expiry_s = expiry_s
 
     def path(self, key: str) -> Path:
-        path = (self.root / check_key(key)).resolve()
-        if not path.is_relative_to(self.root):
-            raise InvalidInput(f"unsafe object key {key!r}", field="key")
-        return path
+        # check_key refuses every key that could leave the root, and nothing here makes links, so the path is
+        # joined, not resolved: resolving checks each of its ten or so parts on disk (0.1-0.25 ms on this
+        # machine, twice on the way to a job's end).
+        return self.root.joinpath(*check_key(key).split("/"))
 
     def put_file(self, key: str, path: str | Path, content_type: str | None = None) -> int:
         target = self._prepare(key)

@@ -56,7 +56,8 @@ class AttemptMonitor:
                 self._preview = preview
 
     def report_outputs(self, outputs: list[Output]) -> None:
-        """The outputs stored so far: written at the next tick, with the progress as it stands."""
+        """The outputs stored so far: written with the next progress write (not at once: the last output is
+        stored just before the prompt ends, and a write then would only hold up the job's terminal one)."""
         with self._lock:
             self._outputs, self._outputs_dirty = list(outputs), True
 
@@ -72,7 +73,7 @@ class AttemptMonitor:
             if now >= next_cancel:
                 next_cancel = now + self._cancel_poll_s
                 self._poll_cancel()
-            if (self._dirty and now >= next_progress) or self._outputs_dirty or now >= next_beat:
+            if ((self._dirty or self._outputs_dirty) and now >= next_progress) or now >= next_beat:
                 next_progress, next_beat = now + PROGRESS_WRITE_S, now + self._heartbeat_s
                 self._beat()
 
